@@ -1,0 +1,18 @@
+//! Generates the gRPC code in `proto/` with the protoc binary shipped by the
+//! `protoc-bin-vendored` crate, so that a build needs nothing installed by hand.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    let include = protoc_bin_vendored::include_path()?;
+    std::env::set_var("PROTOC", protoc);
+
+    let protos = ["proto/ca.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_protos(&protos, &[std::path::PathBuf::from("proto"), include])?;
+    Ok(())
+}

@@ -1,0 +1,34 @@
+//! meshid: a certificate authority and identity service for service meshes.
+//!
+//! The CA issues short-lived SPIFFE X.509-SVIDs keyed to Kubernetes service
+//! accounts over Istio's CA API; every decision is audited before the answer
+//! leaves. Module map (arrows point one way, see `DESIGN.md`):
+//!
+//! - [`identity`], [`time`]: SPIFFE IDs and the injectable clock; use nothing else.
+//! - [`secret_file`]: 0600 write-then-rename for key material.
+//! - [`pki`]: keys, CSR validation, leaf templates, signing authority, trust bundles.
+//! - [`audit`]: the audit record and its stores (SQLite, group commit).
+//! - [`policy`]: PeerAuthentication types.
+//! - [`platform`]: where facts come from (tokens, pods, namespaces): `local` manifests.
+//! - [`ca`]: the Istio-compatible CA server.
+//! - [`telemetry`], [`shutdown`]: logs, metrics endpoints, cancellation.
+//! - [`cli`]: the `meshid` subcommands.
+//! - [`proto`]: generated code only.
+
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod ca;
+pub mod cli;
+pub mod identity;
+pub mod pki;
+pub mod platform;
+pub mod policy;
+pub mod proto;
+pub mod secret_file;
+pub mod shutdown;
+pub mod telemetry;
+pub mod time;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod test_helpers;
