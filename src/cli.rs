@@ -1,6 +1,70 @@
-//! (being written)
+//! The `meshid` command line: one file per subcommand. Flags are clap types
+//! and stay here; each subcommand turns them into a component's plain config
+//! and hands off to the library.
 
-/// Entry point of the binary.
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+pub mod audit;
+pub mod ca;
+pub mod token;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::telemetry::{self, LogFormat};
+
+/// meshid: certificate authority and identity service for service meshes.
+#[derive(Debug, Parser)]
+#[command(name = "meshid", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "MESHID_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the certificate authority (Istio CA API over TLS).
+    Ca(ca::CaArgs),
+    /// Service-account tokens from the local issuer.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Read the audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+}
+
+/// Runs the binary: parse, set up logs, dispatch; errors print their whole chain.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_tracing(cli.log_format, "info");
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Ca(args) => ca::run(args).await,
+            Command::Token(cmd) => token::run(cmd).await,
+            Command::Audit(cmd) => audit::run(cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses durations such as `30s`, `24h`, `90d`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 30s, 24h or 90d: {e}"))
 }

@@ -1,1 +1,10 @@
-//! End-to-end tests: real processes on loopback.
+//! End-to-end tests: the real `meshid` binary as child processes on
+//! 127.0.0.1, called over TLS with clients generated from `proto/`.
+//! One test binary with modules, so there is one link step.
+
+#![allow(clippy::unwrap_used)]
+
+mod ca_issue;
+mod ca_refusals;
+mod ca_transport;
+mod support;

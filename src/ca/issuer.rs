@@ -1,0 +1,292 @@
+//! The issuance pipeline, socket-free so tests can drive it directly:
+//! authenticate → authorize → TTL → CSR → sign → check → audit → answer.
+//!
+//! Rule enforced: the identity in a certificate comes from the authenticated
+//! caller (or an authorized impersonation), never from the CSR; and every
+//! decision, issued or refused, is written to the audit store before the
+//! answer leaves — if that write fails, no certificate is returned.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls_pki_types::CertificateDer;
+use tokio::sync::Semaphore;
+
+use crate::audit::{AuditLog, AuditRecord, Outcome};
+use crate::ca::authn::{Authenticator, Caller};
+use crate::ca::authz::{check_authorized, AuthzInput, Permit, TrustedNodeAccounts};
+use crate::ca::config::CaConfig;
+use crate::ca::error::CaError;
+use crate::ca::metrics::CaMetrics;
+use crate::identity::{SpiffeId, TrustDomain};
+use crate::pki::authority::{Authority, IssuedCert};
+use crate::pki::csr::{validate_csr, CsrError};
+use crate::pki::template::LeafRequest;
+use crate::platform::Platform;
+use crate::time::SharedClock;
+
+/// What the CA is built from besides its [`CaConfig`].
+#[derive(Clone)]
+pub struct CaDeps {
+    /// Facts: tokens, pods.
+    pub platform: Arc<dyn Platform>,
+    /// Where every decision is recorded.
+    pub audit: AuditLog,
+    /// The signing CA.
+    pub authority: Arc<Authority>,
+    /// Time, for TTLs and token expiry.
+    pub clock: SharedClock,
+    /// Prometheus metrics.
+    pub metrics: CaMetrics,
+}
+
+/// One `CreateCertificate` call, transport details already extracted.
+#[derive(Debug, Default)]
+pub struct IssueRequest {
+    /// The `authorization` metadata value.
+    pub authorization: Option<String>,
+    /// The client's certificate chain, verified by the TLS layer.
+    pub client_chain: Option<Vec<CertificateDer<'static>>>,
+    /// The remote address.
+    pub peer: Option<SocketAddr>,
+    /// The CSR, PEM.
+    pub csr: String,
+    /// `validity_duration` in seconds, as sent.
+    pub validity_secs: i64,
+    /// Metadata `ImpersonatedIdentity`, as sent.
+    pub impersonate: Option<String>,
+}
+
+/// A certificate ready to return.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// Leaf, intermediates, root bundle: each its own element.
+    pub cert_chain: Vec<String>,
+    /// The identity in the leaf.
+    pub identity: SpiffeId,
+    /// The lifetime granted.
+    pub granted_ttl: Duration,
+    /// The leaf's serial, hex.
+    pub serial_hex: String,
+}
+
+/// Runs the pipeline; shared by all connections.
+pub struct Issuer {
+    trust_domain: TrustDomain,
+    trusted: TrustedNodeAccounts,
+    default_ttl: Duration,
+    max_ttl: Duration,
+    deps: CaDeps,
+    authn: Authenticator,
+    inflight: Arc<Semaphore>,
+    max_inflight: usize,
+}
+
+impl Issuer {
+    /// Builds the pipeline from settings and dependencies.
+    pub fn new(cfg: &CaConfig, deps: CaDeps) -> Self {
+        let authn = Authenticator::new(
+            deps.platform.clone(),
+            cfg.audiences.clone(),
+            cfg.trust_domain.clone(),
+            deps.clock.clone(),
+            cfg.token_cache_size,
+        );
+        Self {
+            trust_domain: cfg.trust_domain.clone(),
+            trusted: cfg.trusted_node_accounts.clone(),
+            default_ttl: cfg.default_ttl,
+            max_ttl: cfg.max_ttl,
+            authn,
+            inflight: Arc::new(Semaphore::new(cfg.max_concurrent_requests)),
+            max_inflight: cfg.max_concurrent_requests,
+            deps,
+        }
+    }
+
+    /// The signing authority (for the serving certificate and the root bundle).
+    pub fn authority(&self) -> &Arc<Authority> {
+        &self.deps.authority
+    }
+
+    /// Handles one request end to end, auditing the outcome before returning.
+    pub async fn issue(&self, req: IssueRequest) -> Result<Issued, CaError> {
+        let started = Instant::now();
+        let metrics = &self.deps.metrics;
+        metrics.csr_count.inc();
+        let mut record = AuditRecord::new(self.deps.clock.now(), Outcome::Refused);
+        record.peer = req.peer.map(|p| p.to_string());
+        record.requested_ttl_secs = Some(req.validity_secs);
+
+        let result = match self.inflight.clone().try_acquire_owned() {
+            Ok(_permit) => self.decide(&req, &mut record).await,
+            Err(_) => {
+                metrics.overloaded.inc();
+                Err(CaError::Overloaded(self.max_inflight))
+            }
+        };
+        match result {
+            Ok(issued) => {
+                record.outcome = Outcome::Issued;
+                if let Err(e) = self.deps.audit.record(record).await {
+                    tracing::error!(identity = %issued.identity, error = %e, "audit write failed; certificate withheld");
+                    metrics.sign_errors.with_label_values(&["audit_unavailable"]).inc();
+                    return Err(CaError::AuditUnavailable(e));
+                }
+                metrics.issued.inc();
+                metrics.issuance_seconds.observe(started.elapsed().as_secs_f64());
+                tracing::info!(
+                    identity = %issued.identity,
+                    ttl_secs = issued.granted_ttl.as_secs(),
+                    serial = %issued.serial_hex,
+                    "certificate issued"
+                );
+                Ok(issued)
+            }
+            Err(e) => {
+                if matches!(e, CaError::Unauthenticated(_)) {
+                    metrics.authentication_failures.inc();
+                }
+                metrics.sign_errors.with_label_values(&[e.metric_label()]).inc();
+                record.reason = Some(e.to_string());
+                let caller = record.caller.clone().unwrap_or_default();
+                if let Err(audit_err) = self.deps.audit.record(record).await {
+                    tracing::error!(error = %audit_err, "audit write of a refusal failed");
+                }
+                tracing::warn!(caller = %caller, peer = ?req.peer, reason = %e, "certificate refused");
+                Err(e)
+            }
+        }
+    }
+
+    async fn decide(&self, req: &IssueRequest, record: &mut AuditRecord) -> Result<Issued, CaError> {
+        // 1. Authenticate.
+        let caller = self
+            .authn
+            .authenticate(req.authorization.as_deref(), req.client_chain.as_deref())
+            .await?;
+        record.caller = Some(caller.identity().to_string());
+        if let Caller::Token(t) = &caller {
+            record.pod_name = t.claims.pod_name.clone();
+            record.pod_uid = t.claims.pod_uid.clone();
+            record.node = t.claims.node_name.clone();
+        }
+
+        // 2. Authorize, from the platform's current facts.
+        let impersonate = match req.impersonate.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(raw) => Some(SpiffeId::parse(raw).map_err(|e| {
+                CaError::InvalidRequest(format!("metadata ImpersonatedIdentity {raw:?} is not a SPIFFE ID: {e}"))
+            })?),
+        };
+        let requested = impersonate.clone().unwrap_or_else(|| caller.identity().clone());
+        record.requested_identity = Some(requested.to_string());
+        set_kubernetes_fields(record, &requested);
+        let permit = self.authorize(&caller, impersonate.as_ref())?;
+        record.granted_identity = Some(permit.identity.to_string());
+        set_kubernetes_fields(record, &permit.identity);
+        if permit.node.is_some() {
+            record.node = permit.node.clone();
+        }
+
+        // 3. TTL.
+        let ttl = resolve_ttl(req.validity_secs, self.default_ttl, self.max_ttl);
+        record.granted_ttl_secs = i64::try_from(ttl.as_secs()).ok();
+
+        // 4. CSR: only its public key is used, for the permitted identity.
+        let csr = validate_csr(req.csr.as_bytes(), &permit.identity).map_err(|e| match e {
+            CsrError::SanMismatch { .. } => {
+                CaError::IdentityMismatch(format!("the caller is granted {}, but {e}", permit.identity))
+            }
+            other => CaError::InvalidCsr(other),
+        })?;
+        record.public_key_sha256 = Some(csr.public_key_sha256_hex());
+
+        // 5. Sign from server-side facts; the authority re-checks what it signed.
+        let leaf = LeafRequest {
+            id: permit.identity.clone(),
+            ttl: time::Duration::try_from(ttl).unwrap_or(time::Duration::MAX),
+            dns_names: Vec::new(),
+            ip_addresses: Vec::new(),
+        };
+        let signed: IssuedCert = self
+            .deps
+            .authority
+            .sign_leaf(csr.public_key_der(), &leaf, self.deps.clock.as_ref())
+            .map_err(CaError::Signing)?;
+        record.serial = Some(signed.serial_hex.clone());
+        record.not_before = Some(signed.not_before);
+        record.not_after = Some(signed.not_after);
+
+        // 6. Leaf, each intermediate, then the whole root bundle last.
+        let mut cert_chain = Vec::with_capacity(3);
+        cert_chain.push(signed.pem);
+        cert_chain.extend(self.deps.authority.chain_pem());
+        cert_chain.push(self.deps.authority.root_bundle_pem());
+        Ok(Issued {
+            cert_chain,
+            identity: permit.identity,
+            granted_ttl: ttl,
+            serial_hex: signed.serial_hex,
+        })
+    }
+
+    fn authorize(&self, caller: &Caller, impersonate: Option<&SpiffeId>) -> Result<Permit, CaError> {
+        let platform = &self.deps.platform;
+        let caller_pod = match caller {
+            Caller::Token(t) => t
+                .claims
+                .pod_name
+                .as_deref()
+                .and_then(|name| platform.pod(&t.claims.namespace, name)),
+            Caller::Certificate { .. } => None,
+        };
+        let target_pods = match impersonate.map(SpiffeId::kubernetes) {
+            Some(Ok(k)) => platform.pods_for_service_account(k.namespace, k.service_account),
+            _ => Vec::new(),
+        };
+        let input = AuthzInput {
+            caller,
+            impersonate,
+            trust_domain: &self.trust_domain,
+            trusted: &self.trusted,
+            caller_pod: caller_pod.as_ref(),
+            target_pods: &target_pods,
+        };
+        Ok(check_authorized(&input)?)
+    }
+}
+
+fn set_kubernetes_fields(record: &mut AuditRecord, id: &SpiffeId) {
+    if let Ok(k) = id.kubernetes() {
+        record.namespace = Some(k.namespace.to_owned());
+        record.service_account = Some(k.service_account.to_owned());
+    }
+}
+
+/// The TTL granted for a requested `validity_duration` (seconds): <= 0 means
+/// the default; anything above the maximum is clamped to it.
+pub fn resolve_ttl(requested_secs: i64, default: Duration, max: Duration) -> Duration {
+    match u64::try_from(requested_secs) {
+        Ok(0) | Err(_) => default.min(max),
+        Ok(secs) => Duration::from_secs(secs).min(max),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_defaults_and_clamps() {
+        let day = Duration::from_secs(86_400);
+        let max = Duration::from_secs(90 * 86_400);
+        assert_eq!(resolve_ttl(0, day, max), day);
+        assert_eq!(resolve_ttl(-5, day, max), day);
+        assert_eq!(resolve_ttl(i64::MIN, day, max), day);
+        assert_eq!(resolve_ttl(3600, day, max), Duration::from_secs(3600));
+        assert_eq!(resolve_ttl(i64::MAX, day, max), max);
+        assert_eq!(resolve_ttl(91 * 86_400, day, max), max);
+    }
+}

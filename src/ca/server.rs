@@ -1,0 +1,236 @@
+//! Building and running the CA: bind the gRPC port (TLS) and the metrics
+//! port, issue the serving certificate, accept connections with bounded
+//! handshakes, renew the serving certificate before it expires, and stop
+//! cleanly on shutdown.
+//!
+//! Rule enforced: a connection costs nothing unbounded — the TLS handshake
+//! and the client's first bytes each have a deadline, connections are capped,
+//! and requests beyond the concurrency bound are refused, not queued.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::Registry;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::ca::config::{CaConfig, ConfigError};
+use crate::ca::issuer::{CaDeps, Issuer};
+use crate::ca::service::CaService;
+use crate::ca::tls::{server_config, CaTlsStream, ServingCert, ServingIdentity, TlsError};
+use crate::shutdown::Shutdown;
+use crate::telemetry;
+
+/// Why the CA could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A setting is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A port could not be bound.
+    #[error("cannot listen on {addr}: {source} (is another meshid running?)")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A started CA.
+#[derive(Debug)]
+pub struct CaServer {
+    /// The gRPC (TLS) address actually bound.
+    pub addr: SocketAddr,
+    /// The metrics address actually bound, if any.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl CaServer {
+    /// Binds everything and starts serving in tasks tracked by `shutdown`.
+    /// Returns once the CA is ready to answer.
+    pub async fn start(
+        config: CaConfig,
+        deps: CaDeps,
+        registry: Registry,
+        shutdown: Shutdown,
+    ) -> Result<Self, ServerError> {
+        config.validate()?;
+        let listener = TcpListener::bind(config.listen).await.map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+
+        let identity = ServingIdentity {
+            trust_domain: config.trust_domain.clone(),
+            dns_names: config.serving_dns_names.clone(),
+            ips: config.serving_ips.clone(),
+            ttl: config.serving_cert_ttl,
+        };
+        let serving =
+            ServingCert::issue(&deps.authority, &identity, deps.clock.as_ref(), &deps.audit).await?;
+        let tls = server_config(serving.clone(), deps.authority.roots_der())?;
+        deps.metrics
+            .root_expiry
+            .set(deps.authority.root_not_after().unix_timestamp() as f64);
+
+        let metrics_addr = match config.metrics_listen {
+            Some(maddr) => {
+                let ready_shutdown = shutdown.clone();
+                let platform = deps.platform.clone();
+                let ready: telemetry::ReadinessCheck =
+                    Arc::new(move || !ready_shutdown.is_triggered() && platform.is_ready());
+                let bound = telemetry::serve(maddr, registry, ready, shutdown.clone())
+                    .await
+                    .map_err(|source| ServerError::Bind { addr: maddr, source })?;
+                Some(bound)
+            }
+            None => None,
+        };
+
+        let issuer = Arc::new(Issuer::new(&config, deps.clone()));
+        let (conn_tx, conn_rx) = mpsc::channel::<Result<CaTlsStream, std::io::Error>>(256);
+        shutdown.spawn(accept_loop(
+            listener,
+            TlsAcceptor::from(tls),
+            conn_tx,
+            Arc::new(Semaphore::new(config.max_connections)),
+            config.handshake_timeout,
+            shutdown.clone(),
+        ));
+        shutdown.spawn(renew_loop(serving, identity, deps, shutdown.clone()));
+
+        let service = CaService::new(issuer).into_server();
+        let stop = shutdown.clone();
+        shutdown.spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                .timeout(Duration::from_secs(30))
+                .add_service(service)
+                .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), stop.triggered())
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "CA gRPC server stopped with an error");
+                stop.trigger();
+            }
+        });
+        tracing::info!(%addr, ?metrics_addr, "CA serving IstioCertificateService over TLS");
+        Ok(Self { addr, metrics_addr })
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    conns: mpsc::Sender<Result<CaTlsStream, std::io::Error>>,
+    limit: Arc<Semaphore>,
+    deadline: Duration,
+    shutdown: Shutdown,
+) {
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.triggered() => return,
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let (tcp, remote) = tokio::select! {
+            _ = shutdown.triggered() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let conns = conns.clone();
+        tokio::spawn(async move {
+            match handshake(acceptor, tcp, remote, deadline, permit).await {
+                Ok(stream) => {
+                    let _ = conns.send(Ok(stream)).await;
+                }
+                Err(reason) => tracing::debug!(%remote, %reason, "connection dropped before any request"),
+            }
+        });
+    }
+}
+
+/// TLS handshake, then the client's first bytes, each within `deadline`.
+async fn handshake(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    deadline: Duration,
+    permit: OwnedSemaphorePermit,
+) -> Result<CaTlsStream, String> {
+    let mut tls = tokio::time::timeout(deadline, acceptor.accept(tcp))
+        .await
+        .map_err(|_| format!("no TLS handshake within {deadline:?}"))?
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let mut first = vec![0u8; 64];
+    let n = tokio::time::timeout(deadline, tls.read(&mut first))
+        .await
+        .map_err(|_| format!("no request within {deadline:?} of the handshake"))?
+        .map_err(|e| format!("read failed: {e}"))?;
+    if n == 0 {
+        return Err("closed after the handshake".to_owned());
+    }
+    first.truncate(n);
+    Ok(CaTlsStream::new(tls, remote, first, permit))
+}
+
+/// Renews the serving certificate at half its lifetime; on failure retries
+/// with backoff while the current one is still valid.
+async fn renew_loop(serving: Arc<ServingCert>, identity: ServingIdentity, deps: CaDeps, shutdown: Shutdown) {
+    let mut backoff = Duration::from_secs(1);
+    let mut failed = false;
+    loop {
+        let wait = if failed {
+            backoff
+        } else {
+            let remaining = serving.not_after() - deps.clock.now();
+            Duration::try_from(remaining / 2).unwrap_or(Duration::ZERO).max(Duration::from_secs(1))
+        };
+        tokio::select! {
+            _ = shutdown.triggered() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        match serving.renew(&deps.authority, &identity, deps.clock.as_ref(), &deps.audit).await {
+            Ok(()) => {
+                failed = false;
+                backoff = Duration::from_secs(1);
+                tracing::info!(not_after = %serving.not_after(), "serving certificate renewed");
+            }
+            Err(e) => {
+                if failed {
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+                failed = true;
+                tracing::error!(error = %e, retry_in = ?backoff, "serving certificate renewal failed; the current one stays in use");
+            }
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! `meshid audit list`: read the audit store (while the CA runs, too).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+
+use crate::audit::{render_json, render_table, AuditBackend, AuditQuery, Outcome, SqliteBackend};
+
+/// `meshid audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List audit records, oldest first.
+    List(ListArgs),
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OutputFormat {
+    /// A table for people.
+    Table,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of `meshid audit list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Data directory holding audit.db.
+    #[arg(long, env = "MESHID_DATA_DIR", default_value = "meshid-data")]
+    pub data_dir: PathBuf,
+    /// Only this namespace.
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Only this service account.
+    #[arg(long)]
+    pub service_account: Option<String>,
+    /// Only records newer than this (e.g. 10m, 24h).
+    #[arg(long, value_parser = super::parse_duration)]
+    pub since: Option<Duration>,
+    /// Only this outcome.
+    #[arg(long, value_parser = parse_outcome)]
+    pub outcome: Option<Outcome>,
+    /// At most this many (the newest).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+fn parse_outcome(s: &str) -> Result<Outcome, String> {
+    s.parse::<Outcome>()
+        .map_err(|_| format!("{s:?} is not an outcome: use issued or refused"))
+}
+
+/// Runs `meshid audit …`.
+pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
+    match cmd {
+        AuditCommand::List(args) => list(args),
+    }
+}
+
+fn list(args: ListArgs) -> anyhow::Result<()> {
+    let path = args.data_dir.join("audit.db");
+    let mut store =
+        SqliteBackend::open_read_only(&path).with_context(|| format!("opening the audit store {}", path.display()))?;
+    let since = match args.since {
+        Some(d) => Some(time::OffsetDateTime::now_utc() - time::Duration::try_from(d).context("--since is too long")?),
+        None => None,
+    };
+    let query = AuditQuery {
+        namespace: args.namespace,
+        service_account: args.service_account,
+        since,
+        outcome: args.outcome,
+        limit: args.limit,
+    };
+    let records = store.query(&query)?;
+    let text = match args.output {
+        OutputFormat::Table => render_table(&records),
+        OutputFormat::Json => render_json(&records),
+    };
+    print!("{text}");
+    Ok(())
+}
