@@ -1,0 +1,361 @@
+//! The default audit backend: one SQLite file in the data directory.
+//!
+//! Durability is the point of an audit log, so the CA's connection runs in WAL mode
+//! with `synchronous=FULL`: a transaction that committed survives a power cut. WAL
+//! also lets `meshid audit list` read (through [`SqliteBackend::open_read_only`])
+//! while the CA writes, and a busy timeout covers the short moments where SQLite
+//! needs both to take turns.
+//!
+//! Times are stored as nanoseconds since the Unix epoch (`INTEGER`), so they sort and
+//! compare exactly; to read them in the `sqlite3` shell:
+//! `datetime(time_unix_nanos / 1000000000, 'unixepoch')`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::types::{FromSql, Value};
+use rusqlite::{params, params_from_iter, Connection, OpenFlags, Row, TransactionBehavior};
+use time::OffsetDateTime;
+
+use super::query::AuditQuery;
+use super::record::AuditRecord;
+use super::store::AuditBackend;
+use super::AuditError;
+
+/// The schema version this build writes and reads. Bump it with a migration in
+/// [`SqliteBackend::open`] when the table changes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// How long a connection waits for the other side (CA writer or CLI reader) to
+/// release a lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const SCHEMA: &str = "
+CREATE TABLE meshid_audit_schema (version INTEGER NOT NULL);
+CREATE TABLE audit_records (
+    id INTEGER PRIMARY KEY,
+    time_unix_nanos INTEGER NOT NULL,
+    caller TEXT,
+    requested_identity TEXT,
+    granted_identity TEXT,
+    namespace TEXT,
+    service_account TEXT,
+    node TEXT,
+    pod_name TEXT,
+    pod_uid TEXT,
+    serial TEXT,
+    public_key_sha256 TEXT,
+    not_before_unix_nanos INTEGER,
+    not_after_unix_nanos INTEGER,
+    requested_ttl_secs INTEGER,
+    granted_ttl_secs INTEGER,
+    outcome TEXT NOT NULL CHECK (outcome IN ('issued', 'refused')),
+    reason TEXT,
+    peer TEXT
+);
+CREATE INDEX audit_records_time ON audit_records (time_unix_nanos);
+CREATE INDEX audit_records_identity
+    ON audit_records (namespace, service_account, time_unix_nanos);
+CREATE INDEX audit_records_outcome ON audit_records (outcome, time_unix_nanos);
+";
+
+const COLUMNS: &str = "id, time_unix_nanos, caller, requested_identity, granted_identity, \
+    namespace, service_account, node, pod_name, pod_uid, serial, public_key_sha256, \
+    not_before_unix_nanos, not_after_unix_nanos, requested_ttl_secs, granted_ttl_secs, \
+    outcome, reason, peer";
+
+const INSERT: &str = "INSERT INTO audit_records (time_unix_nanos, caller, requested_identity, \
+    granted_identity, namespace, service_account, node, pod_name, pod_uid, serial, \
+    public_key_sha256, not_before_unix_nanos, not_after_unix_nanos, requested_ttl_secs, \
+    granted_ttl_secs, outcome, reason, peer) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)";
+
+/// An audit store in a SQLite file. Implements [`AuditBackend`]; the CA hands it to
+/// [`AuditLog::start`](super::AuditLog::start), the CLI queries it directly.
+#[derive(Debug)]
+pub struct SqliteBackend {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl SqliteBackend {
+    /// Opens the database at `path` for writing, creating the file and its schema if
+    /// needed (the parent directory must exist). Refuses a database with a newer
+    /// schema version than [`SCHEMA_VERSION`].
+    pub fn open(path: &Path) -> Result<Self, AuditError> {
+        let conn = Connection::open(path).map_err(sqlite_err(path, "opening"))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(sqlite_err(path, "setting the busy timeout"))?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(sqlite_err(path, "switching to WAL mode"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(AuditError::WalUnavailable {
+                path: path.to_owned(),
+                journal_mode: mode,
+            });
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sqlite_err(path, "setting synchronous=FULL"))?;
+        let mut backend = Self {
+            conn,
+            path: path.to_owned(),
+        };
+        backend.init_schema()?;
+        Ok(backend)
+    }
+
+    /// Opens an existing database read-only, for `meshid audit list`. Works while a
+    /// CA has it open for writing. Fails with [`AuditError::NotFound`] (naming the
+    /// path) if the file does not exist, rather than creating an empty one.
+    pub fn open_read_only(path: &Path) -> Result<Self, AuditError> {
+        match path.try_exists() {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(AuditError::NotFound {
+                    path: path.to_owned(),
+                })
+            }
+            Err(source) => {
+                return Err(AuditError::Io {
+                    path: path.to_owned(),
+                    context: "looking for the database file",
+                    source,
+                })
+            }
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(sqlite_err(path, "opening read-only"))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(sqlite_err(path, "setting the busy timeout"))?;
+        let backend = Self {
+            conn,
+            path: path.to_owned(),
+        };
+        match backend.schema_version()? {
+            None => Err(AuditError::NotAnAuditDatabase {
+                path: path.to_owned(),
+            }),
+            Some(found) => check_version(path, found).map(|()| backend),
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn init_schema(&mut self) -> Result<(), AuditError> {
+        let path = self.path.clone();
+        // IMMEDIATE: two processes opening a fresh file must not both create tables.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sqlite_err(&path, "creating the schema"))?;
+        match schema_version(&tx, &path)? {
+            Some(found) => check_version(&path, found)?,
+            None => {
+                tx.execute_batch(SCHEMA)
+                    .map_err(sqlite_err(&path, "creating the schema"))?;
+                tx.execute(
+                    "INSERT INTO meshid_audit_schema (version) VALUES (?1)",
+                    [SCHEMA_VERSION],
+                )
+                .map_err(sqlite_err(&path, "creating the schema"))?;
+            }
+        }
+        tx.commit()
+            .map_err(sqlite_err(&path, "creating the schema"))
+    }
+
+    fn schema_version(&self) -> Result<Option<i64>, AuditError> {
+        schema_version(&self.conn, &self.path)
+    }
+}
+
+impl AuditBackend for SqliteBackend {
+    fn append(&mut self, batch: &[AuditRecord]) -> Result<(), AuditError> {
+        let path = self.path.clone();
+        let err = || sqlite_err(&path, "appending a batch");
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err())?;
+        {
+            let mut insert = tx.prepare_cached(INSERT).map_err(err())?;
+            for rec in batch {
+                insert
+                    .execute(params![
+                        nanos("time", rec.time)?,
+                        rec.caller,
+                        rec.requested_identity,
+                        rec.granted_identity,
+                        rec.namespace,
+                        rec.service_account,
+                        rec.node,
+                        rec.pod_name,
+                        rec.pod_uid,
+                        rec.serial,
+                        rec.public_key_sha256,
+                        rec.not_before.map(|t| nanos("not_before", t)).transpose()?,
+                        rec.not_after.map(|t| nanos("not_after", t)).transpose()?,
+                        rec.requested_ttl_secs,
+                        rec.granted_ttl_secs,
+                        rec.outcome.as_str(),
+                        rec.reason,
+                        rec.peer,
+                    ])
+                    .map_err(err())?;
+            }
+        }
+        tx.commit().map_err(err())
+    }
+
+    fn query(&mut self, q: &AuditQuery) -> Result<Vec<AuditRecord>, AuditError> {
+        let mut clauses = Vec::new();
+        let mut args = Vec::new();
+        let mut filter = |clause: &str, value: Value| {
+            args.push(value);
+            clauses.push(format!("{clause} ?{}", args.len()));
+        };
+        if let Some(ns) = &q.namespace {
+            filter("namespace =", Value::Text(ns.clone()));
+        }
+        if let Some(sa) = &q.service_account {
+            filter("service_account =", Value::Text(sa.clone()));
+        }
+        if let Some(since) = q.since {
+            // Before the storable range: every row matches.
+            let since = nanos("since", since).unwrap_or(i64::MIN);
+            filter("time_unix_nanos >=", Value::Integer(since));
+        }
+        if let Some(outcome) = q.outcome {
+            filter("outcome =", Value::Text(outcome.as_str().to_owned()));
+        }
+        let where_clause = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        };
+        let sql = match q.limit {
+            None => format!(
+                "SELECT {COLUMNS} FROM audit_records {where_clause} ORDER BY time_unix_nanos, id"
+            ),
+            Some(limit) => {
+                args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+                format!(
+                    "SELECT * FROM (SELECT {COLUMNS} FROM audit_records {where_clause} \
+                     ORDER BY time_unix_nanos DESC, id DESC LIMIT ?{}) \
+                     ORDER BY time_unix_nanos, id",
+                    args.len()
+                )
+            }
+        };
+        let err = || sqlite_err(&self.path, "querying records");
+        let mut stmt = self.conn.prepare(&sql).map_err(err())?;
+        let mut rows = stmt.query(params_from_iter(args)).map_err(err())?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(err())? {
+            out.push(read_row(row, &self.path)?);
+        }
+        Ok(out)
+    }
+}
+
+fn check_version(path: &Path, found: i64) -> Result<(), AuditError> {
+    if found > SCHEMA_VERSION {
+        return Err(AuditError::SchemaTooNew {
+            path: path.to_owned(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    // Version 1 is the only one so far: nothing to migrate.
+    Ok(())
+}
+
+fn schema_version(conn: &Connection, path: &Path) -> Result<Option<i64>, AuditError> {
+    let err = || sqlite_err(path, "reading the schema version");
+    let exists: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master \
+             WHERE type = 'table' AND name = 'meshid_audit_schema')",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(err())?;
+    if !exists {
+        return Ok(None);
+    }
+    conn.query_row("SELECT MAX(version) FROM meshid_audit_schema", [], |row| {
+        row.get(0)
+    })
+    .map_err(err())
+}
+
+fn read_row(row: &Row<'_>, path: &Path) -> Result<AuditRecord, AuditError> {
+    let id: i64 = row.get(0).map_err(sqlite_err(path, "reading a row"))?;
+    let corrupt = |detail: String| AuditError::Corrupt {
+        path: path.to_owned(),
+        row: id,
+        detail,
+    };
+    let text = |idx| column::<Option<String>>(row, idx, &corrupt);
+    let int = |idx| column::<Option<i64>>(row, idx, &corrupt);
+    let time = |idx| -> Result<Option<OffsetDateTime>, AuditError> {
+        int(idx)?
+            .map(|n| OffsetDateTime::from_unix_timestamp_nanos(i128::from(n)))
+            .transpose()
+            .map_err(|e| corrupt(e.to_string()))
+    };
+    Ok(AuditRecord {
+        time: time(1)?.ok_or_else(|| corrupt("time is NULL".to_owned()))?,
+        caller: text(2)?,
+        requested_identity: text(3)?,
+        granted_identity: text(4)?,
+        namespace: text(5)?,
+        service_account: text(6)?,
+        node: text(7)?,
+        pod_name: text(8)?,
+        pod_uid: text(9)?,
+        serial: text(10)?,
+        public_key_sha256: text(11)?,
+        not_before: time(12)?,
+        not_after: time(13)?,
+        requested_ttl_secs: int(14)?,
+        granted_ttl_secs: int(15)?,
+        outcome: column::<String>(row, 16, &corrupt)?
+            .parse()
+            .map_err(|e: AuditError| corrupt(e.to_string()))?,
+        reason: text(17)?,
+        peer: text(18)?,
+    })
+}
+
+fn column<T: FromSql>(
+    row: &Row<'_>,
+    idx: usize,
+    corrupt: &dyn Fn(String) -> AuditError,
+) -> Result<T, AuditError> {
+    row.get(idx).map_err(|e| corrupt(e.to_string()))
+}
+
+fn nanos(field: &'static str, time: OffsetDateTime) -> Result<i64, AuditError> {
+    i64::try_from(time.unix_timestamp_nanos())
+        .map_err(|_| AuditError::TimeOutOfRange { field, time })
+}
+
+fn sqlite_err<'a>(
+    path: &'a Path,
+    context: &'static str,
+) -> impl Fn(rusqlite::Error) -> AuditError + 'a {
+    move |source| AuditError::Sqlite {
+        path: path.to_owned(),
+        context,
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,278 @@
+//! The audit store: the [`AuditBackend`] trait, and [`AuditLog`], the handle the CA
+//! records through.
+//!
+//! [`AuditLog`] implements *group commit*. One dedicated thread owns the backend.
+//! [`AuditLog::record`] puts the record on a bounded queue and waits; the thread
+//! takes the first queued record, drains whatever else is already queued (up to
+//! [`GroupCommitConfig::max_batch`]), appends them all in one transaction, and only
+//! then answers every waiter. Under load, one fsync covers many certificates; at
+//! rest, a lone record is committed at once (no timer, no added latency).
+//!
+//! Rule enforced: `record` resolves `Ok` only once the record is durable. A failed
+//! batch fails every record in it, and a dead writer fails every call; nothing ever
+//! waits forever, and the queue never grows without bound (a full queue makes callers
+//! wait).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::query::AuditQuery;
+use super::record::AuditRecord;
+use super::AuditError;
+
+/// Where audit records are kept. Implementations are synchronous: an [`AuditLog`]
+/// calls them from its one writer thread, never from async code.
+pub trait AuditBackend: Send + 'static {
+    /// Appends `batch` atomically and durably: when this returns `Ok`, every record
+    /// in it survives a crash; when it returns `Err`, none of them was stored.
+    fn append(&mut self, batch: &[AuditRecord]) -> Result<(), AuditError>;
+
+    /// The records matching `q`, oldest first (see [`AuditQuery`] for the limit).
+    fn query(&mut self, q: &AuditQuery) -> Result<Vec<AuditRecord>, AuditError>;
+}
+
+/// Tuning for [`AuditLog`]'s group commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupCommitConfig {
+    /// The most records appended in one transaction. Default 1024. Values below 1
+    /// count as 1.
+    pub max_batch: usize,
+    /// How many requests may wait in the queue before callers of
+    /// [`AuditLog::record`] wait for room. Default 4096. Values below 1 count as 1.
+    pub queue_capacity: usize,
+}
+
+impl Default for GroupCommitConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 1024,
+            queue_capacity: 4096,
+        }
+    }
+}
+
+/// A cheap, cloneable handle to the audit writer thread.
+///
+/// The thread flushes what is queued and exits once every handle is gone; use
+/// [`AuditLog::shutdown`] on the last handle to wait for that.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    // Declared first so that it is dropped before `exited`: when the last `exited`
+    // goes, no sender is left and the writer thread can finish.
+    tx: mpsc::Sender<Command>,
+    stats: Arc<Stats>,
+    exited: Arc<oneshot::Receiver<()>>,
+}
+
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "nearly every command is an Append; boxing it would cost an allocation per record"
+)]
+enum Command {
+    Append(AuditRecord, oneshot::Sender<Result<(), AuditError>>),
+    Query(
+        AuditQuery,
+        oneshot::Sender<Result<Vec<AuditRecord>, AuditError>>,
+    ),
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    batches_committed: AtomicU64,
+    records_committed: AtomicU64,
+    batches_failed: AtomicU64,
+}
+
+impl AuditLog {
+    /// Starts the writer thread, which owns `backend` from now on.
+    pub fn start(backend: Box<dyn AuditBackend>, cfg: GroupCommitConfig) -> AuditLog {
+        let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
+        let (exited_tx, exited_rx) = oneshot::channel();
+        let stats = Arc::new(Stats::default());
+        let writer = Writer {
+            backend,
+            rx,
+            max_batch: cfg.max_batch.max(1),
+            stats: Arc::clone(&stats),
+            _exited: exited_tx,
+        };
+        let spawned = std::thread::Builder::new()
+            .name("meshid-audit-writer".to_owned())
+            .spawn(move || writer.run());
+        if let Err(e) = spawned {
+            // The closure (and with it the receiver) is gone: every call will get
+            // `WriterGone`, and the CA will refuse to issue.
+            tracing::error!(error = %e, "could not start the audit writer thread");
+        }
+        AuditLog {
+            tx,
+            stats,
+            exited: Arc::new(exited_rx),
+        }
+    }
+
+    /// Records `rec`, resolving once the transaction holding it has committed.
+    ///
+    /// Waits for room if the queue is full. If the future is dropped after the record
+    /// was queued, the record may still be written: an audit log errs on the side of
+    /// recording.
+    pub async fn record(&self, rec: AuditRecord) -> Result<(), AuditError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Command::Append(rec, reply))
+            .await
+            .map_err(|_| AuditError::WriterGone)?;
+        answer.await.map_err(|_| AuditError::WriterGone)?
+    }
+
+    /// The records matching `q`, read on the writer thread (so a query sees every
+    /// record whose `record` call has resolved). Commits wait while it runs: for
+    /// large reads, such as `meshid audit list`, open a separate
+    /// [`SqliteBackend::open_read_only`](super::SqliteBackend::open_read_only) instead.
+    pub async fn query(&self, q: AuditQuery) -> Result<Vec<AuditRecord>, AuditError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Command::Query(q, reply))
+            .await
+            .map_err(|_| AuditError::WriterGone)?;
+        answer.await.map_err(|_| AuditError::WriterGone)?
+    }
+
+    /// Drops this handle. If it was the last one, waits until the writer thread has
+    /// committed everything queued and exited; otherwise returns at once (the last
+    /// handle to go does the flushing).
+    pub async fn shutdown(self) {
+        let AuditLog { tx, stats, exited } = self;
+        drop(tx);
+        drop(stats);
+        if let Some(exited) = Arc::into_inner(exited) {
+            // Resolves (with `Err`) when the thread drops its sender, i.e. exits,
+            // panics included.
+            let _ = exited.await;
+        }
+    }
+
+    /// How many transactions the writer has committed.
+    pub fn batches_committed(&self) -> u64 {
+        self.stats.batches_committed.load(Ordering::Relaxed)
+    }
+
+    /// How many records the writer has committed.
+    pub fn records_committed(&self) -> u64 {
+        self.stats.records_committed.load(Ordering::Relaxed)
+    }
+
+    /// How many transactions failed (each failing all of its records).
+    pub fn batches_failed(&self) -> u64 {
+        self.stats.batches_failed.load(Ordering::Relaxed)
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    backend: Box<dyn AuditBackend>,
+    rx: mpsc::Receiver<Command>,
+    max_batch: usize,
+    stats: Arc<Stats>,
+    /// Dropped when the thread ends, however it ends: [`AuditLog::shutdown`] waits
+    /// for that.
+    _exited: oneshot::Sender<()>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut records = Vec::with_capacity(self.max_batch);
+        let mut waiters = Vec::with_capacity(self.max_batch);
+        // A query found while draining a batch: handled after that batch commits, so
+        // it sees the records queued before it.
+        let mut carried: Option<Command> = None;
+        loop {
+            let first = match carried.take() {
+                Some(command) => command,
+                // `None` once every handle is gone and the queue is empty.
+                None => match self.rx.blocking_recv() {
+                    Some(command) => command,
+                    None => break,
+                },
+            };
+            match first {
+                Command::Query(q, reply) => {
+                    let _ = reply.send(self.backend.query(&q));
+                }
+                Command::Append(rec, reply) => {
+                    records.push(rec);
+                    waiters.push(reply);
+                    while records.len() < self.max_batch {
+                        match self.rx.try_recv() {
+                            Ok(Command::Append(rec, reply)) => {
+                                records.push(rec);
+                                waiters.push(reply);
+                            }
+                            Ok(query) => {
+                                carried = Some(query);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.commit(&mut records, &mut waiters);
+                }
+            }
+        }
+        tracing::debug!("audit writer stopped: every handle is gone and the queue is flushed");
+    }
+
+    fn commit(
+        &mut self,
+        records: &mut Vec<AuditRecord>,
+        waiters: &mut Vec<oneshot::Sender<Result<(), AuditError>>>,
+    ) {
+        let batch_len = records.len();
+        match self.backend.append(records) {
+            Ok(()) => {
+                self.stats.batches_committed.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .records_committed
+                    .fetch_add(batch_len as u64, Ordering::Relaxed);
+                for waiter in waiters.drain(..) {
+                    // The caller may have given up waiting; its record is stored anyway.
+                    let _ = waiter.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                self.stats.batches_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    error = %error_chain(&e),
+                    batch_len,
+                    "audit batch not committed; its requests get no certificate"
+                );
+                let source = Arc::new(e);
+                for waiter in waiters.drain(..) {
+                    let _ = waiter.send(Err(AuditError::CommitFailed {
+                        batch_len,
+                        source: Arc::clone(&source),
+                    }));
+                }
+            }
+        }
+        records.clear();
+    }
+}
+
+/// `e: cause: cause…`, so the log line names the root cause (the SQLite error).
+fn error_chain(e: &AuditError) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

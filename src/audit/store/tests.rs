@@ -1,0 +1,236 @@
+use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use time::macros::datetime;
+
+use super::*;
+use crate::audit::record::{full_record, Outcome};
+use crate::audit::SqliteBackend;
+
+fn temp_db() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    (dir, path)
+}
+
+fn rec(i: i64) -> AuditRecord {
+    full_record(
+        datetime!(2025-03-01 12:00 UTC) + time::Duration::seconds(i),
+        "shop",
+        "cart",
+        Outcome::Issued,
+    )
+}
+
+/// Wraps a real backend, counts transactions, and makes each one slow, as an fsync
+/// on a real disk is, so that concurrent callers pile up behind it.
+struct CountingBackend {
+    inner: SqliteBackend,
+    appends: Arc<AtomicUsize>,
+    largest_batch: Arc<AtomicUsize>,
+    delay: Duration,
+}
+
+impl CountingBackend {
+    fn new(path: &std::path::Path, delay: Duration) -> Self {
+        Self {
+            inner: SqliteBackend::open(path).unwrap(),
+            appends: Arc::default(),
+            largest_batch: Arc::default(),
+            delay,
+        }
+    }
+}
+
+impl AuditBackend for CountingBackend {
+    fn append(&mut self, batch: &[AuditRecord]) -> Result<(), AuditError> {
+        self.appends.fetch_add(1, Ordering::SeqCst);
+        self.largest_batch.fetch_max(batch.len(), Ordering::SeqCst);
+        std::thread::sleep(self.delay);
+        self.inner.append(batch)
+    }
+
+    fn query(&mut self, q: &AuditQuery) -> Result<Vec<AuditRecord>, AuditError> {
+        self.inner.query(q)
+    }
+}
+
+/// A backend whose disk is full.
+struct FailingBackend;
+
+impl AuditBackend for FailingBackend {
+    fn append(&mut self, _batch: &[AuditRecord]) -> Result<(), AuditError> {
+        std::thread::sleep(Duration::from_millis(2));
+        Err(AuditError::Io {
+            path: PathBuf::from("/full/audit.db"),
+            context: "appending a batch",
+            source: std::io::Error::other("no space left on device"),
+        })
+    }
+
+    fn query(&mut self, _q: &AuditQuery) -> Result<Vec<AuditRecord>, AuditError> {
+        Ok(Vec::new())
+    }
+}
+
+/// A backend with a bug.
+struct PanickingBackend;
+
+impl AuditBackend for PanickingBackend {
+    fn append(&mut self, _batch: &[AuditRecord]) -> Result<(), AuditError> {
+        panic!("backend bug (expected by this test)");
+    }
+
+    fn query(&mut self, _q: &AuditQuery) -> Result<Vec<AuditRecord>, AuditError> {
+        panic!("backend bug (expected by this test)");
+    }
+}
+
+#[tokio::test]
+async fn a_resolved_record_is_visible_to_a_fresh_connection() {
+    let (_dir, path) = temp_db();
+    let log = AuditLog::start(
+        Box::new(SqliteBackend::open(&path).unwrap()),
+        GroupCommitConfig::default(),
+    );
+    log.record(rec(0)).await.unwrap();
+    // A different connection, opened after `record` resolved: the row is on disk.
+    let mut fresh = SqliteBackend::open_read_only(&path).unwrap();
+    assert_eq!(fresh.query(&AuditQuery::default()).unwrap(), vec![rec(0)]);
+    assert_eq!(log.batches_committed(), 1);
+    assert_eq!(log.records_committed(), 1);
+    log.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_records_share_transactions() {
+    const N: i64 = 200;
+    let (_dir, path) = temp_db();
+    let backend = CountingBackend::new(&path, Duration::from_millis(5));
+    let appends = Arc::clone(&backend.appends);
+    let log = AuditLog::start(Box::new(backend), GroupCommitConfig::default());
+    let tasks: Vec<_> = (0..N)
+        .map(|i| {
+            let log = log.clone();
+            tokio::spawn(async move { log.record(rec(i)).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let transactions = appends.load(Ordering::SeqCst);
+    assert!(
+        transactions < 20,
+        "{N} records took {transactions} transactions"
+    );
+    assert_eq!(log.batches_committed(), transactions as u64);
+    assert_eq!(log.records_committed(), N as u64);
+    let stored = log.query(AuditQuery::default()).await.unwrap();
+    assert_eq!(stored, (0..N).map(rec).collect::<Vec<_>>());
+    log.shutdown().await;
+}
+
+#[tokio::test]
+async fn max_batch_bounds_each_transaction() {
+    let (_dir, path) = temp_db();
+    let backend = CountingBackend::new(&path, Duration::from_millis(20));
+    let appends = Arc::clone(&backend.appends);
+    let largest_batch = Arc::clone(&backend.largest_batch);
+    let cfg = GroupCommitConfig {
+        max_batch: 4,
+        queue_capacity: 64,
+    };
+    let log = AuditLog::start(Box::new(backend), cfg);
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let log = log.clone();
+            tokio::spawn(async move { log.record(rec(i)).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        largest_batch.load(Ordering::SeqCst),
+        4,
+        "batches fill up to max_batch"
+    );
+    assert!(
+        appends.load(Ordering::SeqCst) >= 5,
+        "20 records, at most 4 per batch"
+    );
+    log.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_batch_fails_every_waiter() {
+    let log = AuditLog::start(Box::new(FailingBackend), GroupCommitConfig::default());
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let log = log.clone();
+            tokio::spawn(async move { log.record(rec(i)).await })
+        })
+        .collect();
+    for task in tasks {
+        let err = task.await.unwrap().unwrap_err();
+        let AuditError::CommitFailed { source, .. } = &err else {
+            panic!("unexpected error: {err}");
+        };
+        assert!(matches!(**source, AuditError::Io { .. }), "{err}");
+    }
+    assert_eq!(log.records_committed(), 0);
+    assert!(log.batches_failed() >= 1);
+    // The writer survives a failed batch: the next call is answered too.
+    assert!(log.record(rec(99)).await.is_err());
+    assert_eq!(log.query(AuditQuery::default()).await.unwrap(), vec![]);
+}
+
+#[tokio::test]
+async fn a_dead_writer_fails_calls_instead_of_hanging() {
+    let log = AuditLog::start(Box::new(PanickingBackend), GroupCommitConfig::default());
+    let first = tokio::time::timeout(Duration::from_secs(5), log.record(rec(0)))
+        .await
+        .expect("record must not hang");
+    assert!(matches!(first, Err(AuditError::WriterGone)), "{first:?}");
+    let later = tokio::time::timeout(Duration::from_secs(5), log.record(rec(1)))
+        .await
+        .expect("record must not hang");
+    assert!(matches!(later, Err(AuditError::WriterGone)), "{later:?}");
+    let query = tokio::time::timeout(Duration::from_secs(5), log.query(AuditQuery::default()))
+        .await
+        .expect("query must not hang");
+    assert!(matches!(query, Err(AuditError::WriterGone)), "{query:?}");
+    tokio::time::timeout(Duration::from_secs(5), log.shutdown())
+        .await
+        .expect("shutdown must not hang");
+}
+
+#[tokio::test]
+async fn shutdown_of_the_last_handle_waits_for_the_writer_to_exit() {
+    let (_dir, path) = temp_db();
+    let log = AuditLog::start(
+        Box::new(SqliteBackend::open(&path).unwrap()),
+        GroupCommitConfig::default(),
+    );
+    let other = log.clone();
+    other.record(rec(0)).await.unwrap();
+    // Not the last handle: returns at once, and the log keeps working.
+    other.shutdown().await;
+    log.record(rec(1)).await.unwrap();
+    log.shutdown().await;
+    // The writer thread dropped its connection on exit: the WAL was checkpointed and
+    // the file can be opened for writing again with everything in it.
+    let mut again = SqliteBackend::open(&path).unwrap();
+    assert_eq!(
+        again.query(&AuditQuery::default()).unwrap(),
+        vec![rec(0), rec(1)]
+    );
+}
+
+#[test]
+fn errors_are_send_and_sync() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<AuditError>();
+    check::<AuditLog>();
+}
