@@ -1,0 +1,427 @@
+//! The signing CA: a self-signed root made on first start, or a plug-in CA
+//! from files, and the one function that signs leaves.
+//!
+//! Owns the CA key and the certificates above it. Rules enforced:
+//! - the CA key is written 0600 (temporary name, then rename); a half-written
+//!   pair (key without certificate or the reverse) stops start-up instead of
+//!   being silently replaced by a new root;
+//! - every plug-in file is checked at start-up, each failure naming the file
+//!   and the rule (see [`Authority::load_plugin`]);
+//! - every signed leaf is re-parsed and checked ([`super::validate`]) before it
+//!   is returned; a failure there is an internal error and no certificate.
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyUsagePurpose,
+};
+use rustls_pki_types::CertificateDer;
+use time::{Duration, OffsetDateTime};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer;
+use zeroize::Zeroizing;
+
+use super::bundle;
+use super::csr::{classify_spki, hex, sha256_hex};
+use super::key::{KeyAlgorithm, PrivateKey};
+use super::template::{self, LeafRequest};
+use super::validate::{self, ValidateError};
+use crate::identity::{SpiffeId, TrustDomain};
+use crate::time::Clock;
+
+mod error;
+mod facts;
+mod plugin;
+
+pub use error::AuthorityError;
+
+use facts::CertFacts;
+
+/// File name of the CA key, in the data directory and in Istio's `cacerts`.
+pub const CA_KEY_FILE: &str = "ca-key.pem";
+/// File name of the CA certificate, in the data directory and in Istio's `cacerts`.
+pub const CA_CERT_FILE: &str = "ca-cert.pem";
+/// Validity of a self-signed root.
+pub const ROOT_VALIDITY: Duration = Duration::days(3650);
+/// Default clock-skew allowance: how far notBefore is backdated.
+pub const DEFAULT_CLOCK_SKEW: Duration = Duration::seconds(60);
+
+/// How the authority is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorityConfig {
+    /// The trust domain; the self-signed root's subject is `O=<trust domain>`.
+    pub trust_domain: TrustDomain,
+    /// Key type of a newly generated root (an existing key is used as it is).
+    pub key_algorithm: KeyAlgorithm,
+    /// How far notBefore is backdated (capped at a tenth of each leaf's TTL),
+    /// so that verifiers whose clock lags a little accept new certificates.
+    pub clock_skew: Duration,
+}
+
+impl Default for AuthorityConfig {
+    fn default() -> Self {
+        Self {
+            trust_domain: TrustDomain::default(),
+            key_algorithm: KeyAlgorithm::default(),
+            clock_skew: DEFAULT_CLOCK_SKEW,
+        }
+    }
+}
+
+/// A certificate just issued and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedCert {
+    /// The certificate, PEM.
+    pub pem: String,
+    /// The certificate, DER.
+    pub der: Vec<u8>,
+    /// Serial number, lowercase hex (for the audit record).
+    pub serial_hex: String,
+    /// notBefore as written in the certificate (whole seconds).
+    pub not_before: OffsetDateTime,
+    /// notAfter as written in the certificate (whole seconds).
+    pub not_after: OffsetDateTime,
+    /// Lowercase hex SHA-256 of the certificate's SubjectPublicKeyInfo DER.
+    pub public_key_sha256_hex: String,
+}
+
+/// The seam a rotation will swap: the signing certificate and its key.
+struct Signer {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    cert_path: PathBuf,
+    subject_raw: Vec<u8>,
+    spki_der: Vec<u8>,
+    not_after: OffsetDateTime,
+}
+
+/// A loaded CA, ready to sign. Cheap to share behind an `Arc`.
+pub struct Authority {
+    signer: Signer,
+    /// Between leaf and root, leaf's issuer first; empty when the signer is the root.
+    chain: Vec<CertificateDer<'static>>,
+    roots: Vec<CertificateDer<'static>>,
+    root_not_after: OffsetDateTime,
+    clock_skew: Duration,
+}
+
+impl fmt::Debug for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key: only where the CA came from and its shape.
+        f.debug_struct("Authority")
+            .field("signer", &self.signer.cert_path)
+            .field("signer_not_after", &self.signer.not_after)
+            .field("chain_len", &self.chain.len())
+            .field("roots", &self.roots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authority {
+    /// Loads the self-signed root from `data_dir` (`ca-key.pem`, `ca-cert.pem`),
+    /// or creates it on first start: `cfg.key_algorithm`, 10 years, subject
+    /// `O=<trust domain>`, CA:TRUE, KeyUsage keyCertSign + cRLSign only.
+    pub fn load_or_create_self_signed(
+        data_dir: &Path,
+        cfg: &AuthorityConfig,
+        clock: &dyn Clock,
+    ) -> Result<Self, AuthorityError> {
+        let key_path = data_dir.join(CA_KEY_FILE);
+        let cert_path = data_dir.join(CA_CERT_FILE);
+        match (key_path.exists(), cert_path.exists()) {
+            (true, true) => Self::load_self_signed(&key_path, &cert_path, cfg, clock),
+            (false, false) => Self::create_self_signed(data_dir, &key_path, &cert_path, cfg, clock),
+            (true, false) => Err(AuthorityError::HalfWritten {
+                present: key_path,
+                missing: cert_path,
+            }),
+            (false, true) => Err(AuthorityError::HalfWritten {
+                present: cert_path,
+                missing: key_path,
+            }),
+        }
+    }
+
+    /// Loads a plug-in CA from `dir`: Istio `cacerts` names (`ca-cert.pem`,
+    /// `ca-key.pem`, `cert-chain.pem`, `root-cert.pem`) or cert-manager names
+    /// (`tls.crt` = signing certificate then its chain, `tls.key`, `ca.crt` =
+    /// roots). Checks that the key matches the certificate; that it is a CA
+    /// with keyCertSign; that it chains signature by signature to a root in the
+    /// roots file (which may hold several); that the roots are self-signed CAs;
+    /// that nothing is expired or not yet valid. Each failure names the file.
+    pub fn load_plugin(
+        dir: &Path,
+        cfg: &AuthorityConfig,
+        clock: &dyn Clock,
+    ) -> Result<Self, AuthorityError> {
+        plugin::load(dir, cfg, clock)
+    }
+
+    fn create_self_signed(
+        data_dir: &Path,
+        key_path: &Path,
+        cert_path: &Path,
+        cfg: &AuthorityConfig,
+        clock: &dyn Clock,
+    ) -> Result<Self, AuthorityError> {
+        let now = clock.now();
+        let key = PrivateKey::generate(cfg.key_algorithm).map_err(AuthorityError::Generate)?;
+        let key_pair = key.to_key_pair().map_err(AuthorityError::Generate)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, cfg.trust_domain.as_str());
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Signs certificates and CRLs, nothing else (no digitalSignature).
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.serial_number = Some(template::random_serial()?);
+        params.not_before = now - cfg.clock_skew.max(Duration::ZERO);
+        params.not_after = now + ROOT_VALIDITY;
+        let cert = params
+            .self_signed(&key_pair)
+            .map_err(AuthorityError::RootCertificate)?;
+        drop(key_pair);
+
+        let write_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| AuthorityError::Write { path, source }
+        };
+        fs::create_dir_all(data_dir).map_err(write_err(data_dir))?;
+        // Key first: a crash in between leaves a key without a certificate,
+        // which the next start reports instead of overwriting.
+        crate::secret_file::write_secret(key_path, key.secret_pkcs8_pem().as_bytes())
+            .map_err(write_err(key_path))?;
+        crate::secret_file::write_public(cert_path, cert.pem().as_bytes())
+            .map_err(write_err(cert_path))?;
+
+        let root = CertFacts::parse(cert.der().clone(), cert_path)?;
+        Self::assemble(
+            key,
+            key_path,
+            root.clone(),
+            Vec::new(),
+            vec![root],
+            cfg,
+            clock,
+        )
+    }
+
+    fn load_self_signed(
+        key_path: &Path,
+        cert_path: &Path,
+        cfg: &AuthorityConfig,
+        clock: &dyn Clock,
+    ) -> Result<Self, AuthorityError> {
+        let key = read_key(key_path)?;
+        let mut certs = read_certs(cert_path)?;
+        if certs.len() != 1 {
+            return Err(AuthorityError::Certificate {
+                path: cert_path.to_owned(),
+                reason: format!(
+                    "holds {} certificates, expected exactly one (the root)",
+                    certs.len()
+                ),
+            });
+        }
+        let root = CertFacts::parse(certs.remove(0), cert_path)?;
+        if !root.has_public_key(&key.public_key_der()) {
+            return Err(AuthorityError::KeyMismatch {
+                key: key_path.to_owned(),
+                cert: cert_path.to_owned(),
+            });
+        }
+        root.check_can_sign(true)?;
+        root.check_valid_at(clock.now())?;
+        root.check_self_signed()?;
+        Self::assemble(
+            key,
+            key_path,
+            root.clone(),
+            Vec::new(),
+            vec![root],
+            cfg,
+            clock,
+        )
+    }
+
+    /// Builds the authority from checked parts, then signs and checks one probe
+    /// leaf: rcgen re-encodes the issuer name from the parsed certificate, and a
+    /// name it cannot reproduce byte for byte (e.g. two OU attributes) must stop
+    /// start-up rather than produce leaves that do not chain.
+    fn assemble(
+        key: PrivateKey,
+        key_path: &Path,
+        signing: CertFacts,
+        chain: Vec<CertificateDer<'static>>,
+        roots: Vec<CertFacts>,
+        cfg: &AuthorityConfig,
+        clock: &dyn Clock,
+    ) -> Result<Self, AuthorityError> {
+        let key_pair = key.to_key_pair().map_err(|source| AuthorityError::Key {
+            path: key_path.to_owned(),
+            source,
+        })?;
+        let issuer = rcgen::Issuer::from_ca_cert_der(&signing.der, key_pair).map_err(|e| AuthorityError::Unusable {
+            path: signing.path.clone(),
+            reason: format!("its subject name cannot be re-encoded ({e}); multi-valued RDNs are not supported"),
+        })?;
+        let root_not_after = roots
+            .iter()
+            .map(|r| r.not_after)
+            .min()
+            .unwrap_or(signing.not_after);
+        let authority = Self {
+            signer: Signer {
+                issuer,
+                cert_path: signing.path.clone(),
+                subject_raw: signing.subject_raw.clone(),
+                spki_der: signing.spki_raw.clone(),
+                not_after: signing.not_after,
+            },
+            chain,
+            roots: roots.into_iter().map(|r| r.der).collect(),
+            root_not_after,
+            clock_skew: cfg.clock_skew,
+        };
+        let probe_id = SpiffeId::parse(&cfg.trust_domain.id_string()).map_err(|e| {
+            AuthorityError::Unusable {
+                path: signing.path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let probe_key =
+            PrivateKey::generate(KeyAlgorithm::EcdsaP256).map_err(AuthorityError::Generate)?;
+        let probe = LeafRequest::workload(probe_id, Duration::minutes(1));
+        authority
+            .sign_leaf(&probe_key.public_key_der(), &probe, clock)
+            .map_err(|e| AuthorityError::Unusable {
+                path: signing.path.clone(),
+                reason: match e {
+                    AuthorityError::PostSignCheck(ValidateError::WrongIssuerName) => {
+                        "rcgen re-encodes its subject name differently (repeated attribute types, such as \
+                         two OU values, are not supported), so issued certificates would not chain"
+                            .to_owned()
+                    }
+                    other => format!("a probe certificate failed: {other}"),
+                },
+            })?;
+        Ok(authority)
+    }
+
+    /// Signs a leaf for `public_key_der` (SubjectPublicKeyInfo DER, normally
+    /// from [`super::ValidatedCsr::public_key_der`]) as described by `req`.
+    /// The certificate is re-parsed and checked before it is returned.
+    pub fn sign_leaf(
+        &self,
+        public_key_der: &[u8],
+        req: &LeafRequest,
+        clock: &dyn Clock,
+    ) -> Result<IssuedCert, AuthorityError> {
+        let kind = classify_spki(public_key_der)
+            .map_err(|what| AuthorityError::UnsupportedPublicKey { what })?;
+        let spki = rcgen::SubjectPublicKeyInfo::from_der(public_key_der).map_err(|e| {
+            AuthorityError::UnsupportedPublicKey {
+                what: format!("{kind} in an encoding rcgen cannot reproduce ({e})"),
+            }
+        })?;
+        let params = template::leaf_params(
+            req,
+            kind.is_rsa(),
+            clock.now(),
+            self.clock_skew,
+            self.signer.not_after,
+        )?;
+        let cert = params
+            .signed_by(&spki, &self.signer.issuer)
+            .map_err(AuthorityError::Sign)?;
+        let der = cert.der().to_vec();
+
+        validate::check_leaf(&der, &req.id, &self.signer.spki_der)
+            .map_err(AuthorityError::PostSignCheck)?;
+        validate::check_binding(&der, public_key_der, &self.signer.subject_raw)
+            .map_err(AuthorityError::PostSignCheck)?;
+
+        let (serial_hex, not_before, not_after, public_key_sha256_hex) =
+            match X509Certificate::from_der(&der) {
+                Ok((_, parsed)) => (
+                    hex(parsed.raw_serial()),
+                    parsed.validity().not_before.to_datetime(),
+                    parsed.validity().not_after.to_datetime(),
+                    sha256_hex(parsed.public_key().raw),
+                ),
+                Err(e) => {
+                    return Err(AuthorityError::PostSignCheck(ValidateError::Unparseable {
+                        reason: e.to_string(),
+                    }))
+                }
+            };
+        Ok(IssuedCert {
+            pem: bundle::cert_pem(&der),
+            der,
+            serial_hex,
+            not_before,
+            not_after,
+            public_key_sha256_hex,
+        })
+    }
+
+    /// The certificates between a leaf and the roots, leaf's issuer first,
+    /// each its own PEM element; empty when the signer is itself a root.
+    pub fn chain_pem(&self) -> Vec<String> {
+        self.chain.iter().map(|c| bundle::cert_pem(c)).collect()
+    }
+
+    /// Each root, PEM.
+    pub fn roots_pem(&self) -> Vec<String> {
+        self.roots.iter().map(|c| bundle::cert_pem(c)).collect()
+    }
+
+    /// All roots concatenated: the last element of a CreateCertificate answer.
+    pub fn root_bundle_pem(&self) -> String {
+        bundle::concat_pem(&self.roots_pem())
+    }
+
+    /// Each root, DER.
+    pub fn roots_der(&self) -> Vec<CertificateDer<'static>> {
+        self.roots.clone()
+    }
+
+    /// When the signing certificate expires (no leaf outlives it).
+    pub fn signer_not_after(&self) -> OffsetDateTime {
+        self.signer.not_after
+    }
+
+    /// The earliest root expiry (metric `citadel_server_root_cert_expiry_timestamp`).
+    pub fn root_not_after(&self) -> OffsetDateTime {
+        self.root_not_after
+    }
+}
+
+fn read_key(path: &Path) -> Result<PrivateKey, AuthorityError> {
+    let text = Zeroizing::new(
+        fs::read_to_string(path).map_err(|source| AuthorityError::Read {
+            path: path.to_owned(),
+            source,
+        })?,
+    );
+    PrivateKey::from_pem(&text).map_err(|source| AuthorityError::Key {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, AuthorityError> {
+    let text = fs::read_to_string(path).map_err(|source| AuthorityError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    bundle::parse_pem_certs(&text).map_err(|source| AuthorityError::Bundle {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests;
