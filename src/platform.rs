@@ -1,1 +1,229 @@
-//! (being written)
+//! Where facts come from: the [`Platform`] trait, through which the CA (and
+//! later the node agent) verifies service-account tokens and learns pods,
+//! namespaces and PeerAuthentication policies.
+//!
+//! Owns the trait and its fact types ([`Pod`], [`Namespace`], [`VerifiedToken`])
+//! plus the backends: [`local`] (a watched directory of Kubernetes-style YAML
+//! and a local token issuer) and, later, `kube` (TokenReview, informers). The
+//! shared JWKS verification of Kubernetes tokens is [`jwt`]. It does not decide
+//! anything: who may have which identity is the CA's `authz`, what a policy
+//! means is `policy`'s resolution. Uses `identity` and `policy` (types) only.
+//!
+//! Rules enforced here: a token is only ever turned into facts after its
+//! signature, algorithm, time window, audience, issuer and subject have been
+//! checked ([`jwt`]); the reason a token was refused goes to the server log,
+//! never to the client; lookups are synchronous cache reads, so no caller
+//! holds a lock across an `.await` on our account.
+
+pub mod jwt;
+pub mod local;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use time::OffsetDateTime;
+
+use crate::identity::{IdentityError, SpiffeId, TrustDomain};
+use crate::policy::PeerAuthentication;
+
+/// The service account Kubernetes gives a pod that names none.
+pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
+
+/// A pod, as the platform knows it: the facts identity decisions are made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.uid`: tells a pod from a later one with the same name, so a
+    /// token bound to a deleted pod cannot be replayed for its successor.
+    pub uid: String,
+    /// `spec.nodeName`: the node agent may only ask for pods on its node.
+    pub node_name: Option<String>,
+    /// `spec.serviceAccountName` ([`DEFAULT_SERVICE_ACCOUNT`] when absent, as Kubernetes).
+    pub service_account: String,
+    /// `metadata.labels` (PeerAuthentication selectors match these).
+    pub labels: BTreeMap<String, String>,
+    /// `metadata.annotations` (e.g. `meshid.io/unix-uid` for local attestation).
+    pub annotations: BTreeMap<String, String>,
+    /// `status.phase`: `Pending`, `Running`, `Succeeded`, `Failed` or `Unknown`.
+    pub phase: Option<String>,
+    /// `metadata.creationTimestamp`.
+    pub creation_timestamp: Option<OffsetDateTime>,
+}
+
+impl Pod {
+    /// Whether the pod may still run workloads that need a certificate.
+    ///
+    /// Absent phase counts as running (hand-written local manifests rarely
+    /// carry a status), and so does `Pending`: containers that are starting
+    /// need their certificate before they run (ztunnel asks for it as soon as
+    /// the pod is scheduled). `Succeeded` and `Failed` pods are done, and
+    /// `Unknown` (the node stopped reporting) fails closed.
+    pub fn is_running(&self) -> bool {
+        matches!(
+            self.phase.as_deref(),
+            None | Some("Running") | Some("Pending")
+        )
+    }
+
+    /// The pod's SPIFFE ID, `spiffe://<td>/ns/<namespace>/sa/<service account>`.
+    pub fn identity(&self, td: &TrustDomain) -> Result<SpiffeId, IdentityError> {
+        SpiffeId::for_service_account(td, &self.namespace, &self.service_account)
+    }
+}
+
+/// A namespace and its labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What a verified service-account token says. Only built after every check
+/// in [`jwt`] (or a TokenReview) passed; holds no secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedToken {
+    /// `iss`.
+    pub issuer: String,
+    /// The namespace from `sub = system:serviceaccount:<ns>:<sa>`.
+    pub namespace: String,
+    /// The service account from `sub`.
+    pub service_account: String,
+    /// `aud`, as the token lists it (at least one of them was one we accept).
+    pub audiences: Vec<String>,
+    /// `kubernetes.io.pod.name`, for tokens bound to a pod.
+    pub pod_name: Option<String>,
+    /// `kubernetes.io.pod.uid`, for tokens bound to a pod.
+    pub pod_uid: Option<String>,
+    /// `kubernetes.io.node.name`, for tokens bound to a node (Kubernetes 1.30+).
+    pub node_name: Option<String>,
+    /// `kubernetes.io.node.uid`.
+    pub node_uid: Option<String>,
+    /// `exp`: a cached verification must not outlive it.
+    pub expires_at: OffsetDateTime,
+}
+
+impl VerifiedToken {
+    /// The caller's SPIFFE ID, from the token's namespace and service account.
+    pub fn identity(&self, td: &TrustDomain) -> Result<SpiffeId, IdentityError> {
+        SpiffeId::for_service_account(td, &self.namespace, &self.service_account)
+    }
+}
+
+/// What can go wrong getting facts from a platform.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlatformError {
+    /// The token was refused. `reason` is for the server log and the audit
+    /// record only: callers get an opaque UNAUTHENTICATED.
+    #[error("invalid service-account token: {reason}")]
+    InvalidToken {
+        /// Which check failed, in words an operator can act on. Never the token.
+        reason: String,
+    },
+    /// The platform cannot answer now (API server down, TokenReview failed);
+    /// worth retrying, unlike [`PlatformError::InvalidToken`].
+    #[error("platform unavailable: {0}")]
+    Unavailable(String),
+    /// A manifest file cannot be used.
+    #[error("manifest {}{}: {message}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Manifest {
+        /// The file.
+        file: PathBuf,
+        /// The 1-based line of the problem, when known.
+        line: Option<usize>,
+        /// What is wrong (for YAML errors, serde's path and position).
+        message: String,
+    },
+    /// Reading or writing a file or directory failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A JWKS has no key we can verify tokens with.
+    #[error("unusable JWKS: {reason}")]
+    Jwks {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The local token issuer's key file cannot be used.
+    #[error("token issuer key {}: {reason}", path.display())]
+    IssuerKey {
+        /// The key (or JWKS) file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A token cannot be issued as asked (bad name, TTL or audience).
+    #[error("cannot issue token: {reason}")]
+    InvalidTokenRequest {
+        /// Which field is wrong.
+        reason: String,
+    },
+}
+
+impl PlatformError {
+    pub(crate) fn invalid_token(reason: impl Into<String>) -> Self {
+        Self::InvalidToken {
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// The future [`Platform::verify_token`] returns.
+pub type VerifyFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<VerifiedToken, PlatformError>> + Send + 'a>>;
+
+/// A source of facts: tokens, pods, namespaces, policies.
+///
+/// Token verification is async (the `kube` backend calls TokenReview); every
+/// other method reads a synchronous in-memory cache (a reflector store on
+/// Kubernetes, the parsed manifests locally) and never blocks on the network.
+pub trait Platform: Send + Sync + 'static {
+    /// Verifies a service-account token (the bare JWT, without `Bearer `) for
+    /// one of `audiences`. Errors: [`PlatformError::InvalidToken`] (refused) or
+    /// [`PlatformError::Unavailable`] (cannot tell now).
+    fn verify_token<'a>(&'a self, token: &'a str, audiences: &'a [String]) -> VerifyFuture<'a>;
+
+    /// The pod with this `metadata.uid`.
+    fn pod_by_uid(&self, uid: &str) -> Option<Pod>;
+
+    /// The pod `namespace/name`.
+    fn pod(&self, namespace: &str, name: &str) -> Option<Pod>;
+
+    /// Every pod scheduled on `node` (`spec.nodeName`), in any phase.
+    fn pods_on_node(&self, node: &str) -> Vec<Pod>;
+
+    /// Every pod of `namespace` running as `service_account`, in any phase.
+    fn pods_for_service_account(&self, namespace: &str, service_account: &str) -> Vec<Pod>;
+
+    /// Every namespace.
+    fn namespaces(&self) -> Vec<Namespace>;
+
+    /// Every PeerAuthentication, in every namespace (`metadata.namespace` filled in).
+    fn peer_authentications(&self) -> Vec<PeerAuthentication>;
+
+    /// A generation counter bumped on every change of pods, namespaces or
+    /// policies; `changed().await` on it to react.
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Whether the caches hold a complete first view (for `/readyz`).
+    fn is_ready(&self) -> bool;
+}
