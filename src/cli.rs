@@ -41,7 +41,10 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init_tracing(cli.log_format, "info");
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -66,5 +69,6 @@ pub fn main() -> ExitCode {
 
 /// Parses durations such as `30s`, `24h`, `90d`.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 30s, 24h or 90d: {e}"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 30s, 24h or 90d: {e}"))
 }

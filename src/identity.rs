@@ -30,7 +30,9 @@ pub enum IdentityError {
     #[error("SPIFFE ID has an empty trust domain")]
     MissingTrustDomain,
     /// A character outside `[a-z0-9._-]` in the trust domain.
-    #[error("trust domain contains {0:?}: only lowercase letters, digits, '.', '-' and '_' are allowed")]
+    #[error(
+        "trust domain contains {0:?}: only lowercase letters, digits, '.', '-' and '_' are allowed"
+    )]
     BadTrustDomainChar(char),
     /// A `:` (port) in the trust domain.
     #[error("trust domain must not contain a port")]
@@ -63,7 +65,9 @@ pub enum IdentityError {
     #[error("SPIFFE ID is {0} bytes long, the maximum is 2048")]
     TooLong(usize),
     /// The ID is valid but not of the form `/ns/<namespace>/sa/<service-account>`.
-    #[error("SPIFFE ID path {0:?} is not of the Kubernetes form /ns/<namespace>/sa/<service-account>")]
+    #[error(
+        "SPIFFE ID path {0:?} is not of the Kubernetes form /ns/<namespace>/sa/<service-account>"
+    )]
     NotKubernetes(String),
     /// A namespace or service-account name that cannot be a path segment.
     #[error("{what} {value:?} is not a valid Kubernetes name for a SPIFFE ID segment")]
@@ -135,7 +139,9 @@ impl SpiffeId {
         if id.len() > MAX_SPIFFE_ID_LEN {
             return Err(IdentityError::TooLong(id.len()));
         }
-        let rest = id.strip_prefix(SCHEME_PREFIX).ok_or(IdentityError::WrongScheme)?;
+        let rest = id
+            .strip_prefix(SCHEME_PREFIX)
+            .ok_or(IdentityError::WrongScheme)?;
         if rest.contains('?') {
             return Err(IdentityError::Query);
         }
@@ -155,7 +161,10 @@ impl SpiffeId {
     }
 
     /// Builds an ID from a trust domain and a list of path segments, each checked.
-    pub fn from_segments(trust_domain: &TrustDomain, segments: &[&str]) -> Result<Self, IdentityError> {
+    pub fn from_segments(
+        trust_domain: &TrustDomain,
+        segments: &[&str],
+    ) -> Result<Self, IdentityError> {
         let mut path = String::new();
         for segment in segments {
             path.push('/');
@@ -202,11 +211,19 @@ impl SpiffeId {
     /// The `(namespace, service account)` of a Kubernetes-form ID.
     pub fn kubernetes(&self) -> Result<KubernetesIdentity<'_>, IdentityError> {
         let mut parts = self.path.strip_prefix('/').unwrap_or("").split('/');
-        match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some("ns"), Some(namespace), Some("sa"), Some(service_account), None) => Ok(KubernetesIdentity {
-                namespace,
-                service_account,
-            }),
+        match (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) {
+            (Some("ns"), Some(namespace), Some("sa"), Some(service_account), None) => {
+                Ok(KubernetesIdentity {
+                    namespace,
+                    service_account,
+                })
+            }
             _ => Err(IdentityError::NotKubernetes(self.path.clone())),
         }
     }
@@ -286,7 +303,9 @@ fn check_kube_name(what: &'static str, value: &str) -> Result<(), IdentityError>
         && value != "."
         && value != ".."
         && value.len() <= 253
-        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
     if ok {
         Ok(())
     } else {
@@ -309,7 +328,10 @@ mod tests {
     #[test]
     fn kubernetes_identity_round_trips() {
         let id = SpiffeId::for_service_account(&td(), "default", "frontend").unwrap();
-        assert_eq!(id.to_string(), "spiffe://cluster.local/ns/default/sa/frontend");
+        assert_eq!(
+            id.to_string(),
+            "spiffe://cluster.local/ns/default/sa/frontend"
+        );
         let parsed: SpiffeId = id.to_string().parse().unwrap();
         assert_eq!(parsed, id);
         let k = parsed.kubernetes().unwrap();
@@ -345,7 +367,11 @@ mod tests {
             ("spiffe://cluster.local/ns/ä", E::BadPathChar('ä')),
         ];
         for (input, want) in cases {
-            assert_eq!(SpiffeId::parse(input).as_ref(), Err(want), "input {input:?}");
+            assert_eq!(
+                SpiffeId::parse(input).as_ref(),
+                Err(want),
+                "input {input:?}"
+            );
         }
     }
 
@@ -365,7 +391,10 @@ mod tests {
     #[test]
     fn kubernetes_form_is_required_where_asked() {
         let id = SpiffeId::parse("spiffe://cluster.local/ns/a/sa/b/extra").unwrap();
-        assert!(matches!(id.kubernetes(), Err(IdentityError::NotKubernetes(_))));
+        assert!(matches!(
+            id.kubernetes(),
+            Err(IdentityError::NotKubernetes(_))
+        ));
         assert!(SpiffeId::for_service_account(&td(), "", "b").is_err());
         assert!(SpiffeId::for_service_account(&td(), "a", "b/c").is_err());
         assert!(SpiffeId::for_service_account(&td(), "..", "b").is_err());
@@ -373,7 +402,10 @@ mod tests {
 
     #[test]
     fn trust_domain_accepts_id_form() {
-        assert_eq!(TrustDomain::new("spiffe://example.org").unwrap().as_str(), "example.org");
+        assert_eq!(
+            TrustDomain::new("spiffe://example.org").unwrap().as_str(),
+            "example.org"
+        );
         assert_eq!(td().id_string(), "spiffe://cluster.local");
         assert!(TrustDomain::new("").is_err());
     }

@@ -12,13 +12,24 @@ use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` with the given Unix `mode`, atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name")
+    })?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    // Unique per call, so concurrent writers of one path never share a temp file.
+    let mut nonce = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+        .map_err(|_| std::io::Error::other("the system random generator failed"))?;
+    tmp_name.push(format!(
+        ".tmp-{}-{:016x}",
+        std::process::id(),
+        u64::from_le_bytes(nonce)
+    ));
     let tmp: PathBuf = dir.join(tmp_name);
     let result = (|| {
         let mut file = OpenOptions::new()
@@ -68,7 +79,10 @@ mod tests {
         // Overwriting an existing, more open file still ends at 0600.
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         write_secret(&path, b"other").unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(fs::read(&path).unwrap(), b"other");
         // No temporary file is left behind.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);

@@ -58,7 +58,9 @@ impl Shutdown {
     pub async fn drain(&self, deadline: Duration) -> bool {
         self.token.cancel();
         self.tracker.close();
-        tokio::time::timeout(deadline, self.tracker.wait()).await.is_ok()
+        tokio::time::timeout(deadline, self.tracker.wait())
+            .await
+            .is_ok()
     }
 
     /// Triggers shutdown on the first SIGINT or SIGTERM.

@@ -27,8 +27,11 @@ pub enum LogFormat {
 /// Calling it twice is harmless.
 pub fn init_tracing(format: LogFormat, default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -68,7 +71,11 @@ fn render_metrics(registry: &Registry) -> impl IntoResponse {
     let encoder = TextEncoder::new();
     let mut body = Vec::new();
     match encoder.encode(&registry.gather(), &mut body) {
-        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, encoder.format_type().to_owned())], body),
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, encoder.format_type().to_owned())],
+            body,
+        ),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             [(header::CONTENT_TYPE, "text/plain".to_owned())],

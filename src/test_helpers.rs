@@ -73,8 +73,22 @@ impl TestEnv {
     }
 
     /// A token for `ns/sa`, optionally bound to a pod `(name, uid)` and a node.
-    pub fn token(&self, ns: &str, sa: &str, pod: Option<(&str, &str)>, node: Option<&str>) -> String {
-        self.token_with(ns, sa, pod, node, &["istio-ca"], time::Duration::hours(1), time::OffsetDateTime::now_utc())
+    pub fn token(
+        &self,
+        ns: &str,
+        sa: &str,
+        pod: Option<(&str, &str)>,
+        node: Option<&str>,
+    ) -> String {
+        self.token_with(
+            ns,
+            sa,
+            pod,
+            node,
+            &["istio-ca"],
+            time::Duration::hours(1),
+            time::OffsetDateTime::now_utc(),
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -151,7 +165,8 @@ pub fn request(
         req.metadata_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
     }
-    req.metadata_mut().insert("clusterid", "Kubernetes".parse().unwrap());
+    req.metadata_mut()
+        .insert("clusterid", "Kubernetes".parse().unwrap());
     req
 }
 
@@ -180,7 +195,11 @@ impl CaProcess {
             .args(["--listen", "127.0.0.1:0", "--metrics-listen"])
             .arg(metrics.to_string())
             .args(extra)
-            .env("RUST_LOG", "meshid=debug,info")
+            .env(
+                "RUST_LOG",
+                std::env::var("MESHID_TEST_CA_LOG")
+                    .unwrap_or_else(|_| "meshid=debug,info".to_owned()),
+            )
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -194,7 +213,10 @@ impl CaProcess {
         else {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("CA did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+            bail!(
+                "CA did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         };
         Ok(Self {
             child: Some(child),
@@ -206,8 +228,14 @@ impl CaProcess {
 
     /// Sends SIGTERM and waits for exit; returns the exit status.
     pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let mut child = self.child.take().ok_or_else(|| anyhow!("already stopped"))?;
-        Command::new("kill").arg("-TERM").arg(child.id().to_string()).status()?;
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("already stopped"))?;
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()?;
         for _ in 0..100 {
             if let Some(status) = child.try_wait()? {
                 return Ok(status);
@@ -216,6 +244,11 @@ impl CaProcess {
         }
         child.kill()?;
         bail!("CA did not exit within 10 s of SIGTERM")
+    }
+
+    /// The CA's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn log_text(&self) -> String {
@@ -238,7 +271,11 @@ impl Drop for CaProcess {
 }
 
 /// Connects over TLS; `identity` is a client certificate chain and key (PEM).
-pub async fn connect(addr: SocketAddr, root_pem: &str, identity: Option<(&str, &str)>) -> anyhow::Result<CaClient> {
+pub async fn connect(
+    addr: SocketAddr,
+    root_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> anyhow::Result<CaClient> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(root_pem))
         .domain_name("localhost");

@@ -27,7 +27,7 @@ const MAX_TOKEN_BYTES: usize = 16 * 1024;
 #[derive(Debug, Clone)]
 pub enum Caller {
     /// A workload or node agent, by its service-account token.
-    Token(TokenCaller),
+    Token(Box<TokenCaller>),
     /// A workload renewing with a certificate we issued.
     Certificate {
         /// The identity in the certificate.
@@ -128,7 +128,7 @@ impl Authenticator {
         let identity = claims
             .identity(&self.trust_domain)
             .map_err(|e| AuthnError::Token(format!("subject is not a usable identity: {e}")))?;
-        Ok(Caller::Token(TokenCaller { identity, claims }))
+        Ok(Caller::Token(Box::new(TokenCaller { identity, claims })))
     }
 
     async fn verify_token(&self, token: &str) -> Result<VerifiedToken, AuthnError> {
@@ -159,7 +159,10 @@ impl Authenticator {
 
 /// Extracts the token from `Bearer <token>` (scheme case-insensitive).
 fn bearer_token(header: &str) -> Result<&str, AuthnError> {
-    let (scheme, token) = header.trim().split_once(' ').ok_or(AuthnError::MalformedHeader)?;
+    let (scheme, token) = header
+        .trim()
+        .split_once(' ')
+        .ok_or(AuthnError::MalformedHeader)?;
     let token = token.trim();
     if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
         return Err(AuthnError::MalformedHeader);
@@ -174,8 +177,8 @@ pub fn identity_from_certificate(
     trust_domain: &TrustDomain,
 ) -> Result<SpiffeId, AuthnError> {
     let refuse = |m: String| AuthnError::Certificate(m);
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| refuse(format!("unparsable: {e}")))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| refuse(format!("unparsable: {e}")))?;
     let san = cert
         .subject_alternative_name()
         .map_err(|e| refuse(format!("bad SAN extension: {e}")))?
@@ -190,11 +193,16 @@ pub fn identity_from_certificate(
         })
         .collect();
     let [uri] = uris.as_slice() else {
-        return Err(refuse(format!("{} URI SANs, an SVID has exactly one", uris.len())));
+        return Err(refuse(format!(
+            "{} URI SANs, an SVID has exactly one",
+            uris.len()
+        )));
     };
     let id = SpiffeId::parse(uri).map_err(|e| refuse(format!("URI SAN {uri:?}: {e}")))?;
     if !id.is_member_of(trust_domain) {
-        return Err(refuse(format!("{id} is not in trust domain {trust_domain}")));
+        return Err(refuse(format!(
+            "{id} is not in trust domain {trust_domain}"
+        )));
     }
     Ok(id)
 }
@@ -280,7 +288,9 @@ mod tests {
         let mut cache = TokenCache::new(2);
         cache.insert([1; 32], claims(now + time::Duration::seconds(10)), now);
         assert!(cache.get(&[1; 32], now).is_some());
-        assert!(cache.get(&[1; 32], now + time::Duration::seconds(10)).is_none());
+        assert!(cache
+            .get(&[1; 32], now + time::Duration::seconds(10))
+            .is_none());
         for i in 0..10u8 {
             cache.insert([i; 32], claims(now + time::Duration::hours(1)), now);
             assert!(cache.entries.len() <= 2);

@@ -26,7 +26,8 @@ pub struct TrustedNodeAccounts(BTreeSet<(String, String)>);
 impl TrustedNodeAccounts {
     /// Whether `namespace/service_account` is a trusted node agent.
     pub fn contains(&self, namespace: &str, service_account: &str) -> bool {
-        self.0.contains(&(namespace.to_owned(), service_account.to_owned()))
+        self.0
+            .contains(&(namespace.to_owned(), service_account.to_owned()))
     }
 
     /// Whether the list is empty.
@@ -46,7 +47,11 @@ impl FromStr for TrustedNodeAccounts {
                 Some((ns, sa)) if !ns.is_empty() && !sa.is_empty() && !sa.contains('/') => {
                     set.insert((ns.to_owned(), sa.to_owned()));
                 }
-                _ => return Err(format!("{entry:?} is not of the form <namespace>/<service-account>")),
+                _ => {
+                    return Err(format!(
+                        "{entry:?} is not of the form <namespace>/<service-account>"
+                    ))
+                }
             }
         }
         Ok(Self(set))
@@ -134,7 +139,9 @@ pub enum Unauthorized {
         requested: SpiffeId,
     },
     /// Impersonation whose caller's node is unknown.
-    #[error("{caller} asks for {requested}, but its token names no pod or node, so its node is unknown")]
+    #[error(
+        "{caller} asks for {requested}, but its token names no pod or node, so its node is unknown"
+    )]
     NodeUnknown {
         /// The caller.
         caller: SpiffeId,
@@ -184,7 +191,9 @@ pub fn check_authorized(input: &AuthzInput<'_>) -> Result<Permit, Unauthorized> 
     // Rule 3: only trusted node agents, authenticated by token (a token says
     // which node they run on; a renewal certificate does not).
     let trusted = match input.caller {
-        Caller::Token(token) => input.trusted.contains(&token.claims.namespace, &token.claims.service_account),
+        Caller::Token(token) => input
+            .trusted
+            .contains(&token.claims.namespace, &token.claims.service_account),
         Caller::Certificate { .. } => false,
     };
     if !trusted {
@@ -259,11 +268,13 @@ fn caller_node(input: &AuthzInput<'_>) -> Result<Option<String>, Unauthorized> {
         }
     }
     match (&claims.node_name, &pod.node_name) {
-        (Some(token_node), Some(pod_node)) if token_node != pod_node => Err(Unauthorized::NodeMismatch {
-            caller: caller(),
-            token_node: token_node.clone(),
-            pod_node: pod_node.clone(),
-        }),
+        (Some(token_node), Some(pod_node)) if token_node != pod_node => {
+            Err(Unauthorized::NodeMismatch {
+                caller: caller(),
+                token_node: token_node.clone(),
+                pod_node: pod_node.clone(),
+            })
+        }
         (token_node, pod_node) => Ok(pod_node.clone().or_else(|| token_node.clone())),
     }
 }

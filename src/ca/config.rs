@@ -49,7 +49,10 @@ impl Default for CaConfig {
             audiences: vec!["istio-ca".to_owned()],
             default_ttl: Duration::from_secs(24 * 3600),
             max_ttl: Duration::from_secs(90 * 24 * 3600),
-            serving_dns_names: vec!["meshid-ca.meshid-system.svc".to_owned(), "localhost".to_owned()],
+            serving_dns_names: vec![
+                "meshid-ca.meshid-system.svc".to_owned(),
+                "localhost".to_owned(),
+            ],
             serving_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
             serving_cert_ttl: Duration::from_secs(24 * 3600),
             max_concurrent_requests: 256,
@@ -89,7 +92,10 @@ impl CaConfig {
             return err("audiences", "needs at least one non-empty audience");
         }
         if self.serving_dns_names.is_empty() && self.serving_ips.is_empty() {
-            return err("serving-dns-names", "the serving certificate needs a DNS name or an IP address");
+            return err(
+                "serving-dns-names",
+                "the serving certificate needs a DNS name or an IP address",
+            );
         }
         if self.serving_cert_ttl < Duration::from_secs(60) {
             return err("serving-cert-ttl", "must be at least 60 s");

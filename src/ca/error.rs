@@ -19,7 +19,7 @@ pub enum CaError {
     Unauthenticated(#[from] AuthnError),
     /// The caller may not have the identity.
     #[error(transparent)]
-    PermissionDenied(#[from] Unauthorized),
+    PermissionDenied(Box<Unauthorized>),
     /// The CSR asks for an identity other than the one being granted.
     #[error("{0}")]
     IdentityMismatch(String),
@@ -38,6 +38,12 @@ pub enum CaError {
     /// Signing or the post-signing check failed.
     #[error("signing failed: {0}")]
     Signing(#[source] AuthorityError),
+}
+
+impl From<Unauthorized> for CaError {
+    fn from(e: Unauthorized) -> Self {
+        CaError::PermissionDenied(Box::new(e))
+    }
 }
 
 impl CaError {
@@ -62,10 +68,16 @@ impl From<CaError> for tonic::Status {
         match &e {
             // Opaque on purpose: the reason is in the log and the audit record.
             CaError::Unauthenticated(_) => Status::unauthenticated("authentication failed"),
-            CaError::PermissionDenied(_) | CaError::IdentityMismatch(_) => Status::permission_denied(e.to_string()),
-            CaError::InvalidCsr(_) | CaError::InvalidRequest(_) => Status::invalid_argument(e.to_string()),
+            CaError::PermissionDenied(_) | CaError::IdentityMismatch(_) => {
+                Status::permission_denied(e.to_string())
+            }
+            CaError::InvalidCsr(_) | CaError::InvalidRequest(_) => {
+                Status::invalid_argument(e.to_string())
+            }
             CaError::Overloaded(_) => Status::resource_exhausted(e.to_string()),
-            CaError::AuditUnavailable(_) => Status::unavailable("audit store unavailable, no certificate issued"),
+            CaError::AuditUnavailable(_) => {
+                Status::unavailable("audit store unavailable, no certificate issued")
+            }
             CaError::Signing(_) => Status::internal("the CA failed to sign; see its log"),
         }
     }

@@ -131,11 +131,16 @@ impl Issuer {
                 record.outcome = Outcome::Issued;
                 if let Err(e) = self.deps.audit.record(record).await {
                     tracing::error!(identity = %issued.identity, error = %e, "audit write failed; certificate withheld");
-                    metrics.sign_errors.with_label_values(&["audit_unavailable"]).inc();
+                    metrics
+                        .sign_errors
+                        .with_label_values(&["audit_unavailable"])
+                        .inc();
                     return Err(CaError::AuditUnavailable(e));
                 }
                 metrics.issued.inc();
-                metrics.issuance_seconds.observe(started.elapsed().as_secs_f64());
+                metrics
+                    .issuance_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 tracing::info!(
                     identity = %issued.identity,
                     ttl_secs = issued.granted_ttl.as_secs(),
@@ -148,7 +153,10 @@ impl Issuer {
                 if matches!(e, CaError::Unauthenticated(_)) {
                     metrics.authentication_failures.inc();
                 }
-                metrics.sign_errors.with_label_values(&[e.metric_label()]).inc();
+                metrics
+                    .sign_errors
+                    .with_label_values(&[e.metric_label()])
+                    .inc();
                 record.reason = Some(e.to_string());
                 let caller = record.caller.clone().unwrap_or_default();
                 if let Err(audit_err) = self.deps.audit.record(record).await {
@@ -160,7 +168,11 @@ impl Issuer {
         }
     }
 
-    async fn decide(&self, req: &IssueRequest, record: &mut AuditRecord) -> Result<Issued, CaError> {
+    async fn decide(
+        &self,
+        req: &IssueRequest,
+        record: &mut AuditRecord,
+    ) -> Result<Issued, CaError> {
         // 1. Authenticate.
         let caller = self
             .authn
@@ -177,10 +189,14 @@ impl Issuer {
         let impersonate = match req.impersonate.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(raw) => Some(SpiffeId::parse(raw).map_err(|e| {
-                CaError::InvalidRequest(format!("metadata ImpersonatedIdentity {raw:?} is not a SPIFFE ID: {e}"))
+                CaError::InvalidRequest(format!(
+                    "metadata ImpersonatedIdentity {raw:?} is not a SPIFFE ID: {e}"
+                ))
             })?),
         };
-        let requested = impersonate.clone().unwrap_or_else(|| caller.identity().clone());
+        let requested = impersonate
+            .clone()
+            .unwrap_or_else(|| caller.identity().clone());
         record.requested_identity = Some(requested.to_string());
         set_kubernetes_fields(record, &requested);
         let permit = self.authorize(&caller, impersonate.as_ref())?;
@@ -196,9 +212,7 @@ impl Issuer {
 
         // 4. CSR: only its public key is used, for the permitted identity.
         let csr = validate_csr(req.csr.as_bytes(), &permit.identity).map_err(|e| match e {
-            CsrError::SanMismatch { .. } => {
-                CaError::IdentityMismatch(format!("the caller is granted {}, but {e}", permit.identity))
-            }
+            CsrError::SanMismatch { .. } => CaError::IdentityMismatch(e.to_string()),
             other => CaError::InvalidCsr(other),
         })?;
         record.public_key_sha256 = Some(csr.public_key_sha256_hex());
@@ -232,7 +246,11 @@ impl Issuer {
         })
     }
 
-    fn authorize(&self, caller: &Caller, impersonate: Option<&SpiffeId>) -> Result<Permit, CaError> {
+    fn authorize(
+        &self,
+        caller: &Caller,
+        impersonate: Option<&SpiffeId>,
+    ) -> Result<Permit, CaError> {
         let platform = &self.deps.platform;
         let caller_pod = match caller {
             Caller::Token(t) => t

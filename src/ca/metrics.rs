@@ -26,13 +26,19 @@ impl CaMetrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let m = Self {
-            csr_count: IntCounter::new("citadel_server_csr_count", "Total CSRs received by the CA.")?,
+            csr_count: IntCounter::new(
+                "citadel_server_csr_count",
+                "Total CSRs received by the CA.",
+            )?,
             authentication_failures: IntCounter::new(
                 "citadel_server_authentication_failure_count",
                 "Requests refused because the caller could not be authenticated.",
             )?,
             sign_errors: IntCounterVec::new(
-                Opts::new("citadel_server_csr_sign_err_count", "CSRs that did not yield a certificate, by error."),
+                Opts::new(
+                    "citadel_server_csr_sign_err_count",
+                    "CSRs that did not yield a certificate, by error.",
+                ),
                 &["error"],
             )?,
             issued: IntCounter::new(
@@ -48,7 +54,9 @@ impl CaMetrics {
                     "meshid_ca_issuance_duration_seconds",
                     "Time from receiving a CSR to answering with a certificate.",
                 )
-                .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
+                .buckets(vec![
+                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                ]),
             )?,
             overloaded: IntCounter::new(
                 "meshid_ca_overloaded_count",

@@ -68,10 +68,13 @@ impl CaServer {
         shutdown: Shutdown,
     ) -> Result<Self, ServerError> {
         config.validate()?;
-        let listener = TcpListener::bind(config.listen).await.map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let addr = listener.local_addr().map_err(|source| ServerError::Bind {
             addr: config.listen,
             source,
@@ -84,7 +87,8 @@ impl CaServer {
             ttl: config.serving_cert_ttl,
         };
         let serving =
-            ServingCert::issue(&deps.authority, &identity, deps.clock.as_ref(), &deps.audit).await?;
+            ServingCert::issue(&deps.authority, &identity, deps.clock.as_ref(), &deps.audit)
+                .await?;
         let tls = server_config(serving.clone(), deps.authority.roots_der())?;
         deps.metrics
             .root_expiry
@@ -98,7 +102,10 @@ impl CaServer {
                     Arc::new(move || !ready_shutdown.is_triggered() && platform.is_ready());
                 let bound = telemetry::serve(maddr, registry, ready, shutdown.clone())
                     .await
-                    .map_err(|source| ServerError::Bind { addr: maddr, source })?;
+                    .map_err(|source| ServerError::Bind {
+                        addr: maddr,
+                        source,
+                    })?;
                 Some(bound)
             }
             None => None,
@@ -172,7 +179,9 @@ async fn accept_loop(
                 Ok(stream) => {
                     let _ = conns.send(Ok(stream)).await;
                 }
-                Err(reason) => tracing::debug!(%remote, %reason, "connection dropped before any request"),
+                Err(reason) => {
+                    tracing::debug!(%remote, %reason, "connection dropped before any request")
+                }
             }
         });
     }
@@ -204,7 +213,12 @@ async fn handshake(
 
 /// Renews the serving certificate at half its lifetime; on failure retries
 /// with backoff while the current one is still valid.
-async fn renew_loop(serving: Arc<ServingCert>, identity: ServingIdentity, deps: CaDeps, shutdown: Shutdown) {
+async fn renew_loop(
+    serving: Arc<ServingCert>,
+    identity: ServingIdentity,
+    deps: CaDeps,
+    shutdown: Shutdown,
+) {
     let mut backoff = Duration::from_secs(1);
     let mut failed = false;
     loop {
@@ -212,13 +226,18 @@ async fn renew_loop(serving: Arc<ServingCert>, identity: ServingIdentity, deps: 
             backoff
         } else {
             let remaining = serving.not_after() - deps.clock.now();
-            Duration::try_from(remaining / 2).unwrap_or(Duration::ZERO).max(Duration::from_secs(1))
+            Duration::try_from(remaining / 2)
+                .unwrap_or(Duration::ZERO)
+                .max(Duration::from_secs(1))
         };
         tokio::select! {
             _ = shutdown.triggered() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        match serving.renew(&deps.authority, &identity, deps.clock.as_ref(), &deps.audit).await {
+        match serving
+            .renew(&deps.authority, &identity, deps.clock.as_ref(), &deps.audit)
+            .await
+        {
             Ok(()) => {
                 failed = false;
                 backoff = Duration::from_secs(1);

@@ -73,7 +73,9 @@ impl IstioCertificateService for CaService {
 
 /// Reads `ImpersonatedIdentity` from the request metadata; other keys (such
 /// as Istio's `CertSigner`, often "") are tolerated and ignored.
-fn impersonated_identity(metadata: Option<&prost_types::Struct>) -> Result<Option<String>, CaError> {
+fn impersonated_identity(
+    metadata: Option<&prost_types::Struct>,
+) -> Result<Option<String>, CaError> {
     let Some(value) = metadata.and_then(|m| m.fields.get(IMPERSONATED_IDENTITY)) else {
         return Ok(None);
     };
@@ -95,7 +97,14 @@ mod tests {
         Struct {
             fields: pairs
                 .iter()
-                .map(|(k, v)| ((*k).to_owned(), Value { kind: Some(v.clone()) }))
+                .map(|(k, v)| {
+                    (
+                        (*k).to_owned(),
+                        Value {
+                            kind: Some(v.clone()),
+                        },
+                    )
+                })
                 .collect(),
         }
     }
@@ -103,7 +112,10 @@ mod tests {
     #[test]
     fn impersonation_metadata_is_read_and_cert_signer_tolerated() {
         let m = meta(&[
-            (IMPERSONATED_IDENTITY, Kind::StringValue("spiffe://cluster.local/ns/a/sa/b".into())),
+            (
+                IMPERSONATED_IDENTITY,
+                Kind::StringValue("spiffe://cluster.local/ns/a/sa/b".into()),
+            ),
             ("CertSigner", Kind::StringValue(String::new())),
         ]);
         assert_eq!(

@@ -118,7 +118,12 @@ impl ServingCert {
 
 impl ResolvesServerCert for ServingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
     }
 }
 
@@ -128,7 +133,8 @@ async fn issue_certified_key(
     clock: &dyn Clock,
     audit: &AuditLog,
 ) -> Result<(CertifiedKey, time::OffsetDateTime), TlsError> {
-    let id = SpiffeId::for_service_account(&identity.trust_domain, CA_NAMESPACE, CA_SERVICE_ACCOUNT)?;
+    let id =
+        SpiffeId::for_service_account(&identity.trust_domain, CA_NAMESPACE, CA_SERVICE_ACCOUNT)?;
     let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256)?;
     let request = LeafRequest {
         id: id.clone(),
@@ -207,7 +213,12 @@ pub struct CaTlsStream {
 
 impl CaTlsStream {
     /// Wraps a completed handshake and the first bytes already read from it.
-    pub fn new(inner: TlsStream<TcpStream>, remote: SocketAddr, prefix: Vec<u8>, slot: OwnedSemaphorePermit) -> Self {
+    pub fn new(
+        inner: TlsStream<TcpStream>,
+        remote: SocketAddr,
+        prefix: Vec<u8>,
+        slot: OwnedSemaphorePermit,
+    ) -> Self {
         let client_chain = inner
             .get_ref()
             .1
@@ -215,7 +226,10 @@ impl CaTlsStream {
             .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect());
         Self {
             inner,
-            info: CaConnInfo { remote, client_chain },
+            info: CaConnInfo {
+                remote,
+                client_chain,
+            },
             prefix,
             prefix_pos: 0,
             _slot: slot,
@@ -231,7 +245,11 @@ impl tonic::transport::server::Connected for CaTlsStream {
 }
 
 impl AsyncRead for CaTlsStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.prefix_pos < this.prefix.len() {
             let rest = &this.prefix[this.prefix_pos..];
@@ -245,7 +263,11 @@ impl AsyncRead for CaTlsStream {
 }
 
 impl AsyncWrite for CaTlsStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

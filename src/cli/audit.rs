@@ -64,10 +64,13 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
 
 fn list(args: ListArgs) -> anyhow::Result<()> {
     let path = args.data_dir.join("audit.db");
-    let mut store =
-        SqliteBackend::open_read_only(&path).with_context(|| format!("opening the audit store {}", path.display()))?;
+    let mut store = SqliteBackend::open_read_only(&path)
+        .with_context(|| format!("opening the audit store {}", path.display()))?;
     let since = match args.since {
-        Some(d) => Some(time::OffsetDateTime::now_utc() - time::Duration::try_from(d).context("--since is too long")?),
+        Some(d) => Some(
+            time::OffsetDateTime::now_utc()
+                - time::Duration::try_from(d).context("--since is too long")?,
+        ),
         None => None,
     };
     let query = AuditQuery {

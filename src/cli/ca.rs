@@ -53,13 +53,28 @@ pub struct CaArgs {
     #[arg(long, env = "MESHID_MAX_TTL", default_value = "90d", value_parser = super::parse_duration)]
     pub max_ttl: Duration,
     /// Accepted token audiences (comma-separated).
-    #[arg(long, env = "MESHID_AUDIENCES", default_value = "istio-ca", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "MESHID_AUDIENCES",
+        default_value = "istio-ca",
+        value_delimiter = ','
+    )]
     pub audiences: Vec<String>,
     /// DNS names on the CA's serving certificate (comma-separated).
-    #[arg(long, env = "MESHID_SERVING_DNS_NAMES", default_value = "meshid-ca.meshid-system.svc,localhost", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "MESHID_SERVING_DNS_NAMES",
+        default_value = "meshid-ca.meshid-system.svc,localhost",
+        value_delimiter = ','
+    )]
     pub serving_dns_names: Vec<String>,
     /// IP addresses on the CA's serving certificate (comma-separated).
-    #[arg(long, env = "MESHID_SERVING_IPS", default_value = "127.0.0.1", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "MESHID_SERVING_IPS",
+        default_value = "127.0.0.1",
+        value_delimiter = ','
+    )]
     pub serving_ips: Vec<IpAddr>,
     /// Lifetime of the CA's serving certificate (renewed at half).
     #[arg(long, env = "MESHID_SERVING_CERT_TTL", default_value = "24h", value_parser = super::parse_duration)]
@@ -75,9 +90,14 @@ pub struct CaArgs {
 /// Runs the CA until SIGINT or SIGTERM.
 pub async fn run(args: CaArgs) -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
-    shutdown.trigger_on_signals().context("installing signal handlers")?;
+    shutdown
+        .trigger_on_signals()
+        .context("installing signal handlers")?;
     let server = start(args, shutdown.clone()).await?;
-    println!("meshid CA listening on {} (TLS), metrics on {:?}", server.addr, server.metrics_addr);
+    println!(
+        "meshid CA listening on {} (TLS), metrics on {:?}",
+        server.addr, server.metrics_addr
+    );
     shutdown.triggered().await;
     if !shutdown.drain(Duration::from_secs(5)).await {
         tracing::warn!("some tasks were still running 5 s after shutdown began");
@@ -97,8 +117,10 @@ pub async fn start(args: CaArgs, shutdown: Shutdown) -> anyhow::Result<CaServer>
     let authority = match &args.plugin_ca_dir {
         Some(dir) => Authority::load_plugin(dir, &authority_cfg, clock.as_ref())
             .with_context(|| format!("loading the plug-in CA from {}", dir.display()))?,
-        None => Authority::load_or_create_self_signed(&args.data_dir, &authority_cfg, clock.as_ref())
-            .with_context(|| format!("loading the CA from {}", args.data_dir.display()))?,
+        None => {
+            Authority::load_or_create_self_signed(&args.data_dir, &authority_cfg, clock.as_ref())
+                .with_context(|| format!("loading the CA from {}", args.data_dir.display()))?
+        }
     };
     let bundle_path = args.data_dir.join("root-cert.pem");
     crate::secret_file::write_public(&bundle_path, authority.root_bundle_pem().as_bytes())
@@ -117,8 +139,12 @@ pub async fn start(args: CaArgs, shutdown: Shutdown) -> anyhow::Result<CaServer>
             dir
         }
     };
-    let issuer = TokenIssuer::load_or_create(&args.data_dir)
-        .with_context(|| format!("loading the token issuer key from {}", args.data_dir.display()))?;
+    let issuer = TokenIssuer::load_or_create(&args.data_dir).with_context(|| {
+        format!(
+            "loading the token issuer key from {}",
+            args.data_dir.display()
+        )
+    })?;
     let platform = LocalPlatform::open(LocalConfig {
         manifest_dir: manifests.clone(),
         verifier: issuer.verifier(),
@@ -167,10 +193,12 @@ pub async fn start(args: CaArgs, shutdown: Shutdown) -> anyhow::Result<CaServer>
 }
 
 fn ensure_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create directory {}", dir.display()))?;
     // Fail now, with the path, rather than at the first key or audit write.
     let probe = dir.join(".meshid-write-probe");
-    std::fs::write(&probe, b"").with_context(|| format!("directory {} is not writable", dir.display()))?;
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("directory {} is not writable", dir.display()))?;
     let _ = std::fs::remove_file(probe);
     Ok(())
 }

@@ -71,7 +71,10 @@ fn issue(args: IssueArgs) -> anyhow::Result<()> {
         (None, _) => None,
         (Some(name), Some(uid)) => Some((name.clone(), uid.clone())),
         (Some(name), None) => {
-            let dir = args.manifests.clone().unwrap_or_else(|| args.data_dir.join("manifests"));
+            let dir = args
+                .manifests
+                .clone()
+                .unwrap_or_else(|| args.data_dir.join("manifests"));
             let platform = LocalPlatform::open(LocalConfig {
                 manifest_dir: dir.clone(),
                 verifier: issuer.verifier(),
@@ -80,7 +83,12 @@ fn issue(args: IssueArgs) -> anyhow::Result<()> {
             })
             .with_context(|| format!("reading manifests from {}", dir.display()))?;
             let Some(found) = platform.pod(&args.namespace, name) else {
-                bail!("pod {}/{} is not in the manifests in {}", args.namespace, name, dir.display());
+                bail!(
+                    "pod {}/{} is not in the manifests in {}",
+                    args.namespace,
+                    name,
+                    dir.display()
+                );
             };
             if found.service_account != args.service_account {
                 bail!(

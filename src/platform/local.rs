@@ -31,6 +31,9 @@ use super::{Namespace, Platform, PlatformError, Pod, VerifyFuture};
 use crate::policy::PeerAuthentication;
 use crate::time::SharedClock;
 
+/// How long a changed manifest directory must hold still before it is read.
+const WRITE_SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// How often [`LocalPlatform::run`] looks for changed files by default.
 pub const DEFAULT_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -152,6 +155,16 @@ impl LocalPlatform {
                 .is_some_and(|f| f.vouches_for(&fingerprint))
         {
             return Ok(None);
+        }
+        if skip_known_failure {
+            // A file being written (truncate, then write) must not be read
+            // half-way: a change is applied only once the directory has held
+            // still for a moment; otherwise the next poll tries again.
+            std::thread::sleep(WRITE_SETTLE);
+            let again = manifest::fingerprint(&self.dir)?;
+            if again.files != fingerprint.files {
+                return Ok(None);
+            }
         }
         match manifest::read_all(&fingerprint).and_then(Snapshot::build) {
             Ok(snapshot) => {

@@ -18,9 +18,15 @@ fn assert_svid_rules(leaf: &[u8], expected_id: &str, granted_ttl_secs: i64) {
     let (rest, cert) = parse_x509_certificate(leaf).unwrap();
     assert!(rest.is_empty());
     // Exactly one URI SAN, the expected identity; critical since the subject is empty.
-    assert!(cert.subject().iter_rdn().next().is_none(), "subject must be empty");
+    assert!(
+        cert.subject().iter_rdn().next().is_none(),
+        "subject must be empty"
+    );
     let san = cert.subject_alternative_name().unwrap().unwrap();
-    assert!(san.critical, "SAN must be critical when the subject is empty");
+    assert!(
+        san.critical,
+        "SAN must be critical when the subject is empty"
+    );
     let uris: Vec<_> = san
         .value
         .general_names
@@ -32,7 +38,10 @@ fn assert_svid_rules(leaf: &[u8], expected_id: &str, granted_ttl_secs: i64) {
         .collect();
     assert_eq!(uris, vec![expected_id]);
     // BasicConstraints present, CA:FALSE.
-    let bc = cert.basic_constraints().unwrap().expect("BasicConstraints present");
+    let bc = cert
+        .basic_constraints()
+        .unwrap()
+        .expect("BasicConstraints present");
     assert!(!bc.value.ca);
     // KeyUsage critical, digitalSignature, never keyCertSign or cRLSign.
     let ku = cert.key_usage().unwrap().expect("KeyUsage present");
@@ -44,15 +53,21 @@ fn assert_svid_rules(leaf: &[u8], expected_id: &str, granted_ttl_secs: i64) {
     assert!(eku.value.server_auth && eku.value.client_auth);
     // SKI and AKI.
     let exts = cert.extensions();
-    assert!(exts
-        .iter()
-        .any(|e| matches!(e.parsed_extension(), ParsedExtension::SubjectKeyIdentifier(_))));
-    assert!(exts
-        .iter()
-        .any(|e| matches!(e.parsed_extension(), ParsedExtension::AuthorityKeyIdentifier(_))));
+    assert!(exts.iter().any(|e| matches!(
+        e.parsed_extension(),
+        ParsedExtension::SubjectKeyIdentifier(_)
+    )));
+    assert!(exts.iter().any(|e| matches!(
+        e.parsed_extension(),
+        ParsedExtension::AuthorityKeyIdentifier(_)
+    )));
     // Positive serial of at most 20 octets.
     let serial = cert.raw_serial();
-    assert!(!serial.is_empty() && serial.len() <= 20, "serial is {} octets", serial.len());
+    assert!(
+        !serial.is_empty() && serial.len() <= 20,
+        "serial is {} octets",
+        serial.len()
+    );
     assert_eq!(serial[0] & 0x80, 0, "serial must be positive");
     // Validity: lifetime = TTL + backdate, backdate = min(60 s, TTL/10).
     let nb = cert.validity().not_before.timestamp();
@@ -65,12 +80,20 @@ fn assert_svid_rules(leaf: &[u8], expected_id: &str, granted_ttl_secs: i64) {
 /// both server and client use.
 fn assert_chain_verifies(chain: &[String], root_pem: &str) {
     let leaf = pem_to_der(&chain[0]).remove(0);
-    let intermediates: Vec<CertificateDer<'static>> =
-        chain[1..chain.len() - 1].iter().flat_map(|p| pem_to_der(p)).collect();
+    let intermediates: Vec<CertificateDer<'static>> = chain[1..chain.len() - 1]
+        .iter()
+        .flat_map(|p| pem_to_der(p))
+        .collect();
     let roots = pem_to_der(root_pem);
-    let anchors: Vec<_> = roots.iter().map(|r| webpki::anchor_from_trusted_cert(r).unwrap()).collect();
+    let anchors: Vec<_> = roots
+        .iter()
+        .map(|r| webpki::anchor_from_trusted_cert(r).unwrap())
+        .collect();
     let ee = webpki::EndEntityCert::try_from(&leaf).unwrap();
-    for usage in [webpki::KeyUsage::server_auth(), webpki::KeyUsage::client_auth()] {
+    for usage in [
+        webpki::KeyUsage::server_auth(),
+        webpki::KeyUsage::client_auth(),
+    ] {
         ee.verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
             &anchors,
@@ -88,7 +111,12 @@ fn assert_chain_verifies(chain: &[String], root_pem: &str) {
 async fn workload_token_gets_a_valid_svid_that_is_audited() {
     let (env, ca) = ca_with_web_pod(&[]);
     let id = env.id("default", "web");
-    let token = env.token("default", "web", Some(("web-1", "uid-web-1")), Some("node-a"));
+    let token = env.token(
+        "default",
+        "web",
+        Some(("web-1", "uid-web-1")),
+        Some("node-a"),
+    );
     let (_key, csr) = key_and_csr(&id);
     let mut client = ca.client(&env.root_pem()).await.unwrap();
     let chain = client
@@ -99,7 +127,11 @@ async fn workload_token_gets_a_valid_svid_that_is_audited() {
         .cert_chain;
 
     assert!(chain.len() >= 2, "leaf and root bundle at least");
-    assert_eq!(chain.last().unwrap(), &env.root_pem(), "root bundle is the last element");
+    assert_eq!(
+        chain.last().unwrap(),
+        &env.root_pem(),
+        "root bundle is the last element"
+    );
     let leaf = pem_to_der(&chain[0]).remove(0);
     assert_svid_rules(&leaf, &id.to_string(), 3600);
     assert_chain_verifies(&chain, &env.root_pem());
@@ -109,7 +141,17 @@ async fn workload_token_gets_a_valid_svid_that_is_audited() {
     write(dir, "leaf.pem", &chain[0]);
     let root = write(dir, "root.pem", &env.root_pem());
     for purpose in ["sslserver", "sslclient"] {
-        let out = openssl(dir, &["verify", "-purpose", purpose, "-CAfile", root.to_str().unwrap(), "leaf.pem"]);
+        let out = openssl(
+            dir,
+            &[
+                "verify",
+                "-purpose",
+                purpose,
+                "-CAfile",
+                root.to_str().unwrap(),
+                "leaf.pem",
+            ],
+        );
         assert!(out.contains("leaf.pem: OK"), "{out}");
     }
 
@@ -117,10 +159,15 @@ async fn workload_token_gets_a_valid_svid_that_is_audited() {
     let rows = audit_rows(&env);
     let row = rows
         .iter()
-        .find(|r| r.outcome == Outcome::Issued && r.granted_identity.as_deref() == Some(&id.to_string()))
+        .find(|r| {
+            r.outcome == Outcome::Issued && r.granted_identity.as_deref() == Some(&id.to_string())
+        })
         .expect("issued row");
     assert_eq!(row.caller.as_deref(), Some(id.to_string().as_str()));
-    assert_eq!(row.requested_identity.as_deref(), Some(id.to_string().as_str()));
+    assert_eq!(
+        row.requested_identity.as_deref(),
+        Some(id.to_string().as_str())
+    );
     assert_eq!(row.node.as_deref(), Some("node-a"));
     assert_eq!(row.pod_name.as_deref(), Some("web-1"));
     assert_eq!(row.pod_uid.as_deref(), Some("uid-web-1"));
@@ -129,7 +176,10 @@ async fn workload_token_gets_a_valid_svid_that_is_audited() {
     assert!(row.serial.is_some() && row.public_key_sha256.is_some());
     assert!(row.not_before.is_some() && row.not_after.is_some());
     let (_, cert) = parse_x509_certificate(&leaf).unwrap();
-    assert_eq!(row.serial.as_deref().unwrap().to_lowercase(), hex(cert.raw_serial()));
+    assert_eq!(
+        row.serial.as_deref().unwrap().to_lowercase(),
+        hex(cert.raw_serial())
+    );
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -139,12 +189,22 @@ fn hex(bytes: &[u8]) -> String {
 #[tokio::test]
 async fn trusted_node_agent_gets_identity_of_a_pod_on_its_node() {
     let (env, ca) = ca_with_web_pod(&[]);
-    let agent_token = env.token("meshid-system", "meshid-agent", Some(("agent-a", "uid-agent-a")), Some("node-a"));
+    let agent_token = env.token(
+        "meshid-system",
+        "meshid-agent",
+        Some(("agent-a", "uid-agent-a")),
+        Some("node-a"),
+    );
     let target = env.id("default", "web");
     let (_key, csr) = key_and_csr(&target);
     let mut client = ca.client(&env.root_pem()).await.unwrap();
     let chain = client
-        .create_certificate(request(&csr, 600, Some(&agent_token), Some(&target.to_string())))
+        .create_certificate(request(
+            &csr,
+            600,
+            Some(&agent_token),
+            Some(&target.to_string()),
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -153,7 +213,10 @@ async fn trusted_node_agent_gets_identity_of_a_pod_on_its_node() {
     assert_svid_rules(&leaf, &target.to_string(), 600);
     let row = audit_rows(&env)
         .into_iter()
-        .find(|r| r.outcome == Outcome::Issued && r.granted_identity.as_deref() == Some(&target.to_string()))
+        .find(|r| {
+            r.outcome == Outcome::Issued
+                && r.granted_identity.as_deref() == Some(&target.to_string())
+        })
         .unwrap();
     assert_eq!(
         row.caller.as_deref(),
@@ -167,7 +230,12 @@ async fn ttl_rules_default_and_clamp_and_are_audited() {
     let id = env.id("default", "web");
     let token = env.token("default", "web", None, None);
     let mut client = ca.client(&env.root_pem()).await.unwrap();
-    for (asked, granted) in [(-5_i64, 7200_i64), (0, 7200), (i64::MAX, 10_800), (600, 600)] {
+    for (asked, granted) in [
+        (-5_i64, 7200_i64),
+        (0, 7200),
+        (i64::MAX, 10_800),
+        (600, 600),
+    ] {
         let (_key, csr) = key_and_csr(&id);
         let chain = client
             .create_certificate(request(&csr, asked, Some(&token), None))
@@ -176,8 +244,15 @@ async fn ttl_rules_default_and_clamp_and_are_audited() {
             .into_inner()
             .cert_chain;
         assert_svid_rules(&pem_to_der(&chain[0]).remove(0), &id.to_string(), granted);
-        let row = audit_rows(&env).into_iter().rev().find(|r| r.outcome == Outcome::Issued).unwrap();
-        assert_eq!((row.requested_ttl_secs, row.granted_ttl_secs), (Some(asked), Some(granted)));
+        let row = audit_rows(&env)
+            .into_iter()
+            .rev()
+            .find(|r| r.outcome == Outcome::Issued)
+            .unwrap();
+        assert_eq!(
+            (row.requested_ttl_secs, row.granted_ttl_secs),
+            (Some(asked), Some(granted))
+        );
     }
 }
 
@@ -197,7 +272,9 @@ async fn renewal_with_an_issued_client_certificate_needs_no_token() {
 
     let cert_pem: String = chain[..chain.len() - 1].concat();
     let key_pem = key.secret_pkcs8_pem();
-    let mut renewing = connect(ca.addr, &env.root_pem(), Some((&cert_pem, &key_pem))).await.unwrap();
+    let mut renewing = connect(ca.addr, &env.root_pem(), Some((&cert_pem, &key_pem)))
+        .await
+        .unwrap();
     let (_key2, csr2) = key_and_csr(&id);
     let renewed = renewing
         .create_certificate(request(&csr2, 600, None, None))
@@ -225,7 +302,10 @@ async fn restart_on_the_same_data_dir_keeps_the_root_and_the_audit_history() {
     let id = env.id("default", "web");
     let (_k, csr) = key_and_csr(&id);
     let mut client = ca.client(&root_before).await.unwrap();
-    client.create_certificate(request(&csr, 600, Some(&token), None)).await.unwrap();
+    client
+        .create_certificate(request(&csr, 600, Some(&token), None))
+        .await
+        .unwrap();
     let status = ca.terminate().unwrap();
     assert!(status.success(), "SIGTERM ends the CA cleanly: {status:?}");
     let rows_before = audit_rows(&env).len();
@@ -250,8 +330,13 @@ async fn metrics_health_and_readiness_are_served() {
     let token = env.token("default", "web", None, None);
     let (_k, csr) = key_and_csr(&env.id("default", "web"));
     let mut client = ca.client(&env.root_pem()).await.unwrap();
-    client.create_certificate(request(&csr, 600, Some(&token), None)).await.unwrap();
-    let _ = client.create_certificate(request(&csr, 600, Some("garbage"), None)).await;
+    client
+        .create_certificate(request(&csr, 600, Some(&token), None))
+        .await
+        .unwrap();
+    let _ = client
+        .create_certificate(request(&csr, 600, Some("garbage"), None))
+        .await;
 
     assert_eq!(http_get(ca.metrics_addr, "/healthz").0, 200);
     assert_eq!(http_get(ca.metrics_addr, "/readyz").0, 200);
@@ -274,38 +359,88 @@ async fn token_cli_writes_a_projected_token_without_newline_that_the_ca_accepts(
     let (env, ca) = ca_with_web_pod(&[]);
     let out = env.dir.path().join("token");
     let status = std::process::Command::new(BIN)
-        .args(["token", "issue", "-n", "default", "--service-account", "web", "--pod", "web-1"])
+        .args([
+            "token",
+            "issue",
+            "-n",
+            "default",
+            "--service-account",
+            "web",
+            "--pod",
+            "web-1",
+        ])
         .arg("--data-dir")
         .arg(&env.data_dir)
         .arg("--manifests")
         .arg(&env.manifests)
         .arg("-o")
         .arg(&out)
-        .status()
+        .output()
         .unwrap();
-    assert!(status.success());
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let token = std::fs::read_to_string(&out).unwrap();
     assert!(!token.ends_with('\n') && !token.ends_with('\r'));
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 
     let (_k, csr) = key_and_csr(&env.id("default", "web"));
     let mut client = ca.client(&env.root_pem()).await.unwrap();
-    client.create_certificate(request(&csr, 600, Some(&token), None)).await.unwrap();
-    let row = audit_rows(&env).into_iter().rev().find(|r| r.outcome == Outcome::Issued).unwrap();
-    assert_eq!(row.pod_uid.as_deref(), Some("uid-web-1"), "pod UID came from the manifest");
-    assert_eq!(row.node.as_deref(), Some("node-a"), "node came from the manifest");
+    client
+        .create_certificate(request(&csr, 600, Some(&token), None))
+        .await
+        .unwrap();
+    let row = audit_rows(&env)
+        .into_iter()
+        .rev()
+        .find(|r| r.outcome == Outcome::Issued)
+        .unwrap();
+    assert_eq!(
+        row.pod_uid.as_deref(),
+        Some("uid-web-1"),
+        "pod UID came from the manifest"
+    );
+    assert_eq!(
+        row.node.as_deref(),
+        Some("node-a"),
+        "node came from the manifest"
+    );
 
     // `meshid audit list` shows it, filtered, as JSON lines.
     let out = std::process::Command::new(BIN)
-        .args(["audit", "list", "-n", "default", "--outcome", "issued", "-o", "json"])
+        .args([
+            "audit",
+            "list",
+            "-n",
+            "default",
+            "--outcome",
+            "issued",
+            "-o",
+            "json",
+        ])
         .arg("--data-dir")
         .arg(&env.data_dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 1, "{text}");
-    assert_eq!(lines[0]["granted_identity"], "spiffe://cluster.local/ns/default/sa/web");
+    assert_eq!(
+        lines[0]["granted_identity"],
+        "spiffe://cluster.local/ns/default/sa/web"
+    );
 }

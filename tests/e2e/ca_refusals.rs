@@ -20,20 +20,35 @@ async fn refused(
     reason_needle: &str,
 ) {
     let before = audit_rows(env).len();
-    let status = client.create_certificate(req).await.expect_err("must be refused");
+    let status = client
+        .create_certificate(req)
+        .await
+        .expect_err("must be refused");
     assert_eq!(status.code(), code, "{status:?}");
-    assert!(status.message().contains(needle), "message {:?} lacks {needle:?}", status.message());
+    assert!(
+        status.message().contains(needle),
+        "message {:?} lacks {needle:?}",
+        status.message()
+    );
     let rows = audit_rows(env);
     assert_eq!(rows.len(), before + 1, "exactly one audit row per refusal");
     let row = rows.last().unwrap();
     assert_eq!(row.outcome, Outcome::Refused);
     assert!(row.serial.is_none(), "no certificate for a refusal");
     let reason = row.reason.clone().unwrap_or_default();
-    assert!(reason.contains(reason_needle), "audit reason {reason:?} lacks {reason_needle:?}");
+    assert!(
+        reason.contains(reason_needle),
+        "audit reason {reason:?} lacks {reason_needle:?}"
+    );
 }
 
 fn web_token(env: &TestEnv) -> String {
-    env.token("default", "web", Some(("web-1", "uid-web-1")), Some("node-a"))
+    env.token(
+        "default",
+        "web",
+        Some(("web-1", "uid-web-1")),
+        Some("node-a"),
+    )
 }
 
 #[tokio::test]
@@ -45,7 +60,12 @@ async fn malformed_and_dishonest_csrs_are_invalid_arguments() {
     let dir = env.dir.path();
 
     // Malformed PEM.
-    let req = request("-----BEGIN CERTIFICATE REQUEST-----\nnot base64!\n", 600, Some(&token), None);
+    let req = request(
+        "-----BEGIN CERTIFICATE REQUEST-----\nnot base64!\n",
+        600,
+        Some(&token),
+        None,
+    );
     refused(&env, &mut client, req, Code::InvalidArgument, "CSR", "CSR").await;
 
     // A signature that does not verify: flip a byte inside the signature.
@@ -56,31 +76,114 @@ async fn malformed_and_dishonest_csrs_are_invalid_arguments() {
     broken[last] ^= 0x55;
     let broken_pem = pem_encode("CERTIFICATE REQUEST", &broken);
     let req = request(&broken_pem, 600, Some(&token), None);
-    refused(&env, &mut client, req, Code::InvalidArgument, "signature", "signature").await;
+    refused(
+        &env,
+        &mut client,
+        req,
+        Code::InvalidArgument,
+        "signature",
+        "signature",
+    )
+    .await;
 
     // RSA-1024 and curves we do not accept.
     let san = format!("subjectAltName=URI:{id}");
     let rsa1024 = openssl_csr(dir, "rsa1024", &["-newkey", "rsa:1024"], &[&san]);
-    refused(&env, &mut client, request(&rsa1024, 600, Some(&token), None), Code::InvalidArgument, "1024", "1024").await;
+    refused(
+        &env,
+        &mut client,
+        request(&rsa1024, 600, Some(&token), None),
+        Code::InvalidArgument,
+        "1024",
+        "1024",
+    )
+    .await;
     for curve in ["secp256k1", "secp521r1"] {
-        let csr = openssl_csr(dir, curve, &["-newkey", "ec", "-pkeyopt", &format!("ec_paramgen_curve:{curve}")], &[&san]);
-        refused(&env, &mut client, request(&csr, 600, Some(&token), None), Code::InvalidArgument, "CSR", "CSR").await;
+        let csr = openssl_csr(
+            dir,
+            curve,
+            &[
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                &format!("ec_paramgen_curve:{curve}"),
+            ],
+            &[&san],
+        );
+        refused(
+            &env,
+            &mut client,
+            request(&csr, 600, Some(&token), None),
+            Code::InvalidArgument,
+            "CSR",
+            "CSR",
+        )
+        .await;
     }
 
     // CA:TRUE and keyCertSign requests.
     let p256 = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"];
-    let ca_true = openssl_csr(dir, "catrue", &p256, &[&san, "basicConstraints=critical,CA:TRUE"]);
-    refused(&env, &mut client, request(&ca_true, 600, Some(&token), None), Code::InvalidArgument, "CA", "CA").await;
-    let kcs = openssl_csr(dir, "kcs", &p256, &[&san, "keyUsage=critical,digitalSignature,keyCertSign"]);
-    refused(&env, &mut client, request(&kcs, 600, Some(&token), None), Code::InvalidArgument, "keyCertSign", "keyCertSign").await;
+    let ca_true = openssl_csr(
+        dir,
+        "catrue",
+        &p256,
+        &[&san, "basicConstraints=critical,CA:TRUE"],
+    );
+    refused(
+        &env,
+        &mut client,
+        request(&ca_true, 600, Some(&token), None),
+        Code::InvalidArgument,
+        "CA",
+        "CA",
+    )
+    .await;
+    let kcs = openssl_csr(
+        dir,
+        "kcs",
+        &p256,
+        &[&san, "keyUsage=critical,digitalSignature,keyCertSign"],
+    );
+    refused(
+        &env,
+        &mut client,
+        request(&kcs, 600, Some(&token), None),
+        Code::InvalidArgument,
+        "keyCertSign",
+        "keyCertSign",
+    )
+    .await;
 
     // Two URI SANs.
-    let two = openssl_csr(dir, "two", &p256, &[&format!("subjectAltName=URI:{id},URI:spiffe://cluster.local/ns/default/sa/db")]);
-    refused(&env, &mut client, request(&two, 600, Some(&token), None), Code::InvalidArgument, "SAN", "SAN").await;
+    let two = openssl_csr(
+        dir,
+        "two",
+        &p256,
+        &[&format!(
+            "subjectAltName=URI:{id},URI:spiffe://cluster.local/ns/default/sa/db"
+        )],
+    );
+    refused(
+        &env,
+        &mut client,
+        request(&two, 600, Some(&token), None),
+        Code::InvalidArgument,
+        "SAN",
+        "SAN",
+    )
+    .await;
 
     // A 1 MiB CSR.
     let huge = "A".repeat(1024 * 1024);
-    refused(&env, &mut client, request(&huge, 600, Some(&token), None), Code::InvalidArgument, "bytes", "bytes").await;
+    refused(
+        &env,
+        &mut client,
+        request(&huge, 600, Some(&token), None),
+        Code::InvalidArgument,
+        "bytes",
+        "bytes",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -89,7 +192,15 @@ async fn csr_for_another_identity_is_denied_naming_both() {
     let mut client = ca.client(&env.root_pem()).await.unwrap();
     let (_k, csr) = key_and_csr(&env.id("default", "db"));
     let req = request(&csr, 600, Some(&web_token(&env)), None);
-    refused(&env, &mut client, req, Code::PermissionDenied, "ns/default/sa/db", "ns/default/sa/web").await;
+    refused(
+        &env,
+        &mut client,
+        req,
+        Code::PermissionDenied,
+        "ns/default/sa/db",
+        "ns/default/sa/web",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -101,8 +212,24 @@ async fn bad_tokens_are_unauthenticated_with_an_opaque_message() {
     let hour = time::Duration::hours(1);
     let good = web_token(&env);
 
-    let expired = env.token_with("default", "web", None, None, &["istio-ca"], hour, now - 2 * hour);
-    let not_yet = env.token_with("default", "web", None, None, &["istio-ca"], hour, now + hour);
+    let expired = env.token_with(
+        "default",
+        "web",
+        None,
+        None,
+        &["istio-ca"],
+        hour,
+        now - 2 * hour,
+    );
+    let not_yet = env.token_with(
+        "default",
+        "web",
+        None,
+        None,
+        &["istio-ca"],
+        hour,
+        now + hour,
+    );
     let other_audience = env.token_with("default", "web", None, None, &["vault"], hour, now);
     let foreign = TestEnv::new().token("default", "web", None, None);
     let alg_none = forge(&good, r#"{"alg":"none","typ":"JWT"}"#, |_| Vec::new());
@@ -124,11 +251,22 @@ async fn bad_tokens_are_unauthenticated_with_an_opaque_message() {
         let req = request(&csr, 600, token.as_deref(), None);
         let status = client.create_certificate(req).await.expect_err(what);
         assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
-        assert_eq!(status.message(), "authentication failed", "{what}: opaque to the caller");
+        assert_eq!(
+            status.message(),
+            "authentication failed",
+            "{what}: opaque to the caller"
+        );
         let row = last_refusal(&env);
-        assert!(row.reason.as_deref().unwrap_or("").contains(reason), "{what}: {:?}", row.reason);
+        assert!(
+            row.reason.as_deref().unwrap_or("").contains(reason),
+            "{what}: {:?}",
+            row.reason
+        );
     }
-    assert!(ca.log_text().contains("token refused"), "the full reason is logged");
+    assert!(
+        ca.log_text().contains("token refused"),
+        "the full reason is logged"
+    );
 }
 
 /// Re-signs `token`'s claims under another header.
@@ -149,42 +287,90 @@ async fn impersonation_is_refused_unless_trusted_and_on_node() {
     let target = env.id("meshid-system", "meshid-agent");
     let (_k, csr) = key_and_csr(&target);
     let req = request(&csr, 600, Some(&web_token(&env)), Some(&target.to_string()));
-    refused(&env, &mut client, req, Code::PermissionDenied, "ns/default/sa/web", "trusted-node-accounts").await;
+    refused(
+        &env,
+        &mut client,
+        req,
+        Code::PermissionDenied,
+        "ns/default/sa/web",
+        "trusted-node-accounts",
+    )
+    .await;
 
     // A trusted agent asking for a service account with no pod on its node.
-    let agent = env.token("meshid-system", "meshid-agent", Some(("agent-a", "uid-agent-a")), Some("node-a"));
+    let agent = env.token(
+        "meshid-system",
+        "meshid-agent",
+        Some(("agent-a", "uid-agent-a")),
+        Some("node-a"),
+    );
     let cart = env.id("shop", "cart");
     let (_k, csr) = key_and_csr(&cart);
     let req = request(&csr, 600, Some(&agent), Some(&cart.to_string()));
-    refused(&env, &mut client, req, Code::PermissionDenied, "ns/shop/sa/cart", "node-a").await;
+    refused(
+        &env,
+        &mut client,
+        req,
+        Code::PermissionDenied,
+        "ns/shop/sa/cart",
+        "node-a",
+    )
+    .await;
 
     // Not a SPIFFE ID at all.
     let req = request(&csr, 600, Some(&agent), Some("cart"));
-    refused(&env, &mut client, req, Code::InvalidArgument, "ImpersonatedIdentity", "ImpersonatedIdentity").await;
+    refused(
+        &env,
+        &mut client,
+        req,
+        Code::InvalidArgument,
+        "ImpersonatedIdentity",
+        "ImpersonatedIdentity",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn token_whose_pod_uid_differs_from_the_pod_is_denied() {
     let (env, ca) = ca_with_web_pod(&[]);
     let mut client = ca.client(&env.root_pem()).await.unwrap();
-    let stale = env.token("default", "web", Some(("web-1", "uid-of-an-old-pod")), Some("node-a"));
+    let stale = env.token(
+        "default",
+        "web",
+        Some(("web-1", "uid-of-an-old-pod")),
+        Some("node-a"),
+    );
     let (_k, csr) = key_and_csr(&env.id("default", "web"));
     let req = request(&csr, 600, Some(&stale), None);
-    refused(&env, &mut client, req, Code::PermissionDenied, "uid-of-an-old-pod", "uid-web-1").await;
+    refused(
+        &env,
+        &mut client,
+        req,
+        Code::PermissionDenied,
+        "uid-of-an-old-pod",
+        "uid-web-1",
+    )
+    .await;
 
     // And a token whose pod was deleted (the manifest change is picked up live).
     env.remove_pod("default", "web-1");
     let token = web_token(&env);
     let mut denied = false;
     for _ in 0..50 {
-        let status = client.create_certificate(request(&csr, 600, Some(&token), None)).await;
-        if matches!(&status, Err(s) if s.code() == Code::PermissionDenied && s.message().contains("does not exist")) {
+        let status = client
+            .create_certificate(request(&csr, 600, Some(&token), None))
+            .await;
+        if matches!(&status, Err(s) if s.code() == Code::PermissionDenied && s.message().contains("does not exist"))
+        {
             denied = true;
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(denied, "a token for a deleted pod is refused once the manifest is gone");
+    assert!(
+        denied,
+        "a token for a deleted pod is refused once the manifest is gone"
+    );
 }
 
 fn pem_encode(label: &str, der: &[u8]) -> String {
@@ -200,5 +386,7 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
 
 fn pem_decode(pem: &str) -> Vec<u8> {
     let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    base64::engine::general_purpose::STANDARD.decode(body).unwrap()
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
 }

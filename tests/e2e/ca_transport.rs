@@ -34,7 +34,10 @@ async fn ztunnel_style_tls13_client_verifies_dns_and_ip_sans_and_gets_h2() {
         let mut sock = TcpStream::connect(ca.addr).unwrap();
         conn.complete_io(&mut sock).unwrap();
         assert_eq!(conn.alpn_protocol(), Some(&b"h2"[..]), "{host}");
-        assert_eq!(conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+        assert_eq!(
+            conn.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
     }
     // A name not on the certificate is refused by the client.
     let name = ServerName::try_from("evil.example".to_owned()).unwrap();
@@ -67,7 +70,10 @@ async fn plaintext_grpc_client_on_the_tls_port_gets_no_answer() {
     let token = env.token("default", "web", None, None);
     let (_k, csr) = key_and_csr(&env.id("default", "web"));
     let mut client = ca.client(&env.root_pem()).await.unwrap();
-    client.create_certificate(request(&csr, 600, Some(&token), None)).await.unwrap();
+    client
+        .create_certificate(request(&csr, 600, Some(&token), None))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -75,11 +81,15 @@ async fn silent_clients_are_disconnected_after_the_handshake_deadline() {
     let (_env, ca) = ca_with_web_pod(&["--handshake-timeout", "1s"]);
     let started = Instant::now();
     let mut sock = TcpStream::connect(ca.addr).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let mut buf = [0u8; 16];
     let n = sock.read(&mut buf).unwrap_or(0);
     assert_eq!(n, 0, "the CA closes the connection");
-    assert!(started.elapsed() < Duration::from_secs(15), "closed by the deadline, not by the test's timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "closed by the deadline, not by the test's timeout"
+    );
 }
 
 #[tokio::test]
@@ -97,7 +107,10 @@ async fn clients_that_only_half_speak_do_not_pin_the_ca() {
     let token = env.token("default", "web", None, None);
     let (_k, csr) = key_and_csr(&env.id("default", "web"));
     let mut client = ca.client(&env.root_pem()).await.unwrap();
-    client.create_certificate(request(&csr, 600, Some(&token), None)).await.unwrap();
+    client
+        .create_certificate(request(&csr, 600, Some(&token), None))
+        .await
+        .unwrap();
     drop(idle);
 }
 
@@ -107,9 +120,21 @@ fn plugin_ca_files_that_do_not_belong_together_stop_start_up_naming_the_file() {
     let dir = env.dir.path().join("cacerts");
     std::fs::create_dir_all(&dir).unwrap();
     let root_args = [
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "30",
-        "-subj", "/O=plugin-root", "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "30",
+        "-subj",
+        "/O=plugin-root",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
     ];
     let mut args = root_args.to_vec();
     args.extend(["-keyout", "root.key", "-out", "root-cert.pem"]);
@@ -121,10 +146,14 @@ fn plugin_ca_files_that_do_not_belong_together_stop_start_up_naming_the_file() {
     std::fs::copy(dir.join("root-cert.pem"), dir.join("cert-chain.pem")).unwrap();
     std::fs::copy(dir.join("other.key"), dir.join("ca-key.pem")).unwrap();
 
-    let err = CaProcess::spawn(bin(), &env, &["--plugin-ca-dir", dir.to_str().unwrap()]).unwrap_err();
+    let err =
+        CaProcess::spawn(bin(), &env, &["--plugin-ca-dir", dir.to_str().unwrap()]).unwrap_err();
     let text = format!("{err:#}");
     assert!(text.contains("ca-key.pem"), "names the file: {text}");
-    assert!(!env.data_dir.join("audit.db").exists() || text.contains("key"), "{text}");
+    assert!(
+        !env.data_dir.join("audit.db").exists() || text.contains("key"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -133,27 +162,80 @@ fn plugin_intermediate_ca_issues_chains_of_three() {
     env.add_pod("default", "web-1", "uid-web-1", "web", "node-a");
     let dir = env.dir.path().join("cacerts");
     std::fs::create_dir_all(&dir).unwrap();
-    openssl(&dir, &[
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "30",
-        "-subj", "/O=plugin-root", "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-keyout", "root.key", "-out", "root-cert.pem",
-    ]);
-    openssl(&dir, &[
-        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-subj", "/O=plugin-intermediate", "-keyout", "ca-key.pem", "-out", "int.csr",
-    ]);
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/O=plugin-root",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+            "root.key",
+            "-out",
+            "root-cert.pem",
+        ],
+    );
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/O=plugin-intermediate",
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "int.csr",
+        ],
+    );
     write(&dir, "ext.cnf", "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n");
-    openssl(&dir, &[
-        "x509", "-req", "-in", "int.csr", "-CA", "root-cert.pem", "-CAkey", "root.key", "-CAcreateserial",
-        "-days", "20", "-extfile", "ext.cnf", "-out", "ca-cert.pem",
-    ]);
+    openssl(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "int.csr",
+            "-CA",
+            "root-cert.pem",
+            "-CAkey",
+            "root.key",
+            "-CAcreateserial",
+            "-days",
+            "20",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "ca-cert.pem",
+        ],
+    );
     let chain_file = std::fs::read_to_string(dir.join("ca-cert.pem")).unwrap()
         + &std::fs::read_to_string(dir.join("root-cert.pem")).unwrap();
     write(&dir, "cert-chain.pem", &chain_file);
 
     let ca = CaProcess::spawn(bin(), &env, &["--plugin-ca-dir", dir.to_str().unwrap()]).unwrap();
     let root = std::fs::read_to_string(dir.join("root-cert.pem")).unwrap();
-    assert_eq!(env.root_pem(), root, "the plug-in root is the published bundle");
+    assert_eq!(
+        env.root_pem(),
+        root,
+        "the plug-in root is the published bundle"
+    );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let chain = runtime.block_on(async {
         let token = env.token("default", "web", None, None);
@@ -169,9 +251,17 @@ fn plugin_intermediate_ca_issues_chains_of_three() {
     assert_eq!(chain.len(), 3, "leaf, intermediate, root bundle");
     write(env.dir.path(), "leaf.pem", &chain[0]);
     write(env.dir.path(), "int.pem", &chain[1]);
-    let out = openssl(env.dir.path(), &[
-        "verify", "-CAfile", dir.join("root-cert.pem").to_str().unwrap(), "-untrusted", "int.pem", "leaf.pem",
-    ]);
+    let out = openssl(
+        env.dir.path(),
+        &[
+            "verify",
+            "-CAfile",
+            dir.join("root-cert.pem").to_str().unwrap(),
+            "-untrusted",
+            "int.pem",
+            "leaf.pem",
+        ],
+    );
     assert!(out.contains("OK"), "{out}");
 }
 
@@ -182,7 +272,14 @@ fn unwritable_data_dir_and_busy_port_fail_with_clear_messages() {
     let file = env.dir.path().join("not-a-dir");
     std::fs::write(&file, b"x").unwrap();
     let out = std::process::Command::new(BIN)
-        .args(["ca", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "ca",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&file)
         .output()
         .unwrap();
@@ -194,7 +291,14 @@ fn unwritable_data_dir_and_busy_port_fail_with_clear_messages() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let out = std::process::Command::new(BIN)
-        .args(["ca", "--listen", &addr, "--metrics-listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "ca",
+            "--listen",
+            &addr,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&env.data_dir)
         .arg("--manifests")
         .arg(&env.manifests)
@@ -202,5 +306,8 @@ fn unwritable_data_dir_and_busy_port_fail_with_clear_messages() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&addr) && stderr.contains("in use"), "{stderr}");
+    assert!(
+        stderr.contains(&addr) && stderr.contains("in use"),
+        "{stderr}"
+    );
 }

@@ -9,18 +9,24 @@ use std::time::Duration;
 use meshid::audit::{AuditBackend, AuditQuery, AuditRecord, SqliteBackend};
 use meshid::test_helpers::{CaProcess, TestEnv};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_meshid");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_meshid");
 
-pub fn bin() -> &'static Path {
+pub(crate) fn bin() -> &'static Path {
     Path::new(BIN)
 }
 
 /// A CA with one pod `default/web-1` (sa `web`, node `node-a`) and the agent
 /// account `meshid-system/meshid-agent` trusted, running as a process.
-pub fn ca_with_web_pod(extra: &[&str]) -> (TestEnv, CaProcess) {
+pub(crate) fn ca_with_web_pod(extra: &[&str]) -> (TestEnv, CaProcess) {
     let env = TestEnv::new();
     env.add_pod("default", "web-1", "uid-web-1", "web", "node-a");
-    env.add_pod("meshid-system", "agent-a", "uid-agent-a", "meshid-agent", "node-a");
+    env.add_pod(
+        "meshid-system",
+        "agent-a",
+        "uid-agent-a",
+        "meshid-agent",
+        "node-a",
+    );
     let mut args = vec!["--trusted-node-accounts", "meshid-system/meshid-agent"];
     args.extend_from_slice(extra);
     let ca = CaProcess::spawn(bin(), &env, &args).unwrap();
@@ -28,13 +34,13 @@ pub fn ca_with_web_pod(extra: &[&str]) -> (TestEnv, CaProcess) {
 }
 
 /// All audit rows, read the way `meshid audit list` reads them.
-pub fn audit_rows(env: &TestEnv) -> Vec<AuditRecord> {
+pub(crate) fn audit_rows(env: &TestEnv) -> Vec<AuditRecord> {
     let mut store = SqliteBackend::open_read_only(&env.data_dir.join("audit.db")).unwrap();
     store.query(&AuditQuery::default()).unwrap()
 }
 
 /// The newest audit row whose reason or identity mentions `needle`.
-pub fn last_refusal(env: &TestEnv) -> AuditRecord {
+pub(crate) fn last_refusal(env: &TestEnv) -> AuditRecord {
     audit_rows(env)
         .into_iter()
         .rev()
@@ -43,20 +49,31 @@ pub fn last_refusal(env: &TestEnv) -> AuditRecord {
 }
 
 /// A plain HTTP/1.1 GET; returns (status code, body).
-pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = text.split_once("\r\n\r\n").map(|x| x.1.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_owned())
+        .unwrap_or_default();
     (code, body)
 }
 
 /// Runs `openssl` with `args` in `dir`; panics with its stderr on failure.
-pub fn openssl(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl is installed");
+pub(crate) fn openssl(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl is installed");
     assert!(
         out.status.success(),
         "openssl {args:?} failed: {}",
@@ -66,10 +83,12 @@ pub fn openssl(dir: &Path, args: &[&str]) -> String {
 }
 
 /// A CSR made by openssl for `key_args` (e.g. `rsa:1024`) with extra `-addext` values.
-pub fn openssl_csr(dir: &Path, name: &str, newkey: &[&str], addext: &[&str]) -> String {
+pub(crate) fn openssl_csr(dir: &Path, name: &str, newkey: &[&str], addext: &[&str]) -> String {
     let key = format!("{name}.key");
     let csr = format!("{name}.csr");
-    let mut args = vec!["req", "-new", "-nodes", "-subj", "/", "-keyout", &key, "-out", &csr];
+    let mut args = vec![
+        "req", "-new", "-nodes", "-subj", "/", "-keyout", &key, "-out", &csr,
+    ];
     args.extend_from_slice(newkey);
     for ext in addext {
         args.push("-addext");
@@ -80,7 +99,7 @@ pub fn openssl_csr(dir: &Path, name: &str, newkey: &[&str], addext: &[&str]) -> 
 }
 
 /// Writes `text` to `dir/name` and returns the path.
-pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+pub(crate) fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p

@@ -28,7 +28,7 @@ fn pod(ns: &str, name: &str, uid: &str, sa: &str, node: &str) -> Pod {
 }
 
 fn token_caller(ns: &str, sa: &str, pod: Option<(&str, &str)>, node: Option<&str>) -> Caller {
-    Caller::Token(TokenCaller {
+    Caller::Token(Box::new(TokenCaller {
         identity: id(ns, sa),
         claims: VerifiedToken {
             issuer: "https://kubernetes.default.svc.cluster.local".into(),
@@ -41,7 +41,7 @@ fn token_caller(ns: &str, sa: &str, pod: Option<(&str, &str)>, node: Option<&str
             node_uid: None,
             expires_at: OffsetDateTime::now_utc() + time::Duration::hours(1),
         },
-    })
+    }))
 }
 
 fn trusted() -> TrustedNodeAccounts {
@@ -86,7 +86,10 @@ fn asking_for_own_identity_by_impersonation_is_not_impersonation() {
 #[test]
 fn token_for_deleted_pod_is_refused() {
     let caller = token_caller("default", "web", Some(("web-1", "uid-1")), None);
-    assert!(matches!(decide(&caller, None, None, &[]), Err(Unauthorized::PodGone { .. })));
+    assert!(matches!(
+        decide(&caller, None, None, &[]),
+        Err(Unauthorized::PodGone { .. })
+    ));
 }
 
 #[test]
@@ -110,8 +113,19 @@ fn token_node_claim_must_match_pod_node() {
 
 #[test]
 fn trusted_agent_gets_identity_of_pod_on_its_node() {
-    let agent_pod = pod("meshid-system", "agent-x", "a-uid", "meshid-agent", "node-a");
-    let caller = token_caller("meshid-system", "meshid-agent", Some(("agent-x", "a-uid")), Some("node-a"));
+    let agent_pod = pod(
+        "meshid-system",
+        "agent-x",
+        "a-uid",
+        "meshid-agent",
+        "node-a",
+    );
+    let caller = token_caller(
+        "meshid-system",
+        "meshid-agent",
+        Some(("agent-x", "a-uid")),
+        Some("node-a"),
+    );
     let target = id("shop", "cart");
     let pods = [pod("shop", "cart-1", "c-uid", "cart", "node-a")];
     let permit = decide(&caller, Some(&target), Some(&agent_pod), &pods).unwrap();
@@ -128,7 +142,10 @@ fn untrusted_caller_cannot_impersonate_and_both_identities_are_named() {
     let err = decide(&caller, Some(&target), None, &pods).unwrap_err();
     assert!(matches!(err, Unauthorized::NotTrustedNode { .. }));
     let msg = err.to_string();
-    assert!(msg.contains("ns/default/sa/web") && msg.contains("ns/shop/sa/cart"), "{msg}");
+    assert!(
+        msg.contains("ns/default/sa/web") && msg.contains("ns/shop/sa/cart"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -146,22 +163,52 @@ fn certificate_caller_cannot_impersonate_even_as_a_trusted_account() {
 
 #[test]
 fn agent_cannot_get_identity_of_pod_on_another_node() {
-    let agent_pod = pod("meshid-system", "agent-x", "a-uid", "meshid-agent", "node-a");
-    let caller = token_caller("meshid-system", "meshid-agent", Some(("agent-x", "a-uid")), Some("node-a"));
+    let agent_pod = pod(
+        "meshid-system",
+        "agent-x",
+        "a-uid",
+        "meshid-agent",
+        "node-a",
+    );
+    let caller = token_caller(
+        "meshid-system",
+        "meshid-agent",
+        Some(("agent-x", "a-uid")),
+        Some("node-a"),
+    );
     let target = id("shop", "cart");
     let pods = [pod("shop", "cart-1", "c-uid", "cart", "node-b")];
     let err = decide(&caller, Some(&target), Some(&agent_pod), &pods).unwrap_err();
-    assert!(matches!(err, Unauthorized::NoPodOnNode { ref node, .. } if node == "node-a"), "{err}");
+    assert!(
+        matches!(err, Unauthorized::NoPodOnNode { ref node, .. } if node == "node-a"),
+        "{err}"
+    );
 }
 
 #[test]
 fn agent_cannot_get_identity_of_a_finished_pod() {
-    let agent_pod = pod("meshid-system", "agent-x", "a-uid", "meshid-agent", "node-a");
-    let caller = token_caller("meshid-system", "meshid-agent", Some(("agent-x", "a-uid")), None);
+    let agent_pod = pod(
+        "meshid-system",
+        "agent-x",
+        "a-uid",
+        "meshid-agent",
+        "node-a",
+    );
+    let caller = token_caller(
+        "meshid-system",
+        "meshid-agent",
+        Some(("agent-x", "a-uid")),
+        None,
+    );
     let mut done = pod("shop", "cart-1", "c-uid", "cart", "node-a");
     done.phase = Some("Succeeded".into());
     assert!(matches!(
-        decide(&caller, Some(&id("shop", "cart")), Some(&agent_pod), &[done]),
+        decide(
+            &caller,
+            Some(&id("shop", "cart")),
+            Some(&agent_pod),
+            &[done]
+        ),
         Err(Unauthorized::NoPodOnNode { .. })
     ));
 }
@@ -194,7 +241,9 @@ fn foreign_trust_domain_is_never_granted() {
 
 #[test]
 fn trusted_node_accounts_parse_and_reject_bad_entries() {
-    let t: TrustedNodeAccounts = " istio-system/ztunnel , meshid-system/meshid-agent,".parse().unwrap();
+    let t: TrustedNodeAccounts = " istio-system/ztunnel , meshid-system/meshid-agent,"
+        .parse()
+        .unwrap();
     assert!(t.contains("istio-system", "ztunnel"));
     assert!(t.contains("meshid-system", "meshid-agent"));
     assert!(!t.contains("istio-system", "meshid-agent"));

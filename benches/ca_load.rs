@@ -1,0 +1,174 @@
+//! Load generator for a running CA: N CSRs over C concurrent TLS connections,
+//! each request with its own pre-generated key and its own token (so the
+//! CA's token cache never helps: the worst case). Reports CSRs/s, p50/p99
+//! latency, and the CA process's CPU-seconds per CSR next to the cost of the
+//! unavoidable crypto (CSR verify + JWT verify + leaf sign) measured here.
+//!
+//! `cargo bench --bench ca_load -- --requests 5000 --concurrency 16`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use meshid::test_helpers::{key_and_csr, request, CaProcess, TestEnv};
+use ring::rand::SystemRandom;
+use ring::signature::{
+    EcdsaKeyPair, KeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_ASN1,
+    ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING,
+};
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// utime + stime of `pid`, in seconds.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_comm = stat.rsplit_once(')').context("stat format")?.1;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); after the comm field they are at 11 and 12.
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    let hz = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()?;
+    let hz: f64 = String::from_utf8_lossy(&hz.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(100.0);
+    Ok(ticks / hz)
+}
+
+/// Microseconds of CSR verify + JWT verify + leaf sign with ring, in this process.
+fn crypto_baseline_us() -> f64 {
+    let rng = SystemRandom::new();
+    let gen = |alg: &'static ring::signature::EcdsaSigningAlgorithm| {
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("keygen");
+        EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).expect("key")
+    };
+    let (workload, issuer, ca) = (
+        gen(&ECDSA_P256_SHA256_ASN1_SIGNING),
+        gen(&ECDSA_P256_SHA256_FIXED_SIGNING),
+        gen(&ECDSA_P256_SHA256_ASN1_SIGNING),
+    );
+    let (csr_body, jwt_input, tbs) = (vec![0x30u8; 250], vec![b'e'; 900], vec![0x30u8; 450]);
+    let csr_sig = workload.sign(&rng, &csr_body).expect("sign");
+    let jwt_sig = issuer.sign(&rng, &jwt_input).expect("sign");
+    let wpk = UnparsedPublicKey::new(
+        &ECDSA_P256_SHA256_ASN1,
+        workload.public_key().as_ref().to_vec(),
+    );
+    let ipk = UnparsedPublicKey::new(
+        &ECDSA_P256_SHA256_FIXED,
+        issuer.public_key().as_ref().to_vec(),
+    );
+    let n = 3000;
+    let start = Instant::now();
+    for _ in 0..n {
+        wpk.verify(&csr_body, csr_sig.as_ref()).expect("ok");
+        ipk.verify(&jwt_input, jwt_sig.as_ref()).expect("ok");
+        std::hint::black_box(ca.sign(&rng, &tbs).expect("sign"));
+    }
+    start.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+fn main() -> anyhow::Result<()> {
+    let total = arg("--requests", 5000);
+    let concurrency = arg("--concurrency", 16).max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+
+    let env = TestEnv::new();
+    env.add_pod("default", "web-1", "uid-web-1", "web", "node-a");
+    let id = env.id("default", "web");
+    eprintln!("pre-generating {total} keys, CSRs and tokens…");
+    let work: Vec<(String, String)> = (0..total + 200)
+        .map(|_| {
+            let (_key, csr) = key_and_csr(&id);
+            let token = env.token(
+                "default",
+                "web",
+                Some(("web-1", "uid-web-1")),
+                Some("node-a"),
+            );
+            (csr, token)
+        })
+        .collect();
+    let (warmup, work) = work.split_at(200);
+
+    std::env::set_var("MESHID_TEST_CA_LOG", "info");
+    let ca = CaProcess::spawn(
+        std::path::Path::new(env!("CARGO_BIN_EXE_meshid")),
+        &env,
+        &["--max-concurrent-requests", "1024"],
+    )?;
+    let pid = ca.pid().context("CA pid")?;
+    let root = env.root_pem();
+
+    runtime.block_on(async {
+        let mut client = ca.client(&root).await?;
+        for (csr, token) in warmup {
+            client
+                .create_certificate(request(csr, 3600, Some(token), None))
+                .await?;
+        }
+        let cpu_before = cpu_seconds(pid)?;
+        let work = Arc::new(work.to_vec());
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for worker in 0..concurrency {
+            let work = work.clone();
+            let mut client = ca.client(&root).await?;
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                for (csr, token) in work.iter().skip(worker).step_by(concurrency) {
+                    let t = Instant::now();
+                    client
+                        .create_certificate(request(csr, 3600, Some(token), None))
+                        .await?;
+                    latencies.push(t.elapsed());
+                }
+                anyhow::Ok(latencies)
+            }));
+        }
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.extend(task.await??);
+        }
+        let elapsed = started.elapsed();
+        let cpu = cpu_seconds(pid)? - cpu_before;
+        latencies.sort();
+        let baseline = crypto_baseline_us();
+        let cpu_per_csr_us = cpu * 1e6 / total as f64;
+        println!("requests            {total}");
+        println!("concurrency         {concurrency}");
+        println!(
+            "throughput          {:.0} CSRs/s",
+            total as f64 / elapsed.as_secs_f64()
+        );
+        println!(
+            "latency p50         {:.2} ms",
+            percentile(&latencies, 0.50).as_secs_f64() * 1e3
+        );
+        println!(
+            "latency p99         {:.2} ms",
+            percentile(&latencies, 0.99).as_secs_f64() * 1e3
+        );
+        println!("CA CPU per CSR      {cpu_per_csr_us:.0} µs");
+        println!(
+            "crypto baseline     {baseline:.0} µs (CSR verify + JWT verify + leaf sign, ring)"
+        );
+        println!("ratio               {:.2}x", cpu_per_csr_us / baseline);
+        anyhow::Ok(())
+    })
+}
