@@ -293,18 +293,4 @@ pub fn resolve_ttl(requested_secs: i64, default: Duration, max: Duration) -> Dur
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ttl_defaults_and_clamps() {
-        let day = Duration::from_secs(86_400);
-        let max = Duration::from_secs(90 * 86_400);
-        assert_eq!(resolve_ttl(0, day, max), day);
-        assert_eq!(resolve_ttl(-5, day, max), day);
-        assert_eq!(resolve_ttl(i64::MIN, day, max), day);
-        assert_eq!(resolve_ttl(3600, day, max), Duration::from_secs(3600));
-        assert_eq!(resolve_ttl(i64::MAX, day, max), max);
-        assert_eq!(resolve_ttl(91 * 86_400, day, max), max);
-    }
-}
+mod tests;

@@ -293,9 +293,14 @@ impl Authority {
         })?;
         let probe_key =
             PrivateKey::generate(KeyAlgorithm::EcdsaP256).map_err(AuthorityError::Generate)?;
-        let probe = LeafRequest::workload(probe_id, Duration::minutes(1));
+        let probe = LeafRequest::workload(probe_id.clone(), Duration::minutes(1));
         authority
             .sign_leaf(&probe_key.public_key_der(), &probe, clock)
+            .and_then(|issued| {
+                // The full check, signature included, once per signing key.
+                validate::check_leaf(&issued.der, &probe_id, &authority.signer.spki_der)
+                    .map_err(AuthorityError::PostSignCheck)
+            })
             .map_err(|e| AuthorityError::Unusable {
                 path: signing.path.clone(),
                 reason: match e {
@@ -338,9 +343,7 @@ impl Authority {
             .map_err(AuthorityError::Sign)?;
         let der = cert.der().to_vec();
 
-        validate::check_leaf(&der, &req.id, &self.signer.spki_der)
-            .map_err(AuthorityError::PostSignCheck)?;
-        validate::check_binding(&der, public_key_der, &self.signer.subject_raw)
+        validate::check_issued(&der, &req.id, public_key_der, &self.signer.subject_raw)
             .map_err(AuthorityError::PostSignCheck)?;
 
         let (serial_hex, not_before, not_after, public_key_sha256_hex) =

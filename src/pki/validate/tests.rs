@@ -211,4 +211,17 @@ fn a_signature_by_another_key_fails() {
         check_binding(cert.der(), &spki, b"\x30\x00"),
         Err(ValidateError::WrongIssuerName)
     );
+
+    // The per-leaf check combines the profile and the binding.
+    assert_eq!(check_issued(cert.der(), &me(), &spki, &subject), Ok(()));
+    assert_eq!(
+        check_issued(cert.der(), &me(), &other, &subject),
+        Err(ValidateError::WrongPublicKey)
+    );
+    assert_eq!(
+        check_issued(cert.der(), &me(), &spki, b"\x30\x00"),
+        Err(ValidateError::WrongIssuerName)
+    );
+    let someone_else = SpiffeId::parse("spiffe://cluster.local/ns/x/sa/y").unwrap();
+    assert!(check_issued(cert.der(), &someone_else, &spki, &subject).is_err());
 }

@@ -1,0 +1,135 @@
+//! The pipeline without sockets: ordering guarantees that are awkward to
+//! provoke through a real server (a failing audit store, saturation).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::audit::{AuditBackend, AuditError, AuditQuery, GroupCommitConfig, SqliteBackend};
+use crate::pki::authority::AuthorityConfig;
+use crate::platform::local::{LocalConfig, LocalPlatform};
+use crate::test_helpers::{key_and_csr, TestEnv};
+use crate::time::system_clock;
+
+/// An audit store whose disk is gone: every append fails.
+struct BrokenDisk;
+
+impl AuditBackend for BrokenDisk {
+    fn append(&mut self, _batch: &[AuditRecord]) -> Result<(), AuditError> {
+        Err(AuditError::Io {
+            path: "/audit.db".into(),
+            context: "writing",
+            source: std::io::Error::other("disk full"),
+        })
+    }
+    fn query(&mut self, _q: &AuditQuery) -> Result<Vec<AuditRecord>, AuditError> {
+        Ok(Vec::new())
+    }
+}
+
+fn issuer(env: &TestEnv, backend: Box<dyn AuditBackend>, max_concurrent: usize) -> Issuer {
+    env.add_pod("default", "web-1", "uid-web-1", "web", "node-a");
+    let clock = system_clock();
+    let platform = LocalPlatform::open(LocalConfig::new(
+        &env.manifests,
+        env.issuer().verifier(),
+        clock.clone(),
+    ))
+    .unwrap();
+    let authority_cfg = AuthorityConfig {
+        trust_domain: env.trust_domain(),
+        ..AuthorityConfig::default()
+    };
+    let authority =
+        Authority::load_or_create_self_signed(&env.data_dir, &authority_cfg, clock.as_ref())
+            .unwrap();
+    let cfg = CaConfig {
+        max_concurrent_requests: max_concurrent,
+        ..CaConfig::default()
+    };
+    let deps = CaDeps {
+        platform,
+        audit: AuditLog::start(backend, GroupCommitConfig::default()),
+        authority: Arc::new(authority),
+        clock,
+        metrics: CaMetrics::register(&prometheus::Registry::new()).unwrap(),
+    };
+    Issuer::new(&cfg, deps)
+}
+
+fn web_request(env: &TestEnv) -> IssueRequest {
+    let (_key, csr) = key_and_csr(&env.id("default", "web"));
+    let token = env.token(
+        "default",
+        "web",
+        Some(("web-1", "uid-web-1")),
+        Some("node-a"),
+    );
+    IssueRequest {
+        authorization: Some(format!("Bearer {token}")),
+        csr,
+        validity_secs: 600,
+        ..IssueRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn no_certificate_leaves_when_the_audit_write_fails() {
+    let env = TestEnv::new();
+    let issuer = issuer(&env, Box::new(BrokenDisk), 8);
+    let err = issuer.issue(web_request(&env)).await.unwrap_err();
+    assert!(matches!(err, CaError::AuditUnavailable(_)), "{err}");
+    let status = tonic::Status::from(err);
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(
+        status.message().contains("no certificate"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn saturated_ca_refuses_with_resource_exhausted_instead_of_queueing() {
+    let env = TestEnv::new();
+    let db = env.data_dir.join("audit.db");
+    let issuer = issuer(&env, Box::new(SqliteBackend::open(&db).unwrap()), 1);
+    // Every slot is taken by requests still in flight.
+    let _busy = issuer.inflight.clone().try_acquire_owned().unwrap();
+    let started = std::time::Instant::now();
+    let err = issuer.issue(web_request(&env)).await.unwrap_err();
+    assert!(matches!(err, CaError::Overloaded(1)), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once, not queued"
+    );
+    assert_eq!(
+        tonic::Status::from(err).code(),
+        tonic::Code::ResourceExhausted
+    );
+    // The refusal is audited like any other.
+    let rows = issuer
+        .deps
+        .audit
+        .query(AuditQuery::default())
+        .await
+        .unwrap();
+    assert!(rows.iter().any(|r| r
+        .reason
+        .as_deref()
+        .is_some_and(|x| x.contains("overloaded"))));
+
+    drop(_busy);
+    issuer.issue(web_request(&env)).await.unwrap();
+}
+
+#[test]
+fn ttl_defaults_and_clamps() {
+    let day = Duration::from_secs(86_400);
+    let max = Duration::from_secs(90 * 86_400);
+    assert_eq!(resolve_ttl(0, day, max), day);
+    assert_eq!(resolve_ttl(-5, day, max), day);
+    assert_eq!(resolve_ttl(i64::MIN, day, max), day);
+    assert_eq!(resolve_ttl(3600, day, max), Duration::from_secs(3600));
+    assert_eq!(resolve_ttl(i64::MAX, day, max), max);
+    assert_eq!(resolve_ttl(91 * 86_400, day, max), max);
+}
