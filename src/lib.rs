@@ -17,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod audit;
 pub mod ca;
 pub mod cli;

@@ -1,0 +1,442 @@
+//! The per-identity certificate cache: one key pair and certificate per
+//! identity on this node, shared by every workload of that service account,
+//! refreshed before expiry, and pushed to subscribers through `watch` channels.
+//!
+//! Rules enforced: key pairs are generated here and never leave the node except
+//! towards the workload they belong to; a certificate is replaced only by one
+//! that checked out ([`check_answer`]); while the CA fails, the current
+//! certificate keeps being served and the CSR is retried with capped
+//! exponential backoff and jitter; CSRs in flight are bounded; identities with
+//! no subscriber and no running pod on this node are evicted.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::time::Instant;
+
+use crate::agent::ca_client::{check_answer, CaClientError, CertSigner};
+use crate::agent::metrics::AgentMetrics;
+use crate::identity::{SpiffeId, TrustDomain};
+use crate::pki::key::{csr_pem, KeyAlgorithm, PrivateKey};
+use crate::platform::Platform;
+use crate::shutdown::Shutdown;
+use crate::time::SharedClock;
+
+/// How certificates are requested and refreshed.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Lifetime asked of the CA (`--workload-ttl`).
+    pub workload_ttl: Duration,
+    /// Fraction of the lifetime after which a certificate is renewed (0.5).
+    pub refresh_fraction: f64,
+    /// Random spread around that point, as a fraction of the lifetime (0.05).
+    pub jitter_fraction: f64,
+    /// CSRs in flight at once.
+    pub max_concurrent_csrs: usize,
+    /// First retry delay after a failure.
+    pub backoff_initial: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// Workload key type.
+    pub key_algorithm: KeyAlgorithm,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            workload_ttl: Duration::from_secs(24 * 3600),
+            refresh_fraction: 0.5,
+            jitter_fraction: 0.05,
+            max_concurrent_csrs: 8,
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+        }
+    }
+}
+
+/// A workload certificate with its key.
+pub struct Svid {
+    /// The identity in the certificate.
+    pub identity: SpiffeId,
+    /// Leaf first, then intermediates; no roots.
+    pub chain_der: Vec<CertificateDer<'static>>,
+    /// The same, PEM.
+    pub chain_pem: String,
+    /// The private key (zeroized on drop; never logged).
+    pub key: PrivateKey,
+    /// Validity start.
+    pub not_before: OffsetDateTime,
+    /// Validity end.
+    pub not_after: OffsetDateTime,
+    /// Serial, hex.
+    pub serial_hex: String,
+}
+
+impl std::fmt::Debug for Svid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Svid")
+            .field("identity", &self.identity.to_string())
+            .field("serial", &self.serial_hex)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The trust bundle: the roots from the CA's last answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustBundle {
+    /// The roots, DER.
+    pub roots_der: Vec<CertificateDer<'static>>,
+    /// The roots, PEM.
+    pub pem: String,
+}
+
+struct Entry {
+    tx: watch::Sender<Option<Arc<Svid>>>,
+    subscribers: usize,
+    pinned: bool,
+    next_refresh: Instant,
+    in_flight: bool,
+    failures: u32,
+    wanted_since: Instant,
+}
+
+/// The cache. Cheap to share: `Arc<CertCache>`.
+pub struct CertCache {
+    cfg: CacheConfig,
+    signer: Arc<dyn CertSigner>,
+    platform: Arc<dyn Platform>,
+    node: String,
+    trust_domain: TrustDomain,
+    clock: SharedClock,
+    entries: Mutex<HashMap<SpiffeId, Entry>>,
+    bundle: watch::Sender<Option<Arc<TrustBundle>>>,
+    wake: Notify,
+    csr_slots: Arc<Semaphore>,
+    metrics: AgentMetrics,
+}
+
+impl std::fmt::Debug for CertCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertCache")
+            .field("node", &self.node)
+            .field("identities", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Interest in one identity; dropping it releases the interest.
+pub struct SvidSubscription {
+    rx: watch::Receiver<Option<Arc<Svid>>>,
+    identity: SpiffeId,
+    cache: Arc<CertCache>,
+}
+
+impl SvidSubscription {
+    /// The current certificate (None until the first arrives); changes on every rotation.
+    pub fn receiver(&self) -> watch::Receiver<Option<Arc<Svid>>> {
+        self.rx.clone()
+    }
+
+    /// The identity subscribed to.
+    pub fn identity(&self) -> &SpiffeId {
+        &self.identity
+    }
+}
+
+impl Drop for SvidSubscription {
+    fn drop(&mut self) {
+        if let Some(entry) = self.cache.lock().get_mut(&self.identity) {
+            entry.subscribers = entry.subscribers.saturating_sub(1);
+        }
+        self.cache.wake.notify_one();
+    }
+}
+
+impl CertCache {
+    /// An empty cache for the workloads of `node`.
+    pub fn new(
+        cfg: CacheConfig,
+        signer: Arc<dyn CertSigner>,
+        platform: Arc<dyn Platform>,
+        node: String,
+        trust_domain: TrustDomain,
+        clock: SharedClock,
+        metrics: AgentMetrics,
+    ) -> Arc<Self> {
+        let slots = cfg.max_concurrent_csrs.max(1);
+        Arc::new(Self {
+            cfg,
+            signer,
+            platform,
+            node,
+            trust_domain,
+            clock,
+            entries: Mutex::new(HashMap::new()),
+            bundle: watch::Sender::new(None),
+            wake: Notify::new(),
+            csr_slots: Arc::new(Semaphore::new(slots)),
+            metrics,
+        })
+    }
+
+    /// Interest in `identity` while the subscription lives; fetched at once if new.
+    pub fn subscribe(self: &Arc<Self>, identity: &SpiffeId) -> SvidSubscription {
+        self.subscribe_inner(identity, false)
+    }
+
+    /// Like [`CertCache::subscribe`], and the identity is never evicted (`--write-certs`).
+    pub fn pin(self: &Arc<Self>, identity: &SpiffeId) -> SvidSubscription {
+        self.subscribe_inner(identity, true)
+    }
+
+    fn subscribe_inner(self: &Arc<Self>, identity: &SpiffeId, pin: bool) -> SvidSubscription {
+        let rx = {
+            let mut entries = self.lock();
+            let entry = entries.entry(identity.clone()).or_insert_with(|| Entry {
+                tx: watch::Sender::new(None),
+                subscribers: 0,
+                pinned: false,
+                next_refresh: Instant::now(),
+                in_flight: false,
+                failures: 0,
+                wanted_since: Instant::now(),
+            });
+            entry.subscribers += 1;
+            entry.pinned |= pin;
+            self.metrics.cache_size.set(entries.len() as i64);
+            entries.get(identity).map(|e| e.tx.subscribe())
+        };
+        self.wake.notify_one();
+        SvidSubscription {
+            rx: rx.unwrap_or_else(|| watch::Sender::new(None).subscribe()),
+            identity: identity.clone(),
+            cache: Arc::clone(self),
+        }
+    }
+
+    /// The trust bundle (None until the first certificate arrives).
+    pub fn bundle(&self) -> watch::Receiver<Option<Arc<TrustBundle>>> {
+        self.bundle.subscribe()
+    }
+
+    /// Identities cached.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<SpiffeId, Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Refreshes due certificates and evicts unused identities until shutdown.
+    pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
+        let mut changes = self.platform.changes();
+        loop {
+            let next = self.dispatch_due(&shutdown);
+            self.evict_unused();
+            let sleep = tokio::time::sleep_until(
+                next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
+            );
+            tokio::select! {
+                _ = shutdown.triggered() => return,
+                _ = sleep => {}
+                _ = self.wake.notified() => {}
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        // The platform went away; keep refreshing on timers alone.
+                        changes = watch::Sender::new(0).subscribe();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts a fetch for every due identity; returns when the next one is due.
+    fn dispatch_due(self: &Arc<Self>, shutdown: &Shutdown) -> Option<Instant> {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (id, entry) in self.lock().iter_mut() {
+            if entry.in_flight {
+                continue;
+            }
+            if entry.next_refresh <= now {
+                entry.in_flight = true;
+                due.push(id.clone());
+            } else {
+                next = Some(next.map_or(entry.next_refresh, |n| n.min(entry.next_refresh)));
+            }
+        }
+        for id in due {
+            shutdown.spawn(Arc::clone(self).fetch(id));
+        }
+        next
+    }
+
+    async fn fetch(self: Arc<Self>, id: SpiffeId) {
+        let result = match self.csr_slots.clone().acquire_owned().await {
+            Ok(_slot) => self.obtain(&id).await,
+            Err(_) => return,
+        };
+        let mut new_bundle = None;
+        {
+            let mut entries = self.lock();
+            let Some(entry) = entries.get_mut(&id) else {
+                return;
+            };
+            entry.in_flight = false;
+            match result {
+                Ok((svid, bundle)) => {
+                    let delay = refresh_delay(
+                        svid.not_before,
+                        svid.not_after,
+                        self.clock.now(),
+                        self.cfg.refresh_fraction,
+                        self.cfg.jitter_fraction * (2.0 * random_unit() - 1.0),
+                    );
+                    entry.next_refresh = Instant::now() + delay;
+                    entry.failures = 0;
+                    if entry.tx.borrow().is_none() {
+                        self.metrics
+                            .time_to_first_cert
+                            .observe(entry.wanted_since.elapsed().as_secs_f64());
+                    }
+                    self.metrics.rotations.inc();
+                    self.metrics
+                        .cert_expiry
+                        .with_label_values(&[&id.to_string()])
+                        .set(svid.not_after.unix_timestamp() as f64);
+                    tracing::info!(identity = %id, serial = %svid.serial_hex, not_after = %svid.not_after,
+                        refresh_in = ?delay, "workload certificate obtained");
+                    entry.tx.send_replace(Some(Arc::new(svid)));
+                    new_bundle = Some(bundle);
+                }
+                Err(e) => {
+                    entry.failures += 1;
+                    let delay = backoff(
+                        entry.failures,
+                        self.cfg.backoff_initial,
+                        self.cfg.backoff_max,
+                        random_unit(),
+                    );
+                    entry.next_refresh = Instant::now() + delay;
+                    self.metrics.ca_failures.inc();
+                    let serving = entry.tx.borrow().as_ref().map(|s| s.not_after);
+                    tracing::warn!(identity = %id, error = %e, retry_in = ?delay, still_serving_until = ?serving,
+                        "could not obtain a certificate; keeping the current one");
+                }
+            }
+        }
+        if let Some(bundle) = new_bundle {
+            self.bundle.send_if_modified(|current| {
+                if current.as_deref() == Some(&bundle) {
+                    false
+                } else {
+                    *current = Some(Arc::new(bundle));
+                    true
+                }
+            });
+        }
+        self.wake.notify_one();
+    }
+
+    /// Key pair, CSR, CA, and the checks on its answer.
+    async fn obtain(&self, id: &SpiffeId) -> Result<(Svid, TrustBundle), CaClientError> {
+        let algorithm = self.cfg.key_algorithm;
+        let identity = id.clone();
+        let (key, csr) = tokio::task::spawn_blocking(move || {
+            let key = PrivateKey::generate(algorithm)
+                .map_err(|e| CaClientError::Config(e.to_string()))?;
+            let csr = csr_pem(&key, &identity).map_err(|e| CaClientError::Config(e.to_string()))?;
+            Ok::<_, CaClientError>((key, csr))
+        })
+        .await
+        .map_err(|e| CaClientError::Config(format!("key generation task: {e}")))??;
+        let chain = self.signer.sign(&csr, id, self.cfg.workload_ttl).await?;
+        let answer = check_answer(&chain, id, &key.public_key_der())?;
+        let bundle = TrustBundle {
+            roots_der: answer.roots_der,
+            pem: answer.roots_pem,
+        };
+        let svid = Svid {
+            identity: id.clone(),
+            chain_der: answer.chain_der,
+            chain_pem: answer.chain_pem,
+            key,
+            not_before: answer.not_before,
+            not_after: answer.not_after,
+            serial_hex: answer.serial_hex,
+        };
+        Ok((svid, bundle))
+    }
+
+    /// Drops identities nobody subscribes to and no running pod on this node has.
+    fn evict_unused(&self) {
+        let mut entries = self.lock();
+        if entries
+            .values()
+            .all(|e| e.subscribers > 0 || e.pinned || e.in_flight)
+        {
+            return;
+        }
+        let on_node: Vec<SpiffeId> = self
+            .platform
+            .pods_on_node(&self.node)
+            .iter()
+            .filter(|p| p.is_running())
+            .filter_map(|p| p.identity(&self.trust_domain).ok())
+            .collect();
+        entries.retain(|id, e| {
+            let keep = e.subscribers > 0 || e.pinned || e.in_flight || on_node.contains(id);
+            if !keep {
+                tracing::info!(identity = %id, "no workload of this identity left on the node; evicted");
+                let _ = self.metrics.cert_expiry.remove_label_values(&[&id.to_string()]);
+            }
+            keep
+        });
+        self.metrics.cache_size.set(entries.len() as i64);
+    }
+}
+
+/// When to renew: at `fraction` of the lifetime (measured from notBefore, as
+/// clients do), moved by `jitter` × lifetime, never in the past.
+pub fn refresh_delay(
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    now: OffsetDateTime,
+    fraction: f64,
+    jitter: f64,
+) -> Duration {
+    let lifetime = (not_after - not_before).as_seconds_f64().max(0.0);
+    let at =
+        not_before + time::Duration::seconds_f64(lifetime * (fraction + jitter).clamp(0.0, 1.0));
+    Duration::try_from(at - now).unwrap_or(Duration::ZERO)
+}
+
+/// Capped exponential backoff with jitter: `initial × 2^(failures−1)`, at most
+/// `max`, scaled into [50 %, 100 %] by `sample` ∈ [0, 1).
+pub fn backoff(failures: u32, initial: Duration, max: Duration, sample: f64) -> Duration {
+    let exp = initial.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+    exp.min(max).mul_f64(0.5 + 0.5 * sample.clamp(0.0, 1.0))
+}
+
+/// A uniform sample in [0, 1) from the system's random generator.
+fn random_unit() -> f64 {
+    let mut bytes = [0u8; 4];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,67 @@
+//! The node agent's Prometheus metrics.
+
+use prometheus::{GaugeVec, Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry};
+
+/// Counters and gauges of the agent.
+#[derive(Debug, Clone)]
+pub struct AgentMetrics {
+    /// Unix time at which each cached identity's certificate expires.
+    pub cert_expiry: GaugeVec,
+    /// Certificates obtained (first ones and rotations).
+    pub rotations: IntCounter,
+    /// CSRs the CA refused or that failed in transit.
+    pub ca_failures: IntCounter,
+    /// Identities in the cache.
+    pub cache_size: IntGauge,
+    /// From the first interest in an identity to its first certificate.
+    pub time_to_first_cert: Histogram,
+    /// Callers on the socket that could not be attested.
+    pub attestation_failures: IntCounter,
+}
+
+impl AgentMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let m = Self {
+            cert_expiry: GaugeVec::new(
+                Opts::new(
+                    "meshid_agent_cert_expiry_timestamp_seconds",
+                    "Unix time at which the cached certificate of each identity expires.",
+                ),
+                &["identity"],
+            )?,
+            rotations: IntCounter::new(
+                "meshid_agent_rotations_total",
+                "Certificates obtained from the CA.",
+            )?,
+            ca_failures: IntCounter::new(
+                "meshid_agent_ca_failures_total",
+                "CSRs that failed: CA unreachable, refused, or an answer that did not check out.",
+            )?,
+            cache_size: IntGauge::new(
+                "meshid_agent_cache_identities",
+                "Identities in the certificate cache.",
+            )?,
+            time_to_first_cert: Histogram::with_opts(
+                HistogramOpts::new(
+                    "meshid_agent_time_to_first_cert_seconds",
+                    "From the first request for an identity to its first certificate.",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+            )?,
+            attestation_failures: IntCounter::new(
+                "meshid_agent_attestation_failures_total",
+                "Callers on the agent socket that could not be attested.",
+            )?,
+        };
+        registry.register(Box::new(m.cert_expiry.clone()))?;
+        registry.register(Box::new(m.rotations.clone()))?;
+        registry.register(Box::new(m.ca_failures.clone()))?;
+        registry.register(Box::new(m.cache_size.clone()))?;
+        registry.register(Box::new(m.time_to_first_cert.clone()))?;
+        registry.register(Box::new(m.attestation_failures.clone()))?;
+        Ok(m)
+    }
+}
