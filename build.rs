@@ -8,13 +8,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let include = protoc_bin_vendored::include_path()?;
     std::env::set_var("PROTOC", protoc);
 
-    let protos = [PathBuf::from("proto/ca.proto")];
+    // protoc follows imports (Envoy's core and discovery types, google.rpc.Status)
+    // and prost writes one file per package. `secret.proto` is listed because
+    // nothing imports it: SDS carries the Secret inside a google.protobuf.Any.
+    let protos = [
+        PathBuf::from("proto/ca.proto"),
+        PathBuf::from("proto/envoy/service/secret/v3/sds.proto"),
+        PathBuf::from("proto/envoy/extensions/transport_sockets/tls/v3/secret.proto"),
+        PathBuf::from("proto/workload.proto"),
+    ];
+    // Imported files are compiled too: rebuild when any of them changes.
+    println!("cargo:rerun-if-changed=proto");
     for proto in &protos {
         println!("cargo:rerun-if-changed={}", proto.display());
     }
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Messages that carry private keys get a hand-written, redacted `Debug`
+        // (in src/proto.rs): key material is never Debug-printed.
+        .skip_debug([
+            ".X509SVID",
+            ".envoy.extensions.transport_sockets.tls.v3.TlsCertificate",
+        ])
         .compile_protos(&protos, &[PathBuf::from("proto"), include])?;
     Ok(())
 }
