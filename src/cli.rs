@@ -2,6 +2,7 @@
 //! and stay here; each subcommand turns them into a component's plain config
 //! and hands off to the library.
 
+pub mod agent;
 pub mod audit;
 pub mod ca;
 pub mod token;
@@ -29,6 +30,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the certificate authority (Istio CA API over TLS).
     Ca(ca::CaArgs),
+    /// Run the node agent (SDS and the SPIFFE Workload API on a Unix socket).
+    Agent(agent::AgentArgs),
     /// Service-account tokens from the local issuer.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -54,6 +57,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Ca(args) => ca::run(args).await,
+            Command::Agent(args) => agent::run(args).await,
             Command::Token(cmd) => token::run(cmd).await,
             Command::Audit(cmd) => audit::run(cmd).await,
         }

@@ -64,6 +64,39 @@ impl TestEnv {
         std::fs::write(self.manifests.join(format!("pod-{ns}-{name}.yaml")), yaml).unwrap();
     }
 
+    /// Writes a Running pod manifest whose processes run as Unix `unix_uid`
+    /// (annotation `meshid.io/unix-uid`), so the agent can attest them.
+    pub fn add_pod_with_unix_uid(
+        &self,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        sa: &str,
+        node: &str,
+        unix_uid: u32,
+    ) {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n  uid: {uid}\n\
+             \x20 annotations:\n    meshid.io/unix-uid: \"{unix_uid}\"\n\
+             spec:\n  nodeName: {node}\n  serviceAccountName: {sa}\nstatus:\n  phase: Running\n"
+        );
+        std::fs::write(self.manifests.join(format!("pod-{ns}-{name}.yaml")), yaml).unwrap();
+    }
+
+    /// Writes a token to `file` (no trailing newline) and returns the path.
+    pub fn token_file(
+        &self,
+        file: &str,
+        ns: &str,
+        sa: &str,
+        pod: Option<(&str, &str)>,
+        node: Option<&str>,
+    ) -> PathBuf {
+        let path = self.dir.path().join(file);
+        std::fs::write(&path, self.token(ns, sa, pod, node)).unwrap();
+        path
+    }
+
     pub fn remove_pod(&self, ns: &str, name: &str) {
         std::fs::remove_file(self.manifests.join(format!("pod-{ns}-{name}.yaml"))).unwrap();
     }
@@ -183,6 +216,16 @@ impl CaProcess {
     /// Starts `bin ca` on 127.0.0.1:0 with the env's directories and `extra` flags,
     /// and waits until it prints its address.
     pub fn spawn(bin: &Path, env: &TestEnv, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn_at(bin, env, "127.0.0.1:0", extra)
+    }
+
+    /// Like [`CaProcess::spawn`], listening on `listen`.
+    pub fn spawn_at(
+        bin: &Path,
+        env: &TestEnv,
+        listen: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let metrics = free_port()?;
         let log = env.dir.path().join(format!("ca-{}.log", metrics.port()));
         let stderr = std::fs::File::create(&log)?;
@@ -192,7 +235,7 @@ impl CaProcess {
             .arg(&env.data_dir)
             .arg("--manifests")
             .arg(&env.manifests)
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen"])
+            .args(["--listen", listen, "--metrics-listen"])
             .arg(metrics.to_string())
             .args(extra)
             .env(
@@ -262,6 +305,108 @@ impl CaProcess {
 }
 
 impl Drop for CaProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// This process's real Unix uid (from /proc/self/status).
+pub fn my_unix_uid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|uid| uid.parse().ok())
+        .unwrap()
+}
+
+/// The agent binary running as a child process; killed on drop.
+#[derive(Debug)]
+pub struct AgentProcess {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub metrics_addr: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts `bin agent` for `node` against the CA at `ca_addr`, with the
+    /// agent token in `token_file`, and waits until it serves its socket.
+    pub fn spawn(
+        bin: &Path,
+        env: &TestEnv,
+        ca_addr: SocketAddr,
+        node: &str,
+        token_file: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let metrics = free_port()?;
+        let socket = env
+            .dir
+            .path()
+            .join(format!("agent-{}.sock", metrics.port()));
+        let log = env.dir.path().join(format!("agent-{}.log", metrics.port()));
+        let stderr = std::fs::File::create(&log)?;
+        let mut child = Command::new(bin)
+            .arg("agent")
+            .args(["--node", node, "--ca-address"])
+            .arg(format!("https://{ca_addr}"))
+            .arg("--ca-root")
+            .arg(env.data_dir.join("root-cert.pem"))
+            .arg("--token-file")
+            .arg(token_file)
+            .arg("--manifests")
+            .arg(&env.manifests)
+            .arg("--token-jwks-dir")
+            .arg(&env.data_dir)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--metrics-listen")
+            .arg(metrics.to_string())
+            .args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("MESHID_TEST_AGENT_LOG")
+                    .unwrap_or_else(|_| "meshid=debug,info".to_owned()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .context("spawning meshid agent")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        if !line.starts_with("meshid agent serving on ") {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "agent did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        Ok(Self {
+            child: Some(child),
+            socket,
+            metrics_addr: metrics,
+            log,
+        })
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `unix:///…`, as `SPIFFE_ENDPOINT_SOCKET` wants it.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+}
+
+impl Drop for AgentProcess {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod agent;
+mod agent_sds;
 mod ca_issue;
 mod ca_refusals;
 mod ca_transport;

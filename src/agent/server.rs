@@ -1,0 +1,194 @@
+//! Building and running the agent: bind the socket, start the certificate
+//! cache and the file writers, and serve SDS and the Workload API on the
+//! socket until shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use prometheus::Registry;
+use tokio::net::UnixListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::agent::attest::Attestor;
+use crate::agent::ca_client::CertSigner;
+use crate::agent::cache::{CacheConfig, CertCache};
+use crate::agent::files;
+use crate::agent::metrics::AgentMetrics;
+use crate::agent::sds::SdsService;
+use crate::agent::socket::{self, SocketError, UdsStream};
+use crate::agent::workload_api::WorkloadApiService;
+use crate::identity::{SpiffeId, TrustDomain};
+use crate::platform::Platform;
+use crate::shutdown::Shutdown;
+use crate::telemetry;
+use crate::time::SharedClock;
+
+/// The agent's settings.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// This node's name.
+    pub node: String,
+    /// The Unix socket path.
+    pub socket: PathBuf,
+    /// Trust domain.
+    pub trust_domain: TrustDomain,
+    /// Certificate requests and refresh.
+    pub cache: CacheConfig,
+    /// Identities whose certificates are also written to a directory.
+    pub write_certs: Vec<(SpiffeId, PathBuf)>,
+    /// Operational HTTP endpoints; None = off.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Audiences accepted on workload tokens sent over SDS.
+    pub audiences: Vec<String>,
+}
+
+/// What the agent is built from besides its config.
+pub struct AgentDeps {
+    /// Facts about pods on this node.
+    pub platform: Arc<dyn Platform>,
+    /// The CA.
+    pub signer: Arc<dyn CertSigner>,
+    /// Time.
+    pub clock: SharedClock,
+    /// Where metrics are registered.
+    pub registry: Registry,
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The socket could not be bound.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The metrics port could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A started agent.
+#[derive(Debug)]
+pub struct RunningAgent {
+    /// The socket path.
+    pub socket: PathBuf,
+    /// The metrics address, if any.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The certificate cache.
+    pub cache: Arc<CertCache>,
+}
+
+/// Binds everything and serves in tasks tracked by `shutdown`.
+pub async fn start(
+    cfg: AgentConfig,
+    deps: AgentDeps,
+    shutdown: Shutdown,
+) -> Result<RunningAgent, AgentError> {
+    let listener = socket::bind(&cfg.socket)?;
+    let metrics = AgentMetrics::register(&deps.registry)?;
+    let cache = CertCache::new(
+        cfg.cache.clone(),
+        deps.signer.clone(),
+        deps.platform.clone(),
+        cfg.node.clone(),
+        cfg.trust_domain.clone(),
+        deps.clock.clone(),
+        metrics.clone(),
+    );
+    shutdown.spawn(Arc::clone(&cache).run(shutdown.clone()));
+    for (identity, dir) in &cfg.write_certs {
+        shutdown.spawn(files::keep_written(
+            Arc::clone(&cache),
+            identity.clone(),
+            dir.clone(),
+            shutdown.clone(),
+        ));
+    }
+
+    let metrics_addr = match cfg.metrics_listen {
+        Some(addr) => {
+            let platform = deps.platform.clone();
+            let stop = shutdown.clone();
+            let ready: telemetry::ReadinessCheck =
+                Arc::new(move || !stop.is_triggered() && platform.is_ready());
+            Some(
+                telemetry::serve(addr, deps.registry.clone(), ready, shutdown.clone())
+                    .await
+                    .map_err(|source| AgentError::Bind { addr, source })?,
+            )
+        }
+        None => None,
+    };
+
+    let attestor = Arc::new(Attestor::new(
+        deps.platform.clone(),
+        cfg.node.clone(),
+        cfg.trust_domain.clone(),
+    ));
+    let sds = SdsService::new(
+        attestor.clone(),
+        Arc::clone(&cache),
+        cfg.audiences.clone(),
+        metrics.clone(),
+    );
+    let workload_api = WorkloadApiService::new(
+        attestor,
+        Arc::clone(&cache),
+        cfg.trust_domain.clone(),
+        metrics,
+    );
+
+    let (conn_tx, conn_rx) = mpsc::channel::<Result<UdsStream, std::io::Error>>(1024);
+    shutdown.spawn(accept_loop(listener, conn_tx, shutdown.clone()));
+    let stop = shutdown.clone();
+    shutdown.spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .add_service(sds.into_server())
+            .add_service(workload_api.into_server())
+            .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), stop.triggered())
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "agent gRPC server stopped with an error");
+            stop.trigger();
+        }
+    });
+    tracing::info!(socket = %cfg.socket.display(), node = %cfg.node, "agent serving SDS and the SPIFFE Workload API");
+    Ok(RunningAgent {
+        socket: cfg.socket,
+        metrics_addr,
+        cache,
+    })
+}
+
+async fn accept_loop(
+    listener: UnixListener,
+    conns: mpsc::Sender<Result<UdsStream, std::io::Error>>,
+    shutdown: Shutdown,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.triggered() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    if conns.send(Ok(UdsStream::new(stream))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept on the agent socket failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
