@@ -25,6 +25,9 @@ use crate::shutdown::Shutdown;
 use crate::telemetry;
 use crate::time::SharedClock;
 
+/// How long open connections may finish after shutdown begins.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The agent's settings.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -140,23 +143,36 @@ pub async fn start(
         Arc::clone(&cache),
         cfg.audiences.clone(),
         metrics.clone(),
-    );
+    )
+    .with_shutdown(&shutdown);
     let workload_api = WorkloadApiService::new(
         attestor,
         Arc::clone(&cache),
         cfg.trust_domain.clone(),
         metrics,
-    );
+    )
+    .with_shutdown(&shutdown);
 
     let (conn_tx, conn_rx) = mpsc::channel::<Result<UdsStream, std::io::Error>>(1024);
     shutdown.spawn(accept_loop(listener, conn_tx, shutdown.clone()));
     let stop = shutdown.clone();
     shutdown.spawn(async move {
-        let result = tonic::transport::Server::builder()
+        let serve = tonic::transport::Server::builder()
             .add_service(sds.into_server())
             .add_service(workload_api.into_server())
-            .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), stop.triggered())
-            .await;
+            .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), stop.triggered());
+        // Second stage of the drain: connections still open a moment after
+        // shutdown began (clients that do not read their stream's end) are cut.
+        let result = tokio::select! {
+            r = serve => r,
+            _ = async {
+                stop.triggered().await;
+                tokio::time::sleep(GRACE).await;
+            } => {
+                tracing::info!("closing agent connections still open after the grace period");
+                Ok(())
+            }
+        };
         if let Err(e) = result {
             tracing::error!(error = %e, "agent gRPC server stopped with an error");
             stop.trigger();

@@ -137,9 +137,12 @@ pub async fn start(args: AgentArgs, shutdown: Shutdown) -> anyhow::Result<server
         .with_context(|| format!("reading manifests from {}", args.manifests.display()))?;
     shutdown.spawn(platform.clone().run(shutdown.token().clone()));
 
+    // Printed and used as SPIFFE_ENDPOINT_SOCKET, which needs an absolute path.
+    let socket = std::path::absolute(&args.socket)
+        .with_context(|| format!("--socket {}", args.socket.display()))?;
     let config = AgentConfig {
         node: args.node,
-        socket: args.socket,
+        socket,
         trust_domain: args.trust_domain,
         cache: CacheConfig {
             workload_ttl: args.workload_ttl,

@@ -297,3 +297,34 @@ async fn a_thousand_clients_at_once_all_get_their_svid() {
     }
     assert_eq!(ok, 1000);
 }
+
+#[tokio::test]
+async fn agent_metrics_report_the_cache_and_sigterm_stops_it_cleanly() {
+    let mut m = mesh("1h", true, &[]);
+    let client = spiffe::WorkloadApiClient::connect_to(m.agent.endpoint())
+        .await
+        .unwrap();
+    // An open stream must not hold up shutdown.
+    let mut stream = client.stream_x509_svids().await.unwrap();
+    stream.next().await.unwrap().unwrap();
+    let (code, body) = http_get(m.agent.metrics_addr, "/metrics");
+    assert_eq!(code, 200);
+    for name in [
+        "meshid_agent_cache_identities 1",
+        "meshid_agent_rotations_total 1",
+        "meshid_agent_cert_expiry_timestamp_seconds{identity=\"spiffe://cluster.local/ns/default/sa/web\"}",
+        "meshid_agent_time_to_first_cert_seconds_count 1",
+    ] {
+        assert!(body.contains(name), "missing {name} in:\n{body}");
+    }
+    assert_eq!(http_get(m.agent.metrics_addr, "/readyz").0, 200);
+    let started = Instant::now();
+    let status = m.agent.terminate().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!m.agent.socket.exists(), "the socket is removed on exit");
+}
