@@ -44,6 +44,11 @@ impl Shutdown {
         self.token.cancelled().await;
     }
 
+    /// Resolves when shutdown starts; owns what it needs (for `'static` futures).
+    pub fn triggered_owned(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.token.clone().cancelled_owned()
+    }
+
     /// Spawns a tracked task inside the current tracing span.
     pub fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
     where
@@ -78,6 +83,40 @@ impl Shutdown {
             token.cancel();
         });
         Ok(())
+    }
+}
+
+/// How long open connections may finish after shutdown begins.
+pub const CONNECTION_GRACE: Duration = Duration::from_secs(1);
+
+impl Shutdown {
+    /// Runs a server future (which stops accepting when shutdown triggers)
+    /// in a tracked task. Second stage of the drain: connections still open
+    /// [`CONNECTION_GRACE`] after shutdown began (clients that never read the
+    /// end of their stream) are cut by dropping the server. A server error
+    /// triggers shutdown of the whole process.
+    pub fn spawn_server<F, E>(&self, what: &'static str, serve: F)
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let stop = self.clone();
+        self.spawn(async move {
+            let result = tokio::select! {
+                r = serve => r,
+                _ = async {
+                    stop.triggered().await;
+                    tokio::time::sleep(CONNECTION_GRACE).await;
+                } => {
+                    tracing::info!(server = what, "closing connections still open after the grace period");
+                    Ok(())
+                }
+            };
+            if let Err(e) = result {
+                tracing::error!(server = what, error = %e, "server stopped with an error");
+                stop.trigger();
+            }
+        });
     }
 }
 

@@ -203,201 +203,47 @@ pub fn request(
     req
 }
 
-/// The CA binary running as a child process; killed on drop.
+/// A child process of ours: started with its stderr in a log file, waited
+/// for until it prints its first stdout line, killed on drop.
 #[derive(Debug)]
-pub struct CaProcess {
+pub struct Managed {
     child: Option<Child>,
-    pub addr: SocketAddr,
-    pub metrics_addr: SocketAddr,
     pub log: PathBuf,
 }
 
-impl CaProcess {
-    /// Starts `bin ca` on 127.0.0.1:0 with the env's directories and `extra` flags,
-    /// and waits until it prints its address.
-    pub fn spawn(bin: &Path, env: &TestEnv, extra: &[&str]) -> anyhow::Result<Self> {
-        Self::spawn_at(bin, env, "127.0.0.1:0", extra)
-    }
-
-    /// Like [`CaProcess::spawn`], listening on `listen`.
-    pub fn spawn_at(
-        bin: &Path,
-        env: &TestEnv,
-        listen: &str,
-        extra: &[&str],
-    ) -> anyhow::Result<Self> {
-        let metrics = free_port()?;
-        let log = env.dir.path().join(format!("ca-{}.log", metrics.port()));
+impl Managed {
+    /// Starts `cmd` and returns it with its first stdout line, which must
+    /// start with `ready`; otherwise fails with the log's contents.
+    pub fn start(
+        cmd: &mut Command,
+        log: PathBuf,
+        what: &str,
+        ready: &str,
+    ) -> anyhow::Result<(Self, String)> {
         let stderr = std::fs::File::create(&log)?;
-        let mut child = Command::new(bin)
-            .arg("ca")
-            .arg("--data-dir")
-            .arg(&env.data_dir)
-            .arg("--manifests")
-            .arg(&env.manifests)
-            .args(["--listen", listen, "--metrics-listen"])
-            .arg(metrics.to_string())
-            .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("MESHID_TEST_CA_LOG")
-                    .unwrap_or_else(|_| "meshid=debug,info".to_owned()),
-            )
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
-            .context("spawning meshid ca")?;
+            .with_context(|| format!("spawning {what}"))?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
-        let Some(addr) = line
-            .strip_prefix("meshid CA listening on ")
-            .and_then(|rest| rest.split_whitespace().next())
-        else {
+        if !line.starts_with(ready) {
             let _ = child.kill();
             let _ = child.wait();
             bail!(
-                "CA did not start: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        };
-        Ok(Self {
-            child: Some(child),
-            addr: addr.parse()?,
-            metrics_addr: metrics,
-            log,
-        })
-    }
-
-    /// Sends SIGTERM and waits for exit; returns the exit status.
-    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let mut child = self
-            .child
-            .take()
-            .ok_or_else(|| anyhow!("already stopped"))?;
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()?;
-        for _ in 0..100 {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        child.kill()?;
-        bail!("CA did not exit within 10 s of SIGTERM")
-    }
-
-    /// The CA's process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// A TLS client trusting `root_pem`, verifying the server as `localhost`.
-    pub async fn client(&self, root_pem: &str) -> anyhow::Result<CaClient> {
-        connect(self.addr, root_pem, None).await
-    }
-}
-
-impl Drop for CaProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// This process's real Unix uid (from /proc/self/status).
-pub fn my_unix_uid() -> u32 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|uid| uid.parse().ok())
-        .unwrap()
-}
-
-/// The agent binary running as a child process; killed on drop.
-#[derive(Debug)]
-pub struct AgentProcess {
-    child: Option<Child>,
-    pub socket: PathBuf,
-    pub metrics_addr: SocketAddr,
-    pub log: PathBuf,
-}
-
-impl AgentProcess {
-    /// Starts `bin agent` for `node` against the CA at `ca_addr`, with the
-    /// agent token in `token_file`, and waits until it serves its socket.
-    pub fn spawn(
-        bin: &Path,
-        env: &TestEnv,
-        ca_addr: SocketAddr,
-        node: &str,
-        token_file: &Path,
-        extra: &[&str],
-    ) -> anyhow::Result<Self> {
-        let metrics = free_port()?;
-        let socket = env
-            .dir
-            .path()
-            .join(format!("agent-{}.sock", metrics.port()));
-        let log = env.dir.path().join(format!("agent-{}.log", metrics.port()));
-        let stderr = std::fs::File::create(&log)?;
-        let mut child = Command::new(bin)
-            .arg("agent")
-            .args(["--node", node, "--ca-address"])
-            .arg(format!("https://{ca_addr}"))
-            .arg("--ca-root")
-            .arg(env.data_dir.join("root-cert.pem"))
-            .arg("--token-file")
-            .arg(token_file)
-            .arg("--manifests")
-            .arg(&env.manifests)
-            .arg("--token-jwks-dir")
-            .arg(&env.data_dir)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--metrics-listen")
-            .arg(metrics.to_string())
-            .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("MESHID_TEST_AGENT_LOG")
-                    .unwrap_or_else(|_| "meshid=debug,info".to_owned()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .context("spawning meshid agent")?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        if !line.starts_with("meshid agent serving on ") {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "agent did not start: {}",
+                "{what} did not start: {}",
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
         }
-        Ok(Self {
-            child: Some(child),
-            socket,
-            metrics_addr: metrics,
-            log,
-        })
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        Ok((
+            Self {
+                child: Some(child),
+                log,
+            },
+            line,
+        ))
     }
 
     /// Sends SIGTERM and waits (up to 10 s) for the exit status.
@@ -417,26 +263,180 @@ impl AgentProcess {
             std::thread::sleep(Duration::from_millis(100));
         }
         child.kill()?;
-        bail!("agent did not exit within 10 s of SIGTERM")
+        bail!("process did not exit within 10 s of SIGTERM")
     }
 
-    /// The agent's process id, while it runs.
+    /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
-    /// `unix:///…`, as `SPIFFE_ENDPOINT_SOCKET` wants it.
-    pub fn endpoint(&self) -> String {
-        format!("unix://{}", self.socket.display())
+    /// What it logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
-impl Drop for AgentProcess {
+impl Drop for Managed {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+fn log_filter(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| "meshid=debug,info".to_owned())
+}
+
+/// The CA binary running as a child process; killed on drop.
+#[derive(Debug)]
+pub struct CaProcess {
+    process: Managed,
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+}
+
+impl CaProcess {
+    /// Starts `bin ca` on 127.0.0.1:0 with the env's directories and `extra` flags,
+    /// and waits until it prints its address.
+    pub fn spawn(bin: &Path, env: &TestEnv, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn_at(bin, env, "127.0.0.1:0", extra)
+    }
+
+    /// Like [`CaProcess::spawn`], listening on `listen`.
+    pub fn spawn_at(
+        bin: &Path,
+        env: &TestEnv,
+        listen: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let metrics = free_port()?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("ca")
+            .arg("--data-dir")
+            .arg(&env.data_dir)
+            .arg("--manifests")
+            .arg(&env.manifests)
+            .args(["--listen", listen, "--metrics-listen"])
+            .arg(metrics.to_string())
+            .args(extra)
+            .env("RUST_LOG", log_filter("MESHID_TEST_CA_LOG"));
+        let log = env.dir.path().join(format!("ca-{}.log", metrics.port()));
+        let (process, line) =
+            Managed::start(&mut cmd, log, "meshid ca", "meshid CA listening on ")?;
+        let addr = line
+            .strip_prefix("meshid CA listening on ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .ok_or_else(|| anyhow!("no address in {line:?}"))?;
+        Ok(Self {
+            process,
+            addr: addr.parse()?,
+            metrics_addr: metrics,
+        })
+    }
+
+    /// Sends SIGTERM and waits for exit; returns the exit status.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.process.terminate()
+    }
+
+    /// The CA's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.process.log_text()
+    }
+
+    /// A TLS client trusting `root_pem`, verifying the server as `localhost`.
+    pub async fn client(&self, root_pem: &str) -> anyhow::Result<CaClient> {
+        connect(self.addr, root_pem, None).await
+    }
+}
+
+/// This process's real Unix uid (from /proc/self/status).
+pub fn my_unix_uid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|uid| uid.parse().ok())
+        .unwrap()
+}
+
+/// The agent binary running as a child process; killed on drop.
+#[derive(Debug)]
+pub struct AgentProcess {
+    process: Managed,
+    pub socket: PathBuf,
+    pub metrics_addr: SocketAddr,
+}
+
+impl AgentProcess {
+    /// Starts `bin agent` for `node` against the CA at `ca_addr`, with the
+    /// agent token in `token_file`, and waits until it serves its socket.
+    pub fn spawn(
+        bin: &Path,
+        env: &TestEnv,
+        ca_addr: SocketAddr,
+        node: &str,
+        token_file: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let metrics = free_port()?;
+        let socket = env
+            .dir
+            .path()
+            .join(format!("agent-{}.sock", metrics.port()));
+        let mut cmd = Command::new(bin);
+        cmd.arg("agent")
+            .args(["--node", node, "--ca-address"])
+            .arg(format!("https://{ca_addr}"))
+            .arg("--ca-root")
+            .arg(env.data_dir.join("root-cert.pem"))
+            .arg("--token-file")
+            .arg(token_file)
+            .arg("--manifests")
+            .arg(&env.manifests)
+            .arg("--token-jwks-dir")
+            .arg(&env.data_dir)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--metrics-listen")
+            .arg(metrics.to_string())
+            .args(extra)
+            .env("RUST_LOG", log_filter("MESHID_TEST_AGENT_LOG"));
+        let log = env.dir.path().join(format!("agent-{}.log", metrics.port()));
+        let (process, _) =
+            Managed::start(&mut cmd, log, "meshid agent", "meshid agent serving on ")?;
+        Ok(Self {
+            process,
+            socket,
+            metrics_addr: metrics,
+        })
+    }
+
+    pub fn log_text(&self) -> String {
+        self.process.log_text()
+    }
+
+    /// Sends SIGTERM and waits (up to 10 s) for the exit status.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.process.terminate()
+    }
+
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    /// `unix:///…`, as `SPIFFE_ENDPOINT_SOCKET` wants it.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket.display())
     }
 }
 

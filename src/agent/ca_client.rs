@@ -15,7 +15,6 @@ use std::time::Duration;
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
-use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::identity::SpiffeId;
@@ -226,21 +225,7 @@ pub fn check_answer(
         return Err(bad("the root bundle is empty".to_owned()));
     }
     let leaf = parse(&chain_der[0]).map_err(|e| bad(format!("leaf: {e}")))?;
-    let uris: Vec<&str> = leaf
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(u) => Some(*u),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let uris = crate::pki::validate::uri_sans(&leaf).unwrap_or_default();
     if uris != [identity.to_string().as_str()] {
         return Err(bad(format!("leaf names {uris:?}, not {identity}")));
     }

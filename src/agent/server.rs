@@ -25,9 +25,6 @@ use crate::shutdown::Shutdown;
 use crate::telemetry;
 use crate::time::SharedClock;
 
-/// How long open connections may finish after shutdown begins.
-const GRACE: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// The agent's settings.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -155,29 +152,13 @@ pub async fn start(
 
     let (conn_tx, conn_rx) = mpsc::channel::<Result<UdsStream, std::io::Error>>(1024);
     shutdown.spawn(accept_loop(listener, conn_tx, shutdown.clone()));
-    let stop = shutdown.clone();
-    shutdown.spawn(async move {
-        let serve = tonic::transport::Server::builder()
+    shutdown.spawn_server(
+        "agent gRPC",
+        tonic::transport::Server::builder()
             .add_service(sds.into_server())
             .add_service(workload_api.into_server())
-            .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), stop.triggered());
-        // Second stage of the drain: connections still open a moment after
-        // shutdown began (clients that do not read their stream's end) are cut.
-        let result = tokio::select! {
-            r = serve => r,
-            _ = async {
-                stop.triggered().await;
-                tokio::time::sleep(GRACE).await;
-            } => {
-                tracing::info!("closing agent connections still open after the grace period");
-                Ok(())
-            }
-        };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "agent gRPC server stopped with an error");
-            stop.trigger();
-        }
-    });
+            .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), shutdown.triggered_owned()),
+    );
     tracing::info!(socket = %cfg.socket.display(), node = %cfg.node, "agent serving SDS and the SPIFFE Workload API");
     Ok(RunningAgent {
         socket: cfg.socket,

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
-use x509_parser::extensions::GeneralName;
 
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::platform::{Platform, VerifiedToken};
@@ -179,19 +178,8 @@ pub fn identity_from_certificate(
     let refuse = |m: String| AuthnError::Certificate(m);
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
         .map_err(|e| refuse(format!("unparsable: {e}")))?;
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| refuse(format!("bad SAN extension: {e}")))?
-        .ok_or_else(|| refuse("no SAN extension".to_owned()))?;
-    let uris: Vec<&str> = san
-        .value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::URI(u) => Some(*u),
-            _ => None,
-        })
-        .collect();
+    let uris = crate::pki::validate::uri_sans(&cert)
+        .map_err(|e| refuse(format!("bad SAN extension: {e}")))?;
     let [uri] = uris.as_slice() else {
         return Err(refuse(format!(
             "{} URI SANs, an SVID has exactly one",

@@ -25,9 +25,6 @@ use crate::ca::tls::{server_config, CaTlsStream, ServingCert, ServingIdentity, T
 use crate::shutdown::Shutdown;
 use crate::telemetry;
 
-/// How long open connections may finish after shutdown begins.
-const GRACE: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// Why the CA could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -127,31 +124,18 @@ impl CaServer {
         shutdown.spawn(renew_loop(serving, identity, deps, shutdown.clone()));
 
         let service = CaService::new(issuer).into_server();
-        let stop = shutdown.clone();
-        shutdown.spawn(async move {
-            let serve = tonic::transport::Server::builder()
+        shutdown.spawn_server(
+            "CA gRPC",
+            tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                 .timeout(Duration::from_secs(30))
                 .add_service(service)
-                .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), stop.triggered());
-            // Second stage of the drain: connections still open a moment after
-            // shutdown began (clients that do not read their stream's end) are cut.
-            let result = tokio::select! {
-                r = serve => r,
-                _ = async {
-                    stop.triggered().await;
-                    tokio::time::sleep(GRACE).await;
-                } => {
-                    tracing::info!("closing CA connections still open after the grace period");
-                    Ok(())
-                }
-            };
-            if let Err(e) = result {
-                tracing::error!(error = %e, "CA gRPC server stopped with an error");
-                stop.trigger();
-            }
-        });
+                .serve_with_incoming_shutdown(
+                    ReceiverStream::new(conn_rx),
+                    shutdown.triggered_owned(),
+                ),
+        );
         tracing::info!(%addr, ?metrics_addr, "CA serving IstioCertificateService over TLS");
         Ok(Self { addr, metrics_addr })
     }

@@ -119,6 +119,27 @@ pub fn check_leaf(
         .map_err(|_| ValidateError::BadSignature)
 }
 
+/// The URI names of a SubjectAlternativeName extension, in order.
+pub fn uri_names<'a>(san: &x509_parser::extensions::SubjectAlternativeName<'a>) -> Vec<&'a str> {
+    san.general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The URI SANs of a certificate (empty when it has no SAN extension).
+pub fn uri_sans<'a>(
+    cert: &'a X509Certificate<'_>,
+) -> Result<Vec<&'a str>, x509_parser::error::X509Error> {
+    Ok(cert
+        .subject_alternative_name()?
+        .map(|san| uri_names(san.value))
+        .unwrap_or_default())
+}
+
 /// The check every issued leaf gets before it leaves (one parse): the
 /// X.509-SVID profile for `expected`, exactly `subject_spki_der` as its key,
 /// and `issuer_subject_der` as its issuer. The signature itself is verified
@@ -184,15 +205,7 @@ fn check_profile(cert: &X509Certificate<'_>, expected: &SpiffeId) -> Result<(), 
         .subject_alternative_name()
         .map_err(ext_err)?
         .ok_or(ValidateError::MissingSan)?;
-    let uris: Vec<&str> = san
-        .value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::URI(u) => Some(*u),
-            _ => None,
-        })
-        .collect();
+    let uris = uri_names(san.value);
     match uris.as_slice() {
         [uri] if *uri == expected.to_string() => {}
         [uri] => {
