@@ -31,22 +31,22 @@ pub struct ListArgs {
     #[arg(long, env = "MESHID_DATA_DIR", default_value = "meshid-data")]
     pub data_dir: PathBuf,
     /// Only this namespace.
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, env = "MESHID_NAMESPACE")]
     pub namespace: Option<String>,
     /// Only this service account.
-    #[arg(long)]
+    #[arg(long, env = "MESHID_SERVICE_ACCOUNT")]
     pub service_account: Option<String>,
     /// Only records newer than this (e.g. 10m, 24h).
-    #[arg(long, value_parser = super::parse_duration)]
+    #[arg(long, env = "MESHID_AUDIT_SINCE", value_parser = super::parse_duration)]
     pub since: Option<Duration>,
     /// Only this outcome.
-    #[arg(long, value_parser = parse_outcome)]
+    #[arg(long, env = "MESHID_AUDIT_OUTCOME", value_parser = parse_outcome)]
     pub outcome: Option<Outcome>,
     /// At most this many (the newest).
-    #[arg(long)]
+    #[arg(long, env = "MESHID_AUDIT_LIMIT")]
     pub limit: Option<usize>,
     /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+    #[arg(short = 'o', long, env = "MESHID_OUTPUT", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 }
 

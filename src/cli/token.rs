@@ -29,28 +29,33 @@ pub struct IssueArgs {
     #[arg(long, env = "MESHID_MANIFESTS")]
     pub manifests: Option<PathBuf>,
     /// Namespace of the service account.
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, env = "MESHID_NAMESPACE")]
     pub namespace: String,
     /// Service account.
-    #[arg(long)]
+    #[arg(long, env = "MESHID_SERVICE_ACCOUNT")]
     pub service_account: String,
     /// Bind the token to this pod (its UID and node come from the manifests).
-    #[arg(long)]
+    #[arg(long, env = "MESHID_POD")]
     pub pod: Option<String>,
     /// The pod UID to put in the token instead of the manifest's.
-    #[arg(long, requires = "pod")]
+    #[arg(long, env = "MESHID_POD_UID", requires = "pod")]
     pub pod_uid: Option<String>,
     /// Node name claim (default: the pod's node).
-    #[arg(long)]
+    #[arg(long, env = "MESHID_NODE")]
     pub node: Option<String>,
     /// Audience (repeatable).
-    #[arg(long = "audience", default_value = "istio-ca")]
+    #[arg(
+        long = "audience",
+        env = "MESHID_AUDIENCES",
+        value_delimiter = ',',
+        default_value = "istio-ca"
+    )]
     pub audiences: Vec<String>,
     /// Lifetime.
-    #[arg(long, default_value = "1h", value_parser = super::parse_duration)]
+    #[arg(long, env = "MESHID_TOKEN_TTL", default_value = "1h", value_parser = super::parse_duration)]
     pub ttl: Duration,
     /// Write to this file (mode 0600) instead of standard output.
-    #[arg(short = 'o', long)]
+    #[arg(short = 'o', long, env = "MESHID_TOKEN_OUTPUT")]
     pub output: Option<PathBuf>,
 }
 
