@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod audit;
 pub mod ca;
+pub mod mtls;
 pub mod token;
 
 use std::process::ExitCode;
@@ -38,6 +39,9 @@ pub enum Command {
     /// Read the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// mTLS policy: set a namespace's mode, show every pod's effective mode.
+    #[command(subcommand)]
+    Mtls(mtls::MtlsCommand),
 }
 
 /// Runs the binary: parse, set up logs, dispatch; errors print their whole chain.
@@ -60,6 +64,7 @@ pub fn main() -> ExitCode {
             Command::Agent(args) => agent::run(args).await,
             Command::Token(cmd) => token::run(cmd).await,
             Command::Audit(cmd) => audit::run(cmd).await,
+            Command::Mtls(cmd) => mtls::run(cmd).await,
         }
     });
     match result {

@@ -14,8 +14,13 @@
 //! leave traffic unprotected. `metadata` is lenient about the bookkeeping
 //! fields an API server adds (`uid`, `resourceVersion`, `managedFields`, …).
 
+pub mod resolve;
 pub mod types;
 
+pub use resolve::{
+    resolve, EffectiveMode, ModeSource, Policies, PolicyRef, PolicyWarning, Resolution, Scope,
+    DEFAULT_ROOT_NAMESPACE,
+};
 pub use types::{
     ApiVersion, Kind, MtlsMode, MutualTls, ObjectMeta, PeerAuthentication, PeerAuthenticationSpec,
     WorkloadSelector,

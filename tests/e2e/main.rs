@@ -9,4 +9,5 @@ mod agent_sds;
 mod ca_issue;
 mod ca_refusals;
 mod ca_transport;
+mod mtls_cli;
 mod support;
