@@ -2,10 +2,11 @@
 //!
 //! Owns the types that `security.istio.io/v1beta1` (and `v1`) PeerAuthentication
 //! YAML and JSON decode into, so that existing Istio policy files and the
-//! objects a Kubernetes API server returns apply unchanged. Resolution (mesh >
-//! namespace > workload, port-level overrides) comes later and will live in
-//! `policy/resolve.rs`; this module is pure: data in, decision out. It uses
-//! nothing of ours but [`crate::identity`], never the platform.
+//! objects a Kubernetes API server returns apply unchanged, and resolves them
+//! as Istio does ([`resolve`]: mesh > namespace > workload, oldest wins within
+//! a scope, port-level overrides from the workload policy). This module is
+//! pure: data in, decision out. It uses nothing of ours but
+//! [`crate::identity`], never the platform.
 //!
 //! Rule enforced: a policy is read exactly or refused. Unknown fields in the
 //! `spec` (and its parts) and unknown modes are errors that name the field
