@@ -26,6 +26,7 @@ pub mod pki;
 pub mod platform;
 pub mod policy;
 pub mod proto;
+pub mod proxy;
 pub mod secret_file;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,0 +1,25 @@
+//! The proxy's building blocks: what a sidecar proxy needs to decide about,
+//! and to secure, each connection. The listeners and wiring (inbound,
+//! outbound, the policy and SDS streams from the node agent) are built on
+//! these and live beside them.
+//!
+//! - [`sniff`]: is the first thing a client sent a TLS ClientHello? (pure, fuzzed)
+//! - [`enforce`]: given the port's mTLS mode and what the connection is, may
+//!   it go on, and how? (pure)
+//! - [`tls`]: rustls configurations for SPIFFE mTLS (inbound server, outbound
+//!   client), the certificate store that is hot-swapped on rotation, and the
+//!   verifiers that authenticate peers by SPIFFE ID.
+//!
+//! Rules enforced here: a peer is authenticated only by a certificate that
+//! chains to the current trust bundle and carries exactly one URI SAN, a SPIFFE
+//! ID in our trust domain (inbound) or the expected one (outbound); a new
+//! certificate of ours is checked (our key, our identity, chains, not expired)
+//! before it is used; STRICT lets nothing through but verified mTLS.
+//!
+//! Uses `identity`, `policy` (types), `pki` (key and certificate types) and
+//! `time`; never `ca`, `platform`, or `pki`'s signing (tests mint certificates
+//! with the real authority).
+
+pub mod enforce;
+pub mod sniff;
+pub mod tls;
