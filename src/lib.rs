@@ -8,9 +8,11 @@
 //! - [`secret_file`]: 0600 write-then-rename for key material.
 //! - [`pki`]: keys, CSR validation, leaf templates, signing authority, trust bundles.
 //! - [`audit`]: the audit record and its stores (SQLite, group commit).
-//! - [`policy`]: PeerAuthentication types.
+//! - [`policy`]: PeerAuthentication types and their resolution (pure).
 //! - [`platform`]: where facts come from (tokens, pods, namespaces): `local` manifests.
 //! - [`ca`]: the Istio-compatible CA server.
+//! - [`agent`]: the node agent (attestation, certificate cache, SDS, Workload API).
+//! - [`proxy`]: the per-workload proxy's parts (sniffing, mode decisions, SPIFFE TLS).
 //! - [`telemetry`], [`shutdown`]: logs, metrics endpoints, cancellation.
 //! - [`cli`]: the `meshid` subcommands.
 //! - [`proto`]: generated code only.
