@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         PathBuf::from("proto/envoy/service/secret/v3/sds.proto"),
         PathBuf::from("proto/envoy/extensions/transport_sockets/tls/v3/secret.proto"),
         PathBuf::from("proto/workload.proto"),
+        PathBuf::from("proto/policy.proto"),
     ];
     // Imported files are compiled too: rebuild when any of them changes.
     println!("cargo:rerun-if-changed=proto");
@@ -25,6 +26,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Our policy stream's port map as a BTreeMap: ordered, so the agent's
+        // content version (a hash over the ports in order) is deterministic.
+        .btree_map(".meshid.policy.v1")
         // Messages that carry private keys get a hand-written, redacted `Debug`
         // (in src/proto.rs): key material is never Debug-printed.
         .skip_debug([

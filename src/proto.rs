@@ -79,6 +79,18 @@ pub mod spiffe_workload {
     tonic::include_proto!("_");
 }
 
+/// meshid's own APIs.
+pub mod meshid {
+    /// `meshid.policy.*`.
+    pub mod policy {
+        /// Package `meshid.policy.v1`: `PolicyDiscovery`, the agent → proxy
+        /// stream of effective mTLS modes.
+        pub mod v1 {
+            tonic::include_proto!("meshid.policy.v1");
+        }
+    }
+}
+
 impl fmt::Debug for spiffe_workload::X509svid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("X509svid")

@@ -1,6 +1,6 @@
 //! Building and running the agent: bind the socket, start the certificate
-//! cache and the file writers, and serve SDS and the Workload API on the
-//! socket until shutdown.
+//! cache and the file writers, and serve SDS, the Workload API and the mTLS
+//! policy stream on the socket until shutdown.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,11 +16,13 @@ use crate::agent::ca_client::CertSigner;
 use crate::agent::cache::{CacheConfig, CertCache};
 use crate::agent::files;
 use crate::agent::metrics::AgentMetrics;
+use crate::agent::policy_push::PolicyService;
 use crate::agent::sds::SdsService;
 use crate::agent::socket::{self, SocketError, UdsStream};
 use crate::agent::workload_api::WorkloadApiService;
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::platform::Platform;
+use crate::policy::DEFAULT_ROOT_NAMESPACE;
 use crate::shutdown::Shutdown;
 use crate::telemetry;
 use crate::time::SharedClock;
@@ -143,9 +145,20 @@ pub async fn start(
     )
     .with_shutdown(&shutdown);
     let workload_api = WorkloadApiService::new(
-        attestor,
+        attestor.clone(),
         Arc::clone(&cache),
         cfg.trust_domain.clone(),
+        metrics.clone(),
+    )
+    .with_shutdown(&shutdown);
+    // The root namespace is the default one until the agent has a
+    // `--root-namespace` flag (as `meshid mtls` has).
+    let policy = PolicyService::new(
+        attestor,
+        deps.platform.clone(),
+        DEFAULT_ROOT_NAMESPACE.to_owned(),
+        cfg.trust_domain.clone(),
+        cfg.audiences.clone(),
         metrics,
     )
     .with_shutdown(&shutdown);
@@ -157,9 +170,10 @@ pub async fn start(
         tonic::transport::Server::builder()
             .add_service(sds.into_server())
             .add_service(workload_api.into_server())
+            .add_service(policy.into_server())
             .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), shutdown.triggered_owned()),
     );
-    tracing::info!(socket = %cfg.socket.display(), node = %cfg.node, "agent serving SDS and the SPIFFE Workload API");
+    tracing::info!(socket = %cfg.socket.display(), node = %cfg.node, "agent serving SDS, the SPIFFE Workload API and mTLS policy");
     Ok(RunningAgent {
         socket: cfg.socket,
         metrics_addr,
