@@ -84,7 +84,15 @@ pub struct Attestor {
     /// `/proc` of the agent's pid namespace, which must be the host's (so
     /// that the pids `SO_PEERCRED` reports are the ones found here).
     proc_root: PathBuf,
+    /// The platform's change counter, to know when `by_uid` is stale.
+    generation: tokio::sync::watch::Receiver<u64>,
+    /// This node's pods by their `meshid.io/unix-uid` annotation, rebuilt
+    /// when the platform changes (not on every call: a node may hold
+    /// thousands of pods and every unattested caller would scan them all).
+    by_uid: std::sync::Mutex<Option<(u64, Arc<UidIndex>)>>,
 }
+
+type UidIndex = std::collections::HashMap<u32, Vec<Pod>>;
 
 impl fmt::Debug for Attestor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -100,10 +108,12 @@ impl Attestor {
     /// An attestor for the pods of `node`, reading `/proc`.
     pub fn new(platform: Arc<dyn Platform>, node: String, trust_domain: TrustDomain) -> Self {
         Self {
+            generation: platform.changes(),
             platform,
             node,
             trust_domain,
             proc_root: PathBuf::from("/proc"),
+            by_uid: std::sync::Mutex::new(None),
         }
     }
 
@@ -240,11 +250,13 @@ impl Attestor {
 
     /// The single running pod of this node annotated with the caller's uid.
     fn by_unix_uid(&self, creds: &PeerCredentials) -> Result<Workload, AttestError> {
-        let (running, stopped): (Vec<Pod>, Vec<Pod>) = self
-            .platform
-            .pods_on_node(&self.node)
-            .into_iter()
-            .filter(|pod| annotated_uid(pod) == Some(creds.uid))
+        let index = self.uid_index();
+        let (running, stopped): (Vec<Pod>, Vec<Pod>) = index
+            .get(&creds.uid)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .cloned()
             .partition(Pod::is_running);
         let mut running = running.into_iter();
         match (running.next(), running.next()) {
@@ -267,6 +279,26 @@ impl Attestor {
                 }),
             },
         }
+    }
+
+    /// The uid index for the platform's current generation.
+    fn uid_index(&self) -> Arc<UidIndex> {
+        let generation = *self.generation.borrow();
+        let mut cached = self.by_uid.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((built_at, index)) = cached.as_ref() {
+            if *built_at == generation {
+                return Arc::clone(index);
+            }
+        }
+        let mut index = UidIndex::new();
+        for pod in self.platform.pods_on_node(&self.node) {
+            if let Some(uid) = annotated_uid(&pod) {
+                index.entry(uid).or_default().push(pod);
+            }
+        }
+        let index = Arc::new(index);
+        *cached = Some((generation, Arc::clone(&index)));
+        index
     }
 
     /// The last word on any candidate pod, however it was found.

@@ -119,6 +119,9 @@ pub struct CertCache {
     wake: Notify,
     csr_slots: Arc<Semaphore>,
     metrics: AgentMetrics,
+    /// Set when an identity lost its last subscriber or the platform
+    /// changed: only then can something have become evictable.
+    evict_due: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for CertCache {
@@ -153,6 +156,11 @@ impl Drop for SvidSubscription {
     fn drop(&mut self) {
         if let Some(entry) = self.cache.lock().get_mut(&self.identity) {
             entry.subscribers = entry.subscribers.saturating_sub(1);
+            if entry.subscribers == 0 {
+                self.cache
+                    .evict_due
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         self.cache.wake.notify_one();
     }
@@ -182,6 +190,7 @@ impl CertCache {
             wake: Notify::new(),
             csr_slots: Arc::new(Semaphore::new(slots)),
             metrics,
+            evict_due: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -253,6 +262,7 @@ impl CertCache {
                 _ = sleep => {}
                 _ = self.wake.notified() => {}
                 changed = changes.changed() => {
+                    self.evict_due.store(true, std::sync::atomic::Ordering::Relaxed);
                     if changed.is_err() {
                         // The platform went away; keep refreshing on timers alone.
                         changes = watch::Sender::new(0).subscribe();
@@ -296,6 +306,10 @@ impl CertCache {
                 return;
             };
             entry.in_flight = false;
+            if entry.subscribers == 0 && !entry.pinned {
+                self.evict_due
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             match result {
                 Ok((svid, bundle)) => {
                     let delay = refresh_delay(
@@ -381,24 +395,30 @@ impl CertCache {
         Ok((svid, bundle))
     }
 
-    /// Drops identities nobody subscribes to and no running pod on this node has.
+    /// Drops identities nobody subscribes to and no running pod on this node
+    /// has. Runs only when something may have become evictable, and scans
+    /// the platform without holding the cache's lock.
     fn evict_unused(&self) {
-        let mut entries = self.lock();
-        if entries
-            .values()
-            .all(|e| e.subscribers > 0 || e.pinned || e.in_flight)
+        if !self
+            .evict_due
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
         {
             return;
         }
-        let on_node: Vec<SpiffeId> = self
+        let idle = |e: &Entry| e.subscribers == 0 && !e.pinned && !e.in_flight;
+        if !self.lock().values().any(idle) {
+            return;
+        }
+        let on_node: std::collections::HashSet<SpiffeId> = self
             .platform
             .pods_on_node(&self.node)
             .iter()
             .filter(|p| p.is_running())
             .filter_map(|p| p.identity(&self.trust_domain).ok())
             .collect();
+        let mut entries = self.lock();
         entries.retain(|id, e| {
-            let keep = e.subscribers > 0 || e.pinned || e.in_flight || on_node.contains(id);
+            let keep = !idle(e) || on_node.contains(id);
             if !keep {
                 tracing::info!(identity = %id, "no workload of this identity left on the node; evicted");
                 let _ = self.metrics.cert_expiry.remove_label_values(&[&id.to_string()]);
