@@ -12,6 +12,7 @@ pub mod ca_client;
 pub mod cache;
 pub mod files;
 pub mod metrics;
+pub mod policy_push;
 pub mod sds;
 pub mod server;
 pub mod socket;

@@ -21,5 +21,6 @@
 //! with the real authority).
 
 pub mod enforce;
+pub mod policy_watch;
 pub mod sniff;
 pub mod tls;

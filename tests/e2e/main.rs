@@ -10,4 +10,5 @@ mod ca_issue;
 mod ca_refusals;
 mod ca_transport;
 mod mtls_cli;
+mod policy_push;
 mod support;
