@@ -149,7 +149,7 @@ pub async fn start(args: CaArgs, shutdown: Shutdown) -> anyhow::Result<CaServer>
         manifest_dir: manifests.clone(),
         verifier: issuer.verifier(),
         clock: clock.clone(),
-        poll_interval: Duration::from_secs(1),
+        poll_interval: crate::platform::local::DEFAULT_POLL_INTERVAL,
     })
     .with_context(|| format!("reading manifests from {}", manifests.display()))?;
     shutdown.spawn(platform.clone().run(shutdown.token().clone()));

@@ -84,7 +84,7 @@ fn issue(args: IssueArgs) -> anyhow::Result<()> {
                 manifest_dir: dir.clone(),
                 verifier: issuer.verifier(),
                 clock: system_clock(),
-                poll_interval: Duration::from_secs(1),
+                poll_interval: crate::platform::local::DEFAULT_POLL_INTERVAL,
             })
             .with_context(|| format!("reading manifests from {}", dir.display()))?;
             let Some(found) = platform.pod(&args.namespace, name) else {

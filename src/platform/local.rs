@@ -34,8 +34,10 @@ use crate::time::SharedClock;
 /// How long a changed manifest directory must hold still before it is read.
 const WRITE_SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// How often [`LocalPlatform::run`] looks for changed files by default.
-pub const DEFAULT_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often [`LocalPlatform::run`] looks for changed files by default: a
+/// changed policy should reach every proxy well within a second, and a poll
+/// is a directory listing plus one `stat` per manifest.
+pub const DEFAULT_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Settings and dependencies of a [`LocalPlatform`].
 #[derive(Debug, Clone)]
