@@ -6,6 +6,7 @@ pub mod agent;
 pub mod audit;
 pub mod ca;
 pub mod mtls;
+pub mod proxy;
 pub mod token;
 
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ pub enum Command {
     Ca(ca::CaArgs),
     /// Run the node agent (SDS and the SPIFFE Workload API on a Unix socket).
     Agent(agent::AgentArgs),
+    /// Run the sidecar proxy: mTLS for one workload, its mode from PeerAuthentication.
+    Proxy(proxy::ProxyArgs),
     /// Service-account tokens from the local issuer.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -62,6 +65,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Ca(args) => ca::run(args).await,
             Command::Agent(args) => agent::run(args).await,
+            Command::Proxy(args) => proxy::run(args).await,
             Command::Token(cmd) => token::run(cmd).await,
             Command::Audit(cmd) => audit::run(cmd).await,
             Command::Mtls(cmd) => mtls::run(cmd).await,

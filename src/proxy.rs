@@ -10,6 +10,16 @@
 //!   client), the certificate store that is hot-swapped on rotation, and the
 //!   verifiers that authenticate peers by SPIFFE ID.
 //!
+//! Built on them (the sidecar itself, `meshid proxy`):
+//!
+//! - [`sds_client`]: our SVID and bundle from the agent's SDS, ACK/NACK, reconnect;
+//! - [`policy_watch`]: our workload's mTLS mode from the agent's policy stream;
+//! - [`inbound`]: sniff, decide, terminate mTLS, forward to the application;
+//!   mode changes applied to live connections;
+//! - [`outbound`]: originate mTLS to an upstream whose identity is checked;
+//! - [`metrics`]: connection counters by direction, mode, outcome and principal;
+//! - [`server`]: configuration and start-up of all of the above.
+//!
 //! Rules enforced here: a peer is authenticated only by a certificate that
 //! chains to the current trust bundle and carries exactly one URI SAN, a SPIFFE
 //! ID in our trust domain (inbound) or the expected one (outbound); a new
@@ -21,6 +31,11 @@
 //! with the real authority).
 
 pub mod enforce;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
 pub mod policy_watch;
+pub mod sds_client;
+pub mod server;
 pub mod sniff;
 pub mod tls;

@@ -465,3 +465,69 @@ pub fn free_port() -> std::io::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     listener.local_addr()
 }
+
+/// The proxy binary running as a child process; killed on drop.
+#[derive(Debug)]
+pub struct ProxyProcess {
+    process: Managed,
+    /// Bound inbound addresses, in `--inbound` order.
+    pub inbound: Vec<SocketAddr>,
+    /// Bound outbound addresses, in `--outbound` order.
+    pub outbound: Vec<SocketAddr>,
+    pub metrics_addr: SocketAddr,
+}
+
+impl ProxyProcess {
+    /// Starts `bin proxy --agent-socket SOCKET` with `args` (routes, token
+    /// file), metrics on a free port, logs in `dir/proxy-NAME.log`, and waits
+    /// for its ready line (first certificate and policy received).
+    pub fn spawn(
+        bin: &Path,
+        dir: &Path,
+        name: &str,
+        agent_socket: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let metrics = free_port()?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("proxy")
+            .arg("--agent-socket")
+            .arg(agent_socket)
+            .arg("--metrics-listen")
+            .arg(metrics.to_string())
+            .args(args)
+            .env("RUST_LOG", log_filter("MESHID_TEST_PROXY_LOG"));
+        let log = dir.join(format!("proxy-{name}.log"));
+        let (process, line) =
+            Managed::start(&mut cmd, log, "meshid proxy", "meshid proxy ready: ")?;
+        let field = |key: &str| -> anyhow::Result<Vec<SocketAddr>> {
+            let mut words = line.split_whitespace();
+            words.find(|w| *w == key);
+            let value = words
+                .next()
+                .ok_or_else(|| anyhow!("no {key} in {line:?}"))?;
+            if value == "-" {
+                return Ok(Vec::new());
+            }
+            value
+                .split(',')
+                .map(|a| a.parse().with_context(|| format!("{a:?} in {line:?}")))
+                .collect()
+        };
+        Ok(Self {
+            inbound: field("inbound")?,
+            outbound: field("outbound")?,
+            process,
+            metrics_addr: metrics,
+        })
+    }
+
+    pub fn log_text(&self) -> String {
+        self.process.log_text()
+    }
+
+    /// Sends SIGTERM and waits (up to 10 s) for the exit status.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.process.terminate()
+    }
+}

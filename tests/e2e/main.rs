@@ -11,4 +11,5 @@ mod ca_refusals;
 mod ca_transport;
 mod mtls_cli;
 mod policy_push;
+mod proxy;
 mod support;

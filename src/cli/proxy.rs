@@ -1,0 +1,135 @@
+//! `meshid proxy`: the sidecar proxy next to one workload.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::identity::SpiffeId;
+use crate::proxy::enforce::DEFAULT_MODE_CHANGE_DRAIN;
+use crate::proxy::inbound::InboundRoute;
+use crate::proxy::outbound::OutboundRoute;
+use crate::proxy::server::{self, ProxyConfig};
+use crate::shutdown::Shutdown;
+use crate::time::system_clock;
+
+/// Flags of `meshid proxy`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// The node agent's Unix socket (SDS and the mTLS policy stream).
+    #[arg(
+        long,
+        env = "MESHID_AGENT_SOCKET",
+        default_value = "meshid-data/agent.sock"
+    )]
+    pub agent_socket: PathBuf,
+    /// Inbound route `LISTEN=APP_ADDR`, e.g. `127.0.0.1:15006=127.0.0.1:8080` (repeatable).
+    #[arg(long, env = "MESHID_INBOUND", value_parser = parse_inbound, value_delimiter = ';')]
+    pub inbound: Vec<InboundRoute>,
+    /// Outbound route `LISTEN=UPSTREAM[@SPIFFE_ID]`; without an ID, any identity in our trust domain is accepted (repeatable).
+    #[arg(long, env = "MESHID_OUTBOUND", value_parser = parse_outbound, value_delimiter = ';')]
+    pub outbound: Vec<OutboundRoute>,
+    /// Our service-account token, sent as `authorization: Bearer` on SDS and the policy stream when peer credentials do not attest us (re-read on every reconnect).
+    #[arg(long, env = "MESHID_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "MESHID_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// How long a live connection that a mode change no longer allows (plaintext after a switch to STRICT) may go on before it is closed.
+    #[arg(long, env = "MESHID_MODE_CHANGE_DRAIN", value_parser = super::parse_duration, default_value = "0s")]
+    pub mode_change_drain: Duration,
+}
+
+fn parse_inbound(s: &str) -> Result<InboundRoute, String> {
+    let (listen, app) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not LISTEN=APP_ADDR"))?;
+    Ok(InboundRoute {
+        listen: listen.parse().map_err(|e| format!("{listen:?}: {e}"))?,
+        app: app.parse().map_err(|e| format!("{app:?}: {e}"))?,
+    })
+}
+
+fn parse_outbound(s: &str) -> Result<OutboundRoute, String> {
+    let (listen, rest) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not LISTEN=UPSTREAM[@SPIFFE_ID]"))?;
+    let (upstream, expected) = match rest.split_once('@') {
+        Some((upstream, id)) => {
+            let id = SpiffeId::parse(id).map_err(|e| format!("{id:?}: {e}"))?;
+            (upstream, Some(id))
+        }
+        None => (rest, None),
+    };
+    Ok(OutboundRoute {
+        listen: listen.parse().map_err(|e| format!("{listen:?}: {e}"))?,
+        upstream: upstream.parse().map_err(|e| format!("{upstream:?}: {e}"))?,
+        expected,
+    })
+}
+
+/// Runs the proxy until SIGINT or SIGTERM.
+pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    let shutdown = Shutdown::new();
+    shutdown
+        .trigger_on_signals()
+        .context("installing signal handlers")?;
+    let config = ProxyConfig {
+        agent_socket: std::path::absolute(&args.agent_socket)
+            .with_context(|| format!("--agent-socket {}", args.agent_socket.display()))?,
+        inbound: args.inbound,
+        outbound: args.outbound,
+        token_file: args.token_file,
+        metrics_listen: args.metrics_listen,
+        mode_change_drain: args.mode_change_drain,
+    };
+    tracing::info!(
+        agent_socket = %config.agent_socket.display(),
+        inbound = ?config.inbound,
+        outbound = ?config.outbound,
+        token_file = ?config.token_file,
+        metrics = ?config.metrics_listen,
+        mode_change_drain = ?config.mode_change_drain,
+        default_drain = ?DEFAULT_MODE_CHANGE_DRAIN,
+        "starting proxy; waiting for the first certificate and mTLS policy from the agent"
+    );
+    let running = match server::start(
+        config,
+        system_clock(),
+        prometheus::Registry::new(),
+        shutdown.clone(),
+    )
+    .await
+    {
+        Ok(running) => running,
+        Err(server::ProxyError::ShutDown) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    // "-" for none, so that the line splits on whitespace.
+    let list = |addrs: &[SocketAddr]| {
+        if addrs.is_empty() {
+            return "-".to_owned();
+        }
+        addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    println!(
+        "meshid proxy ready: inbound {} outbound {} metrics {} identity {}",
+        list(&running.inbound),
+        list(&running.outbound),
+        running
+            .metrics_addr
+            .map_or_else(|| "-".to_owned(), |a| a.to_string()),
+        running.identity
+    );
+    shutdown.triggered().await;
+    if !shutdown.drain(Duration::from_secs(5)).await {
+        tracing::warn!("some connections were still open 5 s after shutdown began");
+    }
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! The registry of live inbound connections: what each one is, the mode it
+//! lives under, and how to close it, so that a mode change reaches the
+//! connections already accepted ([`on_mode_change`]).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::policy::MtlsMode;
+use crate::proxy::enforce::{on_mode_change, ConnKind, OnModeChange};
+use crate::proxy::metrics::ProxyMetrics;
+
+/// One live connection.
+#[derive(Debug)]
+struct Live {
+    kind: ConnKind,
+    mode: MtlsMode,
+    port: u16,
+    peer: SocketAddr,
+    cancel: CancellationToken,
+    closing: bool,
+}
+
+/// Live inbound connections of one listener.
+#[derive(Debug, Default)]
+pub(crate) struct LiveConns {
+    next: AtomicU64,
+    conns: Mutex<HashMap<u64, Live>>,
+}
+
+/// A connection's place in the registry; leaves it on drop.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    id: u64,
+    live: Arc<LiveConns>,
+}
+
+impl Registration {
+    /// The connection's id in the registry.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.live
+            .conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+    }
+}
+
+impl LiveConns {
+    /// Records a connection of `kind`, accepted under `mode` for the
+    /// application `port`, closed through `cancel`.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        kind: ConnKind,
+        mode: MtlsMode,
+        port: u16,
+        peer: SocketAddr,
+        cancel: CancellationToken,
+    ) -> Registration {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let live = Live {
+            kind,
+            mode,
+            port,
+            peer,
+            cancel,
+            closing: false,
+        };
+        self.conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, live);
+        Registration {
+            id,
+            live: self.clone(),
+        }
+    }
+
+    /// How many connections are live.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Applies the modes now in force (`mode_for(port)`) to every live
+    /// connection (`only` = `None`) or to one: those the new mode no longer
+    /// allows are closed after `drain`; those that AUDIT would flag are
+    /// logged and counted once. Must be called from within a tokio runtime
+    /// (a non-zero drain spawns a timer).
+    pub(crate) fn apply_modes(
+        &self,
+        only: Option<u64>,
+        mode_for: &dyn Fn(u16) -> MtlsMode,
+        drain: Duration,
+        metrics: &ProxyMetrics,
+    ) {
+        let mut to_close = Vec::new();
+        {
+            let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+            for (id, live) in conns.iter_mut() {
+                if only.is_some_and(|only| only != *id) || live.closing {
+                    continue;
+                }
+                let new_mode = mode_for(live.port);
+                if new_mode == live.mode {
+                    continue;
+                }
+                match on_mode_change(&live.kind, live.mode, new_mode) {
+                    OnModeChange::Continue => live.mode = new_mode,
+                    OnModeChange::ContinueAudited => {
+                        tracing::warn!(peer = %live.peer, kind = live.kind.as_str(), mode = %new_mode,
+                            "AUDIT: STRICT would refuse this live connection");
+                        metrics
+                            .would_refuse
+                            .with_label_values(&[live.kind.as_str()])
+                            .inc();
+                        live.mode = new_mode;
+                    }
+                    OnModeChange::CloseAfterDrain { reason } => {
+                        tracing::info!(peer = %live.peer, kind = live.kind.as_str(), from = %live.mode,
+                            to = %new_mode, %reason, ?drain, "mode change: closing a live connection after the drain period");
+                        live.closing = true;
+                        to_close.push(live.cancel.clone());
+                    }
+                }
+            }
+        }
+        for cancel in to_close {
+            metrics.closed_on_mode_change.inc();
+            if drain.is_zero() {
+                cancel.cancel();
+            } else {
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = tokio::time::sleep(drain) => cancel.cancel(),
+                        () = cancel.cancelled() => {}
+                    }
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics() -> ProxyMetrics {
+        ProxyMetrics::register(&prometheus::Registry::new()).unwrap()
+    }
+
+    fn peer() -> SocketAddr {
+        "127.0.0.1:1".parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn switch_to_strict_closes_plaintext_and_keeps_mtls() {
+        let live = Arc::new(LiveConns::default());
+        let (plain, mtls) = (CancellationToken::new(), CancellationToken::new());
+        let _a = live.register(
+            ConnKind::Plaintext,
+            MtlsMode::Permissive,
+            80,
+            peer(),
+            plain.clone(),
+        );
+        let id = crate::identity::SpiffeId::parse("spiffe://cluster.local/ns/a/sa/b").unwrap();
+        let _b = live.register(
+            ConnKind::Mtls { peer: id },
+            MtlsMode::Permissive,
+            80,
+            peer(),
+            mtls.clone(),
+        );
+        let m = metrics();
+        live.apply_modes(None, &|_| MtlsMode::Strict, Duration::ZERO, &m);
+        assert!(plain.is_cancelled());
+        assert!(!mtls.is_cancelled());
+        assert_eq!(m.closed_on_mode_change.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_drain_period_delays_the_close() {
+        let live = Arc::new(LiveConns::default());
+        let plain = CancellationToken::new();
+        let _a = live.register(
+            ConnKind::Plaintext,
+            MtlsMode::Audit,
+            80,
+            peer(),
+            plain.clone(),
+        );
+        live.apply_modes(
+            None,
+            &|_| MtlsMode::Strict,
+            Duration::from_millis(300),
+            &metrics(),
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!plain.is_cancelled());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(plain.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn other_ports_and_dropped_connections_are_left_alone() {
+        let live = Arc::new(LiveConns::default());
+        let plain = CancellationToken::new();
+        let reg = live.register(
+            ConnKind::Plaintext,
+            MtlsMode::Permissive,
+            80,
+            peer(),
+            plain.clone(),
+        );
+        let mode_for = |port| {
+            if port == 80 {
+                MtlsMode::Permissive
+            } else {
+                MtlsMode::Strict
+            }
+        };
+        live.apply_modes(None, &mode_for, Duration::ZERO, &metrics());
+        assert!(!plain.is_cancelled());
+        drop(reg);
+        assert_eq!(live.len(), 0);
+    }
+}

@@ -1,0 +1,153 @@
+//! The outbound listeners: plaintext from our application, mTLS to an
+//! upstream proxy.
+//!
+//! Each route listens on a local address; for each connection it connects to
+//! the upstream, originates TLS 1.3 with our SVID as the client certificate
+//! ([`client_config`]) and checks the upstream's SPIFFE ID, then copies bytes
+//! both ways.
+//!
+//! Rules enforced: an upstream whose certificate does not chain to our trust
+//! bundle, or does not carry the expected identity (exactly the configured
+//! SPIFFE ID, or any in our trust domain when none is configured), gets no
+//! byte of the application's: the handshake fails, the application's
+//! connection is closed, and the refusal is logged and counted.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
+
+use crate::identity::SpiffeId;
+use crate::proxy::metrics::ProxyMetrics;
+use crate::proxy::tls::{
+    client_config, server_name_for, CertStore, PeerExpectation, ProxyTlsError,
+};
+use crate::shutdown::Shutdown;
+
+/// How long connecting to the upstream (TCP and TLS) may take.
+pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One outbound route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundRoute {
+    /// Where our application connects (plaintext).
+    pub listen: SocketAddr,
+    /// The upstream proxy's inbound address.
+    pub upstream: SocketAddr,
+    /// The identity the upstream must prove; `None`: any in our trust domain.
+    pub expected: Option<SpiffeId>,
+}
+
+/// One outbound route, ready to serve a bound listener.
+pub struct Outbound {
+    route: OutboundRoute,
+    connector: TlsConnector,
+    source: String,
+    metrics: ProxyMetrics,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound")
+            .field("route", &self.route)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Outbound {
+    /// An outbound route with our SVID and bundle from `store`.
+    pub fn new(
+        route: OutboundRoute,
+        store: Arc<CertStore>,
+        metrics: ProxyMetrics,
+    ) -> Result<Self, ProxyTlsError> {
+        let expected = match &route.expected {
+            Some(id) => PeerExpectation::Exactly(id.clone()),
+            None => PeerExpectation::AnyInTrustDomain(store.identity().trust_domain().clone()),
+        };
+        let source = store.identity().to_string();
+        let connector = TlsConnector::from(client_config(store, expected)?);
+        Ok(Self {
+            route,
+            connector,
+            source,
+            metrics,
+        })
+    }
+
+    /// Serves `listener` until `shutdown`; connections are tracked by
+    /// `shutdown` and cut when it triggers.
+    pub async fn run(self, listener: TcpListener, shutdown: Shutdown) {
+        let this = Arc::new(self);
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = shutdown.triggered() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "outbound accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let this = this.clone();
+            let stop = shutdown.clone();
+            shutdown.spawn(async move {
+                tokio::select! {
+                    () = this.handle(stream, peer) => {}
+                    () = stop.triggered() => {}
+                }
+            });
+        }
+    }
+
+    async fn handle(&self, mut app: TcpStream, peer: SocketAddr) {
+        let upstream = self.route.upstream;
+        let connecting = async {
+            let tcp = TcpStream::connect(upstream)
+                .await
+                .map_err(|e| ("upstream_unreachable", e.to_string()))?;
+            self.connector
+                .connect(server_name_for(upstream.ip()), tcp)
+                .await
+                .map_err(|e| ("upstream_refused", e.to_string()))
+        };
+        let mut tls = match tokio::time::timeout(UPSTREAM_TIMEOUT, connecting).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err((outcome, error))) => return self.failed(peer, outcome, &error),
+            Err(_) => return self.failed(peer, "upstream_unreachable", "timed out"),
+        };
+        let upstream_id = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(|leaf| crate::proxy::tls::spiffe_id_of(leaf).ok())
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        tracing::info!(%peer, %upstream, upstream_identity = %upstream_id, "outbound mTLS connection established");
+        self.metrics
+            .connection("outbound", "mtls", "allowed", &self.source);
+        self.metrics.open_connections.inc();
+        match tokio::io::copy_bidirectional(&mut app, &mut tls).await {
+            Ok((up, down)) => tracing::debug!(%peer, up, down, "outbound connection closed"),
+            Err(e) => tracing::debug!(%peer, error = %e, "outbound connection ended with an error"),
+        }
+        self.metrics.open_connections.dec();
+    }
+
+    fn failed(&self, peer: SocketAddr, outcome: &str, error: &str) {
+        let expected = self
+            .route
+            .expected
+            .as_ref()
+            .map_or_else(|| "any in the trust domain".to_owned(), ToString::to_string);
+        tracing::warn!(%peer, upstream = %self.route.upstream, %expected, %error, outcome,
+            "outbound connection refused: no verified mTLS to the upstream");
+        self.metrics
+            .connection("outbound", "mtls", outcome, &self.source);
+    }
+}

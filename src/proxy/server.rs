@@ -1,0 +1,321 @@
+//! Building and starting a proxy: the agent streams (certificates over SDS,
+//! mTLS policy), the inbound and outbound listeners, and the metrics server.
+//!
+//! Owns [`ProxyConfig`] (plain settings, no clap) and [`start`]. Rules
+//! enforced: nothing is served before the first certificate and the first
+//! policy arrived (so no connection is ever decided without a mode or served
+//! without a checked SVID); an agent that is missing at start, or goes away,
+//! is retried with backoff while the current certificate and policy stay in
+//! force.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ring::rand::SystemRandom;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tonic::Request;
+
+use crate::identity::SpiffeId;
+use crate::proto::meshid::policy::v1 as proto;
+use crate::proxy::inbound::{Inbound, InboundRoute};
+use crate::proxy::metrics::ProxyMetrics;
+use crate::proxy::outbound::{Outbound, OutboundRoute};
+use crate::proxy::policy_watch::{self, backoff_delay, ProxyPolicy};
+use crate::proxy::sds_client::{authorize, jitter, watch_certificates, TokenFile};
+use crate::proxy::tls::{CertStore, ProxyTlsError};
+use crate::shutdown::Shutdown;
+use crate::time::SharedClock;
+use proto::policy_discovery_client::PolicyDiscoveryClient;
+
+/// How often the wait for the first certificate and policy is reported.
+const WAITING_REPORT: Duration = Duration::from_secs(5);
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// A setting is wrong; the message names the flag.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The agent socket path cannot be used.
+    #[error(transparent)]
+    Socket(#[from] policy_watch::PolicyWatchError),
+    /// A listener could not be bound.
+    #[error("binding {what} {addr}: {source}")]
+    Bind {
+        /// Which listener (`--inbound`, `--outbound`, `--metrics-listen`).
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS configuration could not be built.
+    #[error(transparent)]
+    Tls(#[from] ProxyTlsError),
+    /// Metrics could not be registered.
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// Shutdown began before the proxy was ready.
+    #[error("shut down before the first certificate and policy arrived")]
+    ShutDown,
+}
+
+/// Settings of one proxy (`meshid proxy` flags).
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The node agent's Unix socket (SDS and the policy stream).
+    pub agent_socket: PathBuf,
+    /// Inbound routes: listen → application.
+    pub inbound: Vec<InboundRoute>,
+    /// Outbound routes: listen → upstream, with the identity it must prove.
+    pub outbound: Vec<OutboundRoute>,
+    /// Our service-account token, sent when peer credentials do not attest us.
+    pub token_file: Option<PathBuf>,
+    /// Address of /metrics, /healthz and /readyz; `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
+    /// How long a live connection that a mode change disallows may go on.
+    pub mode_change_drain: Duration,
+}
+
+impl ProxyConfig {
+    /// Checks the settings; the error names the flag that is wrong.
+    pub fn validate(&self) -> Result<(), ProxyError> {
+        if self.inbound.is_empty() && self.outbound.is_empty() {
+            return Err(ProxyError::Config(
+                "give at least one --inbound or --outbound route".to_owned(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        let listens = self.inbound.iter().map(|r| r.listen);
+        for addr in listens.chain(self.outbound.iter().map(|r| r.listen)) {
+            if addr.port() != 0 && !seen.insert(addr) {
+                return Err(ProxyError::Config(format!(
+                    "--inbound/--outbound: {addr} is used by two routes"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A started proxy: where it listens and who it is.
+#[derive(Debug)]
+pub struct RunningProxy {
+    /// Bound inbound addresses, in `--inbound` order.
+    pub inbound: Vec<SocketAddr>,
+    /// Bound outbound addresses, in `--outbound` order.
+    pub outbound: Vec<SocketAddr>,
+    /// Bound metrics address.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Our identity (from the first certificate).
+    pub identity: SpiffeId,
+}
+
+/// Starts the agent streams, waits for the first certificate and policy,
+/// then binds and serves every route. Everything runs until `shutdown`.
+pub async fn start(
+    config: ProxyConfig,
+    clock: SharedClock,
+    registry: prometheus::Registry,
+    shutdown: Shutdown,
+) -> Result<RunningProxy, ProxyError> {
+    config.validate()?;
+    let metrics = ProxyMetrics::register(&registry)?;
+    let channel = policy_watch::uds_channel(&config.agent_socket)?;
+    let token = config.token_file.clone().map(TokenFile::new);
+    let (store_tx, mut store_rx) = watch::channel(None);
+    let (policy_tx, mut policy_rx) = watch::channel(None);
+    shutdown.spawn(watch_certificates(
+        channel.clone(),
+        token.clone(),
+        clock,
+        store_tx,
+        shutdown.clone(),
+    ));
+    match token {
+        None => shutdown.spawn(policy_watch::watch_policy(
+            channel,
+            policy_tx,
+            shutdown.clone(),
+        )),
+        Some(token) => shutdown.spawn(watch_policy_with_token(
+            channel,
+            token,
+            policy_tx,
+            shutdown.clone(),
+        )),
+    };
+    let metrics_addr = match config.metrics_listen {
+        Some(addr) => {
+            let (s, p) = (store_rx.clone(), policy_rx.clone());
+            let ready = Arc::new(move || s.borrow().is_some() && p.borrow().is_some());
+            let bound = crate::telemetry::serve(addr, registry, ready, shutdown.clone())
+                .await
+                .map_err(|source| ProxyError::Bind {
+                    what: "--metrics-listen",
+                    addr,
+                    source,
+                })?;
+            Some(bound)
+        }
+        None => None,
+    };
+
+    let socket = config.agent_socket.display().to_string();
+    let store = wait_for(&mut store_rx, &shutdown, "certificate", &socket).await?;
+    let policy = wait_for(&mut policy_rx, &shutdown, "mTLS policy", &socket).await?;
+    if policy.identity != *store.identity() {
+        tracing::error!(certificate = %store.identity(), policy = %policy.identity,
+            "the agent attested us as two different identities");
+    }
+    spawn_expiry_gauge(store.clone(), metrics.clone(), shutdown.clone());
+
+    let mut inbound = Vec::new();
+    for route in &config.inbound {
+        let listener = bind("--inbound", route.listen).await?;
+        inbound.push(listener.local_addr().unwrap_or(route.listen));
+        let side = Inbound::new(
+            route.app,
+            store.clone(),
+            store.identity().trust_domain().clone(),
+            policy_rx.clone(),
+            metrics.clone(),
+            config.mode_change_drain,
+        )?;
+        shutdown.spawn(side.run(listener, shutdown.clone()));
+    }
+    let mut outbound = Vec::new();
+    for route in &config.outbound {
+        let listener = bind("--outbound", route.listen).await?;
+        outbound.push(listener.local_addr().unwrap_or(route.listen));
+        let side = Outbound::new(route.clone(), store.clone(), metrics.clone())?;
+        shutdown.spawn(side.run(listener, shutdown.clone()));
+    }
+    Ok(RunningProxy {
+        inbound,
+        outbound,
+        metrics_addr,
+        identity: store.identity().clone(),
+    })
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ProxyError::Bind { what, addr, source })
+}
+
+/// Waits for the first value on `rx`, reporting the wait every few seconds.
+async fn wait_for<T: Clone>(
+    rx: &mut watch::Receiver<Option<T>>,
+    shutdown: &Shutdown,
+    what: &str,
+    socket: &str,
+) -> Result<T, ProxyError> {
+    loop {
+        if let Some(value) = rx.borrow_and_update().clone() {
+            return Ok(value);
+        }
+        tokio::select! {
+            () = shutdown.triggered() => return Err(ProxyError::ShutDown),
+            changed = rx.changed() => if changed.is_err() { return Err(ProxyError::ShutDown) },
+            () = tokio::time::sleep(WAITING_REPORT) => {
+                tracing::warn!(agent_socket = %socket, "still waiting for the first {what} from the node agent; retrying");
+            }
+        }
+    }
+}
+
+/// Keeps the certificate-expiry gauge current (swaps happen in the SDS task).
+fn spawn_expiry_gauge(store: Arc<CertStore>, metrics: ProxyMetrics, shutdown: Shutdown) {
+    let stop = shutdown.clone();
+    shutdown.spawn(async move {
+        loop {
+            #[allow(clippy::cast_precision_loss)]
+            metrics
+                .cert_expiry
+                .set(store.not_after().unix_timestamp() as f64);
+            tokio::select! {
+                () = stop.triggered() => return,
+                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+    });
+}
+
+/// [`policy_watch::watch_policy`] with our token as `authorization: Bearer`
+/// (re-read on every reconnect), for proxies that peer credentials do not
+/// attest. Same rules: the last good policy stays in force, capped backoff
+/// with jitter, an update is taken whole or not at all.
+async fn watch_policy_with_token(
+    channel: Channel,
+    token: TokenFile,
+    tx: watch::Sender<Option<ProxyPolicy>>,
+    shutdown: Shutdown,
+) {
+    let mut client = PolicyDiscoveryClient::new(channel);
+    let rng = SystemRandom::new();
+    let mut attempt: u32 = 0;
+    loop {
+        let stream = async {
+            let mut request = Request::new(proto::WatchPolicyRequest {});
+            authorize(&mut request, Some(&token)).map_err(|e| e.to_string())?;
+            let mut stream = client
+                .watch_policy(request)
+                .await
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+                .into_inner();
+            loop {
+                match stream.message().await {
+                    Ok(Some(update)) => {
+                        attempt = 0;
+                        publish(&tx, update);
+                    }
+                    Ok(None) => return Err("the agent ended the policy stream".to_owned()),
+                    Err(s) => return Err(format!("{:?}: {}", s.code(), s.message())),
+                }
+            }
+        };
+        let outcome: Result<(), String> = tokio::select! {
+            () = shutdown.triggered() => return,
+            outcome = stream => outcome,
+        };
+        let reason = outcome.err().unwrap_or_default();
+        let delay = backoff_delay(attempt, jitter(&rng));
+        if attempt == 0 {
+            tracing::warn!(%reason, retry_in = ?delay, "no policy stream from the agent; keeping the current mTLS policy");
+        } else {
+            tracing::debug!(%reason, attempt, retry_in = ?delay, "policy stream still unavailable");
+        }
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            () = shutdown.triggered() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+fn publish(tx: &watch::Sender<Option<ProxyPolicy>>, update: proto::PolicyUpdate) {
+    match ProxyPolicy::try_from(update) {
+        Ok(policy) => {
+            tx.send_if_modified(|current| {
+                if current.as_ref().map(|p| &p.version) == Some(&policy.version) {
+                    return false;
+                }
+                tracing::info!(mode = %policy.mode, ports = ?policy.ports, source = %policy.source,
+                    version = %policy.version, "mTLS policy in force");
+                *current = Some(policy);
+                true
+            });
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "ignoring a policy update from the agent; the current policy stays in force")
+        }
+    }
+}

@@ -1,0 +1,419 @@
+//! Two proxies as real processes between two workloads: a CA, an agent on
+//! node-a, a backend HTTP server behind the backend's proxy (inbound), and the
+//! frontend's proxy (outbound → the backend proxy, expecting the backend's
+//! SPIFFE ID). Both proxies are attested by their own bound service-account
+//! tokens (this test process's uid is annotated on no pod). Clients: raw TCP
+//! HTTP/1.1 (plaintext, and through the frontend's proxy) and `openssl s_client`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use meshid::test_helpers::{AgentProcess, CaProcess, ProxyProcess, TestEnv};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+const BODY: &str = "hello from backend";
+const FRONTEND: &str = "spiffe://cluster.local/ns/default/sa/frontend";
+const BACKEND: &str = "spiffe://cluster.local/ns/default/sa/backend";
+
+/// The whole mesh; processes are killed on drop.
+struct Pair {
+    env: TestEnv,
+    _ca: CaProcess,
+    _agent: AgentProcess,
+    backend: ProxyProcess,
+    frontend: ProxyProcess,
+    /// `cert-chain.pem`, `key.pem`, `root-cert.pem` of a third identity, `default/client`.
+    client_certs: PathBuf,
+}
+
+impl Pair {
+    /// The frontend's route to the backend (expects the backend's identity).
+    fn via_frontend(&self) -> SocketAddr {
+        self.frontend.outbound[0]
+    }
+    /// The frontend's route to the backend expecting another identity.
+    fn via_frontend_wrong_id(&self) -> SocketAddr {
+        self.frontend.outbound[1]
+    }
+    fn backend_inbound(&self) -> SocketAddr {
+        self.backend.inbound[0]
+    }
+    fn set_mode(&self, mode: &str) {
+        let out = Command::new(BIN)
+            .args(["mtls", "set-mode", "-n", "default", mode, "--manifests"])
+            .arg(&self.env.manifests)
+            .env_remove("MESHID_ROOT_NAMESPACE")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// An HTTP/1.1 server answering every request with [`BODY`], keeping the
+/// connection open unless the request says `Connection: close`.
+async fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut stream = BufReader::new(stream);
+                loop {
+                    let mut close = false;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        match stream.read_line(&mut line).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        close |= line.to_ascii_lowercase().starts_with("connection: close");
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{BODY}",
+                        BODY.len()
+                    );
+                    if stream.get_mut().write_all(answer.as_bytes()).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn setup() -> Pair {
+    let env = TestEnv::new();
+    env.add_pod(
+        "meshid-system",
+        "agent-a",
+        "uid-agent-a",
+        "meshid-agent",
+        "node-a",
+    );
+    for sa in ["frontend", "backend", "client"] {
+        env.add_pod(
+            "default",
+            &format!("{sa}-1"),
+            &format!("uid-{sa}-1"),
+            sa,
+            "node-a",
+        );
+    }
+    let ca = CaProcess::spawn(
+        bin(),
+        &env,
+        &["--trusted-node-accounts", "meshid-system/meshid-agent"],
+    )
+    .unwrap();
+    let agent_token = env.token_file(
+        "agent.token",
+        "meshid-system",
+        "meshid-agent",
+        Some(("agent-a", "uid-agent-a")),
+        Some("node-a"),
+    );
+    let client_certs = env.dir.path().join("client-certs");
+    let write_certs = format!(
+        "spiffe://cluster.local/ns/default/sa/client={}",
+        client_certs.display()
+    );
+    let agent = AgentProcess::spawn(
+        bin(),
+        &env,
+        ca.addr,
+        "node-a",
+        &agent_token,
+        &["--workload-ttl", "1h", "--write-certs", &write_certs],
+    )
+    .unwrap();
+    let token = |sa: &str| {
+        env.token_file(
+            &format!("{sa}.token"),
+            "default",
+            sa,
+            Some((&format!("{sa}-1"), &format!("uid-{sa}-1"))),
+            Some("node-a"),
+        )
+    };
+    let (backend_token, frontend_token) = (token("backend"), token("frontend"));
+    let app = echo_server().await;
+    let dir = env.dir.path().to_owned();
+    let socket = agent.socket.clone();
+    let inbound = format!("127.0.0.1:0={app}");
+    let backend = tokio::task::spawn_blocking(move || {
+        ProxyProcess::spawn(
+            bin(),
+            &dir,
+            "backend",
+            &socket,
+            &[
+                "--inbound",
+                &inbound,
+                "--token-file",
+                backend_token.to_str().unwrap(),
+            ],
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let good = format!("127.0.0.1:0={}@{BACKEND}", backend.inbound[0]);
+    let wrong = format!(
+        "127.0.0.1:0={}@spiffe://cluster.local/ns/default/sa/someone-else",
+        backend.inbound[0]
+    );
+    let dir = env.dir.path().to_owned();
+    let socket = agent.socket.clone();
+    let frontend = tokio::task::spawn_blocking(move || {
+        ProxyProcess::spawn(
+            bin(),
+            &dir,
+            "frontend",
+            &socket,
+            &[
+                "--outbound",
+                &good,
+                "--outbound",
+                &wrong,
+                "--token-file",
+                frontend_token.to_str().unwrap(),
+            ],
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    Pair {
+        env,
+        _ca: ca,
+        _agent: agent,
+        backend,
+        frontend,
+        client_certs,
+    }
+}
+
+/// One GET on a new connection; `Err` if the connection is refused/closed
+/// before a whole answer arrived.
+async fn get(addr: SocketAddr) -> Result<String, String> {
+    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    request(&mut s, true).await
+}
+
+/// Sends a GET on `s` and reads one answer (to the end when `close`).
+async fn request(s: &mut TcpStream, close: bool) -> Result<String, String> {
+    let header = if close { "Connection: close\r\n" } else { "" };
+    let req = format!("GET / HTTP/1.1\r\nHost: backend\r\n{header}\r\n");
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let reading = async {
+        loop {
+            let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if !close && got.ends_with(BODY.as_bytes()) {
+                break;
+            }
+        }
+        Ok::<_, String>(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), reading)
+        .await
+        .map_err(|_| "timed out".to_owned())??;
+    let text = String::from_utf8_lossy(&got).into_owned();
+    if text.ends_with(BODY) {
+        Ok(text)
+    } else {
+        Err(format!("no answer: {text:?}"))
+    }
+}
+
+/// Waits (up to 15 s) until `check` holds.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{what}: not within 15 s");
+}
+
+/// `openssl s_client` to `addr`, sending one GET; with the client identity
+/// in `certs` when given. Returns stdout and stderr.
+async fn s_client(addr: SocketAddr, certs: Option<&Path>) -> String {
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "s_client",
+        "-connect",
+        &addr.to_string(),
+        "-ign_eof",
+        "-servername",
+        "backend",
+    ]);
+    if let Some(dir) = certs {
+        cmd.arg("-cert").arg(dir.join("cert-chain.pem"));
+        cmd.arg("-key").arg(dir.join("key.pem"));
+        cmd.arg("-CAfile").arg(dir.join("root-cert.pem"));
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("openssl is installed");
+        use std::io::Write;
+        let _ = child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"GET / HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n");
+        let out = child.wait_with_output().unwrap();
+        format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+    .await
+    .unwrap()
+}
+
+async fn metrics(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frontend_reaches_backend_over_mtls_and_the_backend_logs_its_identity() {
+    let p = setup().await;
+    let answer = get(p.via_frontend()).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    eventually(
+        "the backend proxy logs the frontend's SPIFFE ID",
+        async || p.backend.log_text().contains(FRONTEND),
+    )
+    .await;
+    // PERMISSIVE (the default): plaintext passes too, and so does openssl
+    // without a client certificate.
+    assert!(get(p.backend_inbound()).await.is_ok());
+    let out = s_client(p.backend_inbound(), None).await;
+    assert!(out.contains(BODY), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_with_another_identity_is_refused_by_the_outbound_proxy() {
+    let p = setup().await;
+    let err = get(p.via_frontend_wrong_id()).await.unwrap_err();
+    assert!(!err.contains(BODY), "{err}");
+    eventually("the frontend logs the refusal", async || {
+        let log = p.frontend.log_text();
+        log.contains("outbound connection refused") && log.contains("someone-else")
+    })
+    .await;
+    assert!(
+        get(p.via_frontend()).await.is_ok(),
+        "the right route still works"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_refuses_plaintext_and_certless_tls_and_passes_mtls() {
+    let p = setup().await;
+    assert!(get(p.backend_inbound()).await.is_ok());
+    p.set_mode("STRICT");
+    eventually("plaintext refused", async || {
+        get(p.backend_inbound()).await.is_err()
+    })
+    .await;
+    assert!(
+        get(p.via_frontend()).await.is_ok(),
+        "mTLS through the frontend"
+    );
+    let out = s_client(p.backend_inbound(), None).await;
+    assert!(!out.contains(BODY), "no client certificate: {out}");
+    let out = s_client(p.backend_inbound(), Some(&p.client_certs)).await;
+    assert!(out.contains(BODY), "with a client certificate: {out}");
+    let log = p.backend.log_text();
+    assert!(log.contains("inbound connection refused"), "{log}");
+    assert!(
+        log.contains("spiffe://cluster.local/ns/default/sa/client"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_passes_plaintext_and_counts_what_strict_would_refuse() {
+    let p = setup().await;
+    p.set_mode("AUDIT");
+    eventually("plaintext counted as would-refuse", async || {
+        get(p.backend_inbound()).await.is_ok()
+            && metrics(p.backend.metrics_addr)
+                .await
+                .contains("meshid_proxy_would_refuse_total{kind=\"plaintext\"}")
+    })
+    .await;
+    assert!(get(p.via_frontend()).await.is_ok());
+    let out = s_client(p.backend_inbound(), None).await;
+    assert!(out.contains(BODY), "TLS without a client certificate passes: {out}");
+    let text = metrics(p.backend.metrics_addr).await;
+    assert!(
+        text.contains("meshid_proxy_would_refuse_total{kind=\"tls_without_client_cert\"}"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_to_strict_closes_a_live_plaintext_connection_and_keeps_mtls() {
+    let p = setup().await;
+    let mut plain = TcpStream::connect(p.backend_inbound()).await.unwrap();
+    request(&mut plain, false).await.unwrap();
+    let mut mtls = TcpStream::connect(p.via_frontend()).await.unwrap();
+    request(&mut mtls, false).await.unwrap();
+    p.set_mode("STRICT");
+    let switched = Instant::now();
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(10), plain.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0) | Err(_))), "{closed:?}");
+    eprintln!(
+        "live plaintext connection closed {:?} after set-mode",
+        switched.elapsed()
+    );
+    request(&mut mtls, false)
+        .await
+        .expect("the live mTLS connection goes on");
+    assert!(
+        get(p.via_frontend()).await.is_ok(),
+        "new mTLS connections work"
+    );
+    assert!(
+        get(p.backend_inbound()).await.is_err(),
+        "new plaintext is refused"
+    );
+}
