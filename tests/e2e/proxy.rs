@@ -95,7 +95,9 @@ async fn echo_server() -> SocketAddr {
     addr
 }
 
-async fn setup() -> Pair {
+/// The environment (pods `frontend-1`, `backend-1`, `client-1`, none
+/// uid-annotated) and a CA.
+fn env_and_ca() -> (TestEnv, CaProcess) {
     let env = TestEnv::new();
     env.add_pod(
         "meshid-system",
@@ -119,6 +121,11 @@ async fn setup() -> Pair {
         &["--trusted-node-accounts", "meshid-system/meshid-agent"],
     )
     .unwrap();
+    (env, ca)
+}
+
+/// The agent on node-a, writing `default/client`'s files into the returned directory.
+fn start_agent(env: &TestEnv, ca: &CaProcess, ttl: &str) -> (AgentProcess, PathBuf) {
     let agent_token = env.token_file(
         "agent.token",
         "meshid-system",
@@ -133,23 +140,38 @@ async fn setup() -> Pair {
     );
     let agent = AgentProcess::spawn(
         bin(),
-        &env,
+        env,
         ca.addr,
         "node-a",
         &agent_token,
-        &["--workload-ttl", "1h", "--write-certs", &write_certs],
+        &["--workload-ttl", ttl, "--write-certs", &write_certs],
     )
     .unwrap();
-    let token = |sa: &str| {
-        env.token_file(
-            &format!("{sa}.token"),
-            "default",
-            sa,
-            Some((&format!("{sa}-1"), &format!("uid-{sa}-1"))),
-            Some("node-a"),
-        )
-    };
-    let (backend_token, frontend_token) = (token("backend"), token("frontend"));
+    (agent, client_certs)
+}
+
+/// A bound token for the pod `default/SA-1`.
+fn workload_token(env: &TestEnv, sa: &str) -> PathBuf {
+    env.token_file(
+        &format!("{sa}.token"),
+        "default",
+        sa,
+        Some((&format!("{sa}-1"), &format!("uid-{sa}-1"))),
+        Some("node-a"),
+    )
+}
+
+async fn setup() -> Pair {
+    setup_with_ttl("1h").await
+}
+
+async fn setup_with_ttl(ttl: &str) -> Pair {
+    let (env, ca) = env_and_ca();
+    let (agent, client_certs) = start_agent(&env, &ca, ttl);
+    let (backend_token, frontend_token) = (
+        workload_token(&env, "backend"),
+        workload_token(&env, "frontend"),
+    );
     let app = echo_server().await;
     let dir = env.dir.path().to_owned();
     let socket = agent.socket.clone();
@@ -381,7 +403,10 @@ async fn audit_passes_plaintext_and_counts_what_strict_would_refuse() {
     .await;
     assert!(get(p.via_frontend()).await.is_ok());
     let out = s_client(p.backend_inbound(), None).await;
-    assert!(out.contains(BODY), "TLS without a client certificate passes: {out}");
+    assert!(
+        out.contains(BODY),
+        "TLS without a client certificate passes: {out}"
+    );
     let text = metrics(p.backend.metrics_addr).await;
     assert!(
         text.contains("meshid_proxy_would_refuse_total{kind=\"tls_without_client_cert\"}"),
@@ -415,5 +440,79 @@ async fn switching_to_strict_closes_a_live_plaintext_connection_and_keeps_mtls()
     assert!(
         get(p.backend_inbound()).await.is_err(),
         "new plaintext is refused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_started_before_its_agent_retries_and_serves_once_the_agent_is_up() {
+    let (env, ca) = env_and_ca();
+    let late = env.dir.path().join("late.sock");
+    let token = workload_token(&env, "backend");
+    let app = echo_server().await;
+    let (dir, socket) = (env.dir.path().to_owned(), late.clone());
+    let proxy = std::thread::spawn(move || {
+        let inbound = format!("127.0.0.1:0={app}");
+        ProxyProcess::spawn(
+            bin(),
+            &dir,
+            "early",
+            &socket,
+            &[
+                "--inbound",
+                &inbound,
+                "--token-file",
+                token.to_str().unwrap(),
+            ],
+        )
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (agent, _) = start_agent(&env, &ca, "1h");
+    std::os::unix::fs::symlink(&agent.socket, &late).unwrap();
+    let mut proxy = tokio::task::spawn_blocking(move || proxy.join().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(get(proxy.inbound[0]).await.is_ok());
+    let log = proxy.log_text();
+    assert!(log.contains("no SDS stream from the agent"), "{log}");
+    let status = tokio::task::spawn_blocking(move || proxy.terminate())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_is_swapped_in_and_mtls_goes_on() {
+    let p = setup_with_ttl("4s").await;
+    assert!(get(p.via_frontend()).await.is_ok());
+    eventually("both proxies swap in a rotated certificate", async || {
+        p.backend.log_text().contains("new certificate in force")
+            && p.frontend.log_text().contains("new certificate in force")
+    })
+    .await;
+    assert!(
+        get(p.via_frontend()).await.is_ok(),
+        "mTLS after the rotation"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_refused_in_strict_after_the_sniff_wait() {
+    let p = setup().await;
+    p.set_mode("STRICT");
+    eventually("plaintext refused", async || {
+        get(p.backend_inbound()).await.is_err()
+    })
+    .await;
+    let mut silent = TcpStream::connect(p.backend_inbound()).await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0) | Err(_))), "{closed:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}"
     );
 }
