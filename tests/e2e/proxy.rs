@@ -29,6 +29,8 @@ struct Pair {
     frontend: ProxyProcess,
     /// `cert-chain.pem`, `key.pem`, `root-cert.pem` of a third identity, `default/client`.
     client_certs: PathBuf,
+    /// The backend application's address.
+    app: SocketAddr,
 }
 
 impl Pair {
@@ -226,6 +228,7 @@ async fn setup_with_ttl(ttl: &str) -> Pair {
         backend,
         frontend,
         client_certs,
+        app,
     }
 }
 
@@ -515,4 +518,114 @@ async fn a_silent_client_is_refused_in_strict_after_the_sniff_wait() {
         waited >= Duration::from_millis(900),
         "closed after {waited:?}"
     );
+}
+
+/// A ClientHello header (what the sniffer looks at) followed by an HTTP
+/// request: TLS to the proxy, a request to an application that gets it untouched.
+const TLS_LOOKALIKE: &[u8] =
+    b"\x16\x03\x01\x00\x30\x01\x00\x00\x2cGET / HTTP/1.1\r\nConnection: close\r\n\r\n";
+
+async fn send_raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(bytes).await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_passes_tls_bytes_untouched_where_permissive_terminates_them() {
+    let p = setup().await;
+    let answer = send_raw(p.backend_inbound(), TLS_LOOKALIKE).await;
+    assert!(
+        !answer.contains(BODY),
+        "PERMISSIVE terminates TLS: {answer:?}"
+    );
+    p.set_mode("DISABLE");
+    eventually("DISABLE passes the bytes to the application", async || {
+        send_raw(p.backend_inbound(), TLS_LOOKALIKE)
+            .await
+            .contains(BODY)
+    })
+    .await;
+    assert!(get(p.backend_inbound()).await.is_ok(), "plaintext too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_level_strict_override_refuses_plaintext_in_a_permissive_namespace() {
+    let p = setup().await;
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: backend-1\n  namespace: default\n  \
+               uid: uid-backend-1\n  labels:\n    app: backend\nspec:\n  nodeName: node-a\n  \
+               serviceAccountName: backend\nstatus:\n  phase: Running\n";
+    std::fs::write(p.env.manifests.join("pod-default-backend-1.yaml"), pod).unwrap();
+    let policy = format!(
+        "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata:\n  \
+         name: backend-port\n  namespace: default\nspec:\n  selector:\n    matchLabels:\n      \
+         app: backend\n  portLevelMtls:\n    {}:\n      mode: STRICT\n",
+        p.app.port()
+    );
+    std::fs::write(p.env.manifests.join("pa-backend-port.yaml"), policy).unwrap();
+    eventually("plaintext refused on the STRICT port", async || {
+        get(p.backend_inbound()).await.is_err()
+    })
+    .await;
+    assert!(get(p.via_frontend()).await.is_ok(), "mTLS passes");
+}
+
+async fn curl(args: Vec<String>) -> (bool, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .args(&args)
+            .output()
+            .expect("curl is installed");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_plaintext_and_curl_with_a_client_certificate_in_permissive_and_strict() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("curl is not installed; skipped");
+        return;
+    }
+    let p = setup().await;
+    let plain = format!("http://{}/", p.backend_inbound());
+    let tls = format!("https://{}/", p.backend_inbound());
+    let certs = &p.client_certs;
+    // The proxy's certificate names a SPIFFE ID, not a host: curl checks the
+    // chain against the bundle but not the name (-k); the proxy checks ours.
+    let with_cert = vec![
+        "-k".to_owned(),
+        "--cacert".to_owned(),
+        certs.join("root-cert.pem").display().to_string(),
+        "--cert".to_owned(),
+        certs.join("cert-chain.pem").display().to_string(),
+        "--key".to_owned(),
+        certs.join("key.pem").display().to_string(),
+        tls.clone(),
+    ];
+    let (ok, out) = curl(vec![plain.clone()]).await;
+    assert!(ok && out.contains(BODY), "PERMISSIVE plaintext: {out}");
+    let (ok, out) = curl(with_cert.clone()).await;
+    assert!(ok && out.contains(BODY), "PERMISSIVE mTLS: {out}");
+    p.set_mode("STRICT");
+    eventually("curl plaintext refused", async || {
+        !curl(vec![plain.clone()]).await.0
+    })
+    .await;
+    let (ok, out) = curl(vec!["-k".to_owned(), tls.clone()]).await;
+    assert!(
+        !ok && !out.contains(BODY),
+        "STRICT without a certificate: {out}"
+    );
+    let (ok, out) = curl(with_cert).await;
+    assert!(ok && out.contains(BODY), "STRICT mTLS: {out}");
 }
