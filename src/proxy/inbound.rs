@@ -42,7 +42,7 @@ use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::policy_watch::ProxyPolicy;
 use crate::proxy::sniff::{peek_first_bytes, Sniffed};
 use crate::proxy::tls::{peer_spiffe_id, server_config, CertStore, ClientAuth, ProxyTlsError};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Shutdown, CONNECTION_GRACE};
 
 /// How long a new connection may take to send its first bytes before it is
 /// classified as plaintext (see the module documentation).
@@ -110,11 +110,12 @@ impl Inbound {
     }
 
     /// Serves `listener` until `shutdown`; applies each policy change to the
-    /// live connections. Connections are tracked by `shutdown` and cut when
-    /// it triggers.
+    /// live connections. Connections are tracked by `shutdown` and cut
+    /// [`CONNECTION_GRACE`] after it triggers.
     pub async fn run(self, listener: TcpListener, shutdown: Shutdown) {
         let this = Arc::new(self);
         shutdown.spawn(this.clone().follow_policy(shutdown.clone()));
+        let cut = after_grace(&shutdown);
         loop {
             let (stream, peer) = tokio::select! {
                 () = shutdown.triggered() => return,
@@ -128,7 +129,7 @@ impl Inbound {
                 },
             };
             let this = this.clone();
-            let stop = shutdown.token().child_token();
+            let stop = cut.child_token();
             shutdown.spawn(async move {
                 tokio::select! {
                     () = this.handle(stream, peer, stop.clone()) => {}
@@ -298,6 +299,20 @@ impl Inbound {
         self.metrics
             .connection("inbound", mode.as_str(), "app_unreachable", principal);
     }
+}
+
+/// A token cancelled [`CONNECTION_GRACE`] after `shutdown` triggers: the
+/// second stage of the drain for proxied connections (the listeners stop
+/// accepting at once; open connections get the grace period to finish).
+pub(crate) fn after_grace(shutdown: &Shutdown) -> CancellationToken {
+    let cut = CancellationToken::new();
+    let (token, stop) = (cut.clone(), shutdown.clone());
+    shutdown.spawn(async move {
+        stop.triggered().await;
+        tokio::time::sleep(CONNECTION_GRACE).await;
+        token.cancel();
+    });
+    cut
 }
 
 /// The verified source principal of a connection, `""` when none.

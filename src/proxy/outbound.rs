@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
 use crate::identity::SpiffeId;
+use crate::proxy::inbound::after_grace;
 use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::tls::{
     client_config, server_name_for, CertStore, PeerExpectation, ProxyTlsError,
@@ -78,9 +79,11 @@ impl Outbound {
     }
 
     /// Serves `listener` until `shutdown`; connections are tracked by
-    /// `shutdown` and cut when it triggers.
+    /// `shutdown` and cut [`CONNECTION_GRACE`](crate::shutdown::CONNECTION_GRACE)
+    /// after it triggers.
     pub async fn run(self, listener: TcpListener, shutdown: Shutdown) {
         let this = Arc::new(self);
+        let cut = after_grace(&shutdown);
         loop {
             let (stream, peer) = tokio::select! {
                 () = shutdown.triggered() => return,
@@ -94,11 +97,11 @@ impl Outbound {
                 },
             };
             let this = this.clone();
-            let stop = shutdown.clone();
+            let stop = cut.clone();
             shutdown.spawn(async move {
                 tokio::select! {
                     () = this.handle(stream, peer) => {}
-                    () = stop.triggered() => {}
+                    () = stop.cancelled() => {}
                 }
             });
         }

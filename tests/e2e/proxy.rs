@@ -23,8 +23,11 @@ const BACKEND: &str = "spiffe://cluster.local/ns/default/sa/backend";
 /// The whole mesh; processes are killed on drop.
 struct Pair {
     env: TestEnv,
-    _ca: CaProcess,
-    _agent: AgentProcess,
+    ca: CaProcess,
+    agent: AgentProcess,
+    /// What the proxies are given as the agent socket: a symbolic link to
+    /// the agent's, so that a restarted agent can take its place.
+    agent_link: PathBuf,
     backend: ProxyProcess,
     frontend: ProxyProcess,
     /// `cert-chain.pem`, `key.pem`, `root-cert.pem` of a third identity, `default/client`.
@@ -170,13 +173,15 @@ async fn setup() -> Pair {
 async fn setup_with_ttl(ttl: &str) -> Pair {
     let (env, ca) = env_and_ca();
     let (agent, client_certs) = start_agent(&env, &ca, ttl);
+    let agent_link = env.dir.path().join("agent-link.sock");
+    std::os::unix::fs::symlink(&agent.socket, &agent_link).unwrap();
     let (backend_token, frontend_token) = (
         workload_token(&env, "backend"),
         workload_token(&env, "frontend"),
     );
     let app = echo_server().await;
     let dir = env.dir.path().to_owned();
-    let socket = agent.socket.clone();
+    let socket = agent_link.clone();
     let inbound = format!("127.0.0.1:0={app}");
     let backend = tokio::task::spawn_blocking(move || {
         ProxyProcess::spawn(
@@ -201,7 +206,7 @@ async fn setup_with_ttl(ttl: &str) -> Pair {
         backend.inbound[0]
     );
     let dir = env.dir.path().to_owned();
-    let socket = agent.socket.clone();
+    let socket = agent_link.clone();
     let frontend = tokio::task::spawn_blocking(move || {
         ProxyProcess::spawn(
             bin(),
@@ -223,8 +228,9 @@ async fn setup_with_ttl(ttl: &str) -> Pair {
     .unwrap();
     Pair {
         env,
-        _ca: ca,
-        _agent: agent,
+        ca,
+        agent,
+        agent_link,
         backend,
         frontend,
         client_certs,
@@ -628,4 +634,49 @@ async fn curl_plaintext_and_curl_with_a_client_certificate_in_permissive_and_str
     );
     let (ok, out) = curl(with_cert).await;
     assert!(ok && out.contains(BODY), "STRICT mTLS: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_keep_their_certificates_while_the_agent_is_away_and_reconnect() {
+    let mut p = setup().await;
+    assert!(get(p.via_frontend()).await.is_ok());
+    let mut agent = std::mem::replace(&mut p.agent, start_agent(&p.env, &p.ca, "1h").0);
+    let status = tokio::task::spawn_blocking(move || agent.terminate())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    eventually("both proxies notice the agent is gone", async || {
+        p.backend
+            .log_text()
+            .contains("no SDS stream from the agent")
+            && p.frontend
+                .log_text()
+                .contains("no SDS stream from the agent")
+    })
+    .await;
+    assert!(
+        get(p.via_frontend()).await.is_ok(),
+        "mTLS without the agent"
+    );
+    // The new agent (already running) takes the old one's place.
+    std::fs::remove_file(&p.agent_link).unwrap();
+    std::os::unix::fs::symlink(&p.agent.socket, &p.agent_link).unwrap();
+    eventually(
+        "both proxies get a certificate from the new agent",
+        async || {
+            p.backend.log_text().contains("new certificate in force")
+                && p.frontend.log_text().contains("new certificate in force")
+        },
+    )
+    .await;
+    p.set_mode("STRICT");
+    eventually("the policy stream is back: plaintext refused", async || {
+        get(p.backend_inbound()).await.is_err()
+    })
+    .await;
+    assert!(
+        get(p.via_frontend()).await.is_ok(),
+        "mTLS with the new certificates"
+    );
 }
