@@ -133,3 +133,63 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse_with_and_without_an_expected_identity() {
+        let inbound = parse_inbound("127.0.0.1:15006=127.0.0.1:8080").unwrap();
+        assert_eq!(inbound.listen.port(), 15006);
+        assert_eq!(inbound.app.port(), 8080);
+        let with_id =
+            parse_outbound("127.0.0.1:15001=10.0.0.2:15006@spiffe://cluster.local/ns/a/sa/b")
+                .unwrap();
+        assert_eq!(
+            with_id.expected.unwrap().to_string(),
+            "spiffe://cluster.local/ns/a/sa/b"
+        );
+        let any = parse_outbound("127.0.0.1:15001=10.0.0.2:15006").unwrap();
+        assert!(any.expected.is_none());
+    }
+
+    #[test]
+    fn malformed_routes_are_refused_with_the_offending_part() {
+        assert!(parse_inbound("127.0.0.1:15006")
+            .unwrap_err()
+            .contains("LISTEN=APP_ADDR"));
+        assert!(parse_inbound("x=127.0.0.1:1")
+            .unwrap_err()
+            .contains("\"x\""));
+        assert!(parse_outbound("127.0.0.1:1=127.0.0.1:2@http://nope")
+            .unwrap_err()
+            .contains("http://nope"));
+    }
+
+    #[test]
+    fn a_config_without_routes_or_with_a_listen_address_twice_is_refused() {
+        let route = parse_inbound("127.0.0.1:15006=127.0.0.1:8080").unwrap();
+        let mut config = ProxyConfig {
+            agent_socket: PathBuf::from("/tmp/agent.sock"),
+            inbound: Vec::new(),
+            outbound: Vec::new(),
+            token_file: None,
+            metrics_listen: None,
+            mode_change_drain: Duration::ZERO,
+        };
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--inbound"));
+        config.inbound = vec![route, route];
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("two routes"));
+        config.inbound = vec![route];
+        assert!(config.validate().is_ok());
+    }
+}
