@@ -170,10 +170,12 @@ fn workload_token(env: &TestEnv, sa: &str) -> PathBuf {
 }
 
 async fn setup() -> Pair {
-    setup_with_ttl("1h").await
+    setup_with("1h", &[]).await
 }
 
-async fn setup_with_ttl(ttl: &str) -> Pair {
+/// The pair, with certificates of lifetime `ttl` and `backend_extra` flags
+/// for the backend's proxy.
+async fn setup_with(ttl: &str, backend_extra: &[&str]) -> Pair {
     let (env, ca) = env_and_ca();
     let (agent, client_certs) = start_agent(&env, &ca, ttl);
     let agent_link = env.dir.path().join("agent-link.sock");
@@ -186,19 +188,15 @@ async fn setup_with_ttl(ttl: &str) -> Pair {
     let dir = env.dir.path().to_owned();
     let socket = agent_link.clone();
     let inbound = format!("127.0.0.1:0={app}");
+    let token = backend_token.to_str().unwrap().to_owned();
+    let mut args: Vec<String> = ["--inbound", &inbound, "--token-file", &token]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+    args.extend(backend_extra.iter().map(|a| (*a).to_owned()));
     let backend = tokio::task::spawn_blocking(move || {
-        ProxyProcess::spawn(
-            bin(),
-            &dir,
-            "backend",
-            &socket,
-            &[
-                "--inbound",
-                &inbound,
-                "--token-file",
-                backend_token.to_str().unwrap(),
-            ],
-        )
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ProxyProcess::spawn(bin(), &dir, "backend", &socket, &args)
     })
     .await
     .unwrap()

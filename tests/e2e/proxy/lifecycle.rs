@@ -44,13 +44,17 @@ async fn a_proxy_started_before_its_agent_retries_and_serves_once_the_agent_is_u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_certificate_is_swapped_in_and_mtls_goes_on() {
-    let p = setup_with_ttl("4s").await;
-    assert!(get(p.via_frontend()).await.is_ok());
+    let p = setup_with("4s", &[]).await;
+    let mut live = TcpStream::connect(p.via_frontend()).await.unwrap();
+    request(&mut live, false).await.unwrap();
     eventually("both proxies swap in a rotated certificate", async || {
         p.backend.log_text().contains("new certificate in force")
             && p.frontend.log_text().contains("new certificate in force")
     })
     .await;
+    request(&mut live, false)
+        .await
+        .expect("a connection made with the old certificate goes on");
     assert!(
         get(p.via_frontend()).await.is_ok(),
         "mTLS after the rotation"

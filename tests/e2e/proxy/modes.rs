@@ -212,3 +212,27 @@ async fn curl_plaintext_and_curl_with_a_client_certificate_in_permissive_and_str
     let (ok, out) = curl(with_cert).await;
     assert!(ok && out.contains(BODY), "STRICT mTLS: {out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_drain_period_a_disallowed_live_connection_is_closed_only_after_it() {
+    let p = setup_with("1h", &["--mode-change-drain", "3s"]).await;
+    let mut plain = TcpStream::connect(p.backend_inbound()).await.unwrap();
+    request(&mut plain, false).await.unwrap();
+    p.set_mode("STRICT");
+    eventually("STRICT in force for new connections", async || {
+        get(p.backend_inbound()).await.is_err()
+    })
+    .await;
+    let in_force = Instant::now();
+    request(&mut plain, false)
+        .await
+        .expect("still open during the drain period");
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(10), plain.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0) | Err(_))), "{closed:?}");
+    let after = in_force.elapsed();
+    assert!(
+        after >= Duration::from_secs(2),
+        "closed {after:?} after STRICT was seen"
+    );
+}
