@@ -25,10 +25,10 @@ pub struct ProxyArgs {
         default_value = "meshid-data/agent.sock"
     )]
     pub agent_socket: PathBuf,
-    /// Inbound route `LISTEN=APP_ADDR`, e.g. `127.0.0.1:15006=127.0.0.1:8080` (repeatable).
+    /// Inbound route `LISTEN=APP_ADDR`, e.g. `127.0.0.1:15006=127.0.0.1:8080` (repeatable; `;` between routes in the variable).
     #[arg(long, env = "MESHID_INBOUND", value_parser = parse_inbound, value_delimiter = ';')]
     pub inbound: Vec<InboundRoute>,
-    /// Outbound route `LISTEN=UPSTREAM[@SPIFFE_ID]`; without an ID, any identity in our trust domain is accepted (repeatable).
+    /// Outbound route `LISTEN=UPSTREAM[@SPIFFE_ID]`; without an ID, any identity in our trust domain is accepted (repeatable; `;` between routes in the variable).
     #[arg(long, env = "MESHID_OUTBOUND", value_parser = parse_outbound, value_delimiter = ';')]
     pub outbound: Vec<OutboundRoute>,
     /// Our service-account token, sent as `authorization: Bearer` on SDS and the policy stream when peer credentials do not attest us (re-read on every reconnect).
@@ -85,6 +85,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         metrics_listen: args.metrics_listen,
         mode_change_drain: args.mode_change_drain,
     };
+    config.validate()?;
     tracing::info!(
         agent_socket = %config.agent_socket.display(),
         inbound = ?config.inbound,
