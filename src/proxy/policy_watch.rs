@@ -198,6 +198,7 @@ pub(crate) fn jitter(rng: &SystemRandom) -> f64 {
 /// last policy. The backoff restarts once an update arrives.
 pub async fn watch_policy(
     channel: Channel,
+    token: Option<crate::proxy::sds_client::TokenFile>,
     tx: watch::Sender<Option<ProxyPolicy>>,
     shutdown: Shutdown,
 ) {
@@ -205,7 +206,15 @@ pub async fn watch_policy(
     let rng = SystemRandom::new();
     let mut attempt: u32 = 0;
     loop {
-        let call = client.watch_policy(proto::WatchPolicyRequest {});
+        // The bearer token (if any) is re-read on every (re)connect.
+        let mut request = tonic::Request::new(proto::WatchPolicyRequest {});
+        let authorized = crate::proxy::sds_client::authorize(&mut request, token.as_ref());
+        let call = async {
+            match authorized {
+                Ok(()) => client.watch_policy(request).await,
+                Err(e) => Err(tonic::Status::unauthenticated(e.to_string())),
+            }
+        };
         let outcome = tokio::select! {
             () = shutdown.triggered() => return,
             response = call => match response {

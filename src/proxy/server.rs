@@ -13,23 +13,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ring::rand::SystemRandom;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::Channel;
-use tonic::Request;
 
 use crate::identity::SpiffeId;
-use crate::proto::meshid::policy::v1 as proto;
 use crate::proxy::inbound::{Inbound, InboundRoute};
 use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::outbound::{Outbound, OutboundRoute};
-use crate::proxy::policy_watch::{self, backoff_delay, ProxyPolicy};
-use crate::proxy::sds_client::{authorize, jitter, watch_certificates, TokenFile};
+use crate::proxy::policy_watch;
+use crate::proxy::sds_client::{watch_certificates, TokenFile};
 use crate::proxy::tls::{CertStore, ProxyTlsError};
 use crate::shutdown::Shutdown;
 use crate::time::SharedClock;
-use proto::policy_discovery_client::PolicyDiscoveryClient;
 
 /// How often the wait for the first certificate and policy is reported.
 const WAITING_REPORT: Duration = Duration::from_secs(5);
@@ -138,19 +133,12 @@ pub async fn start(
         store_tx,
         shutdown.clone(),
     ));
-    match token {
-        None => shutdown.spawn(policy_watch::watch_policy(
-            channel,
-            policy_tx,
-            shutdown.clone(),
-        )),
-        Some(token) => shutdown.spawn(watch_policy_with_token(
-            channel,
-            token,
-            policy_tx,
-            shutdown.clone(),
-        )),
-    };
+    shutdown.spawn(policy_watch::watch_policy(
+        channel,
+        token,
+        policy_tx,
+        shutdown.clone(),
+    ));
     let metrics_addr = match config.metrics_listen {
         Some(addr) => {
             let (s, p) = (store_rx.clone(), policy_rx.clone());
@@ -247,75 +235,4 @@ fn spawn_expiry_gauge(store: Arc<CertStore>, metrics: ProxyMetrics, shutdown: Sh
             }
         }
     });
-}
-
-/// [`policy_watch::watch_policy`] with our token as `authorization: Bearer`
-/// (re-read on every reconnect), for proxies that peer credentials do not
-/// attest. Same rules: the last good policy stays in force, capped backoff
-/// with jitter, an update is taken whole or not at all.
-async fn watch_policy_with_token(
-    channel: Channel,
-    token: TokenFile,
-    tx: watch::Sender<Option<ProxyPolicy>>,
-    shutdown: Shutdown,
-) {
-    let mut client = PolicyDiscoveryClient::new(channel);
-    let rng = SystemRandom::new();
-    let mut attempt: u32 = 0;
-    loop {
-        let stream = async {
-            let mut request = Request::new(proto::WatchPolicyRequest {});
-            authorize(&mut request, Some(&token)).map_err(|e| e.to_string())?;
-            let mut stream = client
-                .watch_policy(request)
-                .await
-                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
-                .into_inner();
-            loop {
-                match stream.message().await {
-                    Ok(Some(update)) => {
-                        attempt = 0;
-                        publish(&tx, update);
-                    }
-                    Ok(None) => return Err("the agent ended the policy stream".to_owned()),
-                    Err(s) => return Err(format!("{:?}: {}", s.code(), s.message())),
-                }
-            }
-        };
-        let outcome: Result<(), String> = tokio::select! {
-            () = shutdown.triggered() => return,
-            outcome = stream => outcome,
-        };
-        let reason = outcome.err().unwrap_or_default();
-        let delay = backoff_delay(attempt, jitter(&rng));
-        if attempt == 0 {
-            tracing::warn!(%reason, retry_in = ?delay, "no policy stream from the agent; keeping the current mTLS policy");
-        } else {
-            tracing::debug!(%reason, attempt, retry_in = ?delay, "policy stream still unavailable");
-        }
-        attempt = attempt.saturating_add(1);
-        tokio::select! {
-            () = shutdown.triggered() => return,
-            () = tokio::time::sleep(delay) => {}
-        }
-    }
-}
-
-fn publish(tx: &watch::Sender<Option<ProxyPolicy>>, update: proto::PolicyUpdate) {
-    match ProxyPolicy::try_from(update) {
-        Ok(policy) => {
-            tx.send_if_modified(|current| {
-                if current.as_ref().map(|p| &p.version) == Some(&policy.version) {
-                    return false;
-                }
-                tracing::info!(mode = %policy.mode, ports = ?policy.ports, source = %policy.source,
-                    version = %policy.version, "mTLS policy in force");
-                *current = Some(policy);
-                true
-            });
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "ignoring a policy update from the agent; the current policy stays in force")
-        }
-    }
 }

@@ -209,6 +209,7 @@ async fn a_missing_agent_socket_is_retried_and_the_policy_kept_across_reconnects
     let shutdown = Shutdown::new();
     let watcher = tokio::spawn(watch_policy(
         uds_channel(&path).unwrap(),
+        None,
         tx,
         shutdown.clone(),
     ));
@@ -268,6 +269,7 @@ async fn a_refused_update_leaves_the_current_policy_in_force() {
     let shutdown = Shutdown::new();
     tokio::spawn(watch_policy(
         uds_channel(&path).unwrap(),
+        None,
         tx,
         shutdown.clone(),
     ));
