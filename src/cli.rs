@@ -8,6 +8,7 @@ pub mod ca;
 pub mod mtls;
 pub mod proxy;
 pub mod token;
+pub mod up;
 
 use std::process::ExitCode;
 
@@ -45,6 +46,8 @@ pub enum Command {
     /// mTLS policy: set a namespace's mode, show every pod's effective mode.
     #[command(subcommand)]
     Mtls(mtls::MtlsCommand),
+    /// Everything on loopback in one process for a first run: CA, agent, three demo workloads behind proxies.
+    Up(up::UpArgs),
 }
 
 /// Runs the binary: parse, set up logs, dispatch; errors print their whole chain.
@@ -69,6 +72,7 @@ pub fn main() -> ExitCode {
             Command::Token(cmd) => token::run(cmd).await,
             Command::Audit(cmd) => audit::run(cmd).await,
             Command::Mtls(cmd) => mtls::run(cmd).await,
+            Command::Up(args) => up::run(args).await,
         }
     });
     match result {

@@ -13,3 +13,4 @@ mod mtls_cli;
 mod policy_push;
 mod proxy;
 mod support;
+mod up;

@@ -1,0 +1,472 @@
+//! `meshid up`: the whole mesh identity system on loopback in one process,
+//! for a first run: the CA, one node agent, and three demo workloads (HTTP
+//! echo servers) each behind its own proxy, with the frontend calling the
+//! backend through the mesh every second.
+//!
+//! Every component is started by the same function as its own subcommand
+//! (`meshid ca`, `meshid agent`, `meshid proxy`), so attestation, audit and
+//! TLS are exactly what production runs. The demo side (manifests, tokens,
+//! echo servers, the caller) is [`demo`]; the live display is [`status`];
+//! `--check` (drive the scenario and report each step) is [`check`].
+
+mod check;
+mod demo;
+mod status;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use super::agent::AgentArgs;
+use super::ca::CaArgs;
+use crate::identity::{SpiffeId, TrustDomain};
+use crate::pki::key::KeyAlgorithm;
+use crate::platform::local::{LocalConfig, LocalPlatform, TokenIssuer};
+use crate::proxy::inbound::InboundRoute;
+use crate::proxy::outbound::OutboundRoute;
+use crate::proxy::server::{self as proxy_server, ProxyConfig, RunningProxy};
+use crate::shutdown::Shutdown;
+use crate::time::system_clock;
+use demo::{CallLog, Workload, WORKLOADS};
+
+/// The data directory when none is given.
+pub const DEFAULT_DATA_DIR: &str = "meshid-data";
+
+/// Flags of `meshid up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Where everything lives: CA root, audit database, manifests (DATA_DIR/manifests), tokens, agent socket. Reused on the next run. Default: ./meshid-data (with --check: a temporary directory, removed afterwards).
+    #[arg(long, env = "MESHID_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Lifetime of workload certificates; short values (e.g. 30s) show rotation. Default: 1h (with --check: 6s).
+    #[arg(long, env = "MESHID_WORKLOAD_TTL", value_parser = super::parse_duration)]
+    pub workload_ttl: Option<Duration>,
+    /// Delete the data directory first and start from scratch (new root, empty audit).
+    #[arg(long, env = "MESHID_RESET")]
+    pub reset: bool,
+    /// Drive the scenario automatically, print `PASS|FAIL <step>: <detail>` per step, exit 0 only if all pass.
+    #[arg(long, env = "MESHID_CHECK")]
+    pub check: bool,
+    /// Shift every port: the CA listens on BASE+12, the agent's metrics on BASE+20, the proxies on BASE+1, +6, +106, +206 (metrics +16, +116, +216). For running several `up`s (tests).
+    #[arg(long, env = "MESHID_PORT_BASE", default_value_t = 15000, hide = true,
+          value_parser = clap::value_parser!(u16).range(1024..=65000))]
+    pub port_base: u16,
+}
+
+/// The fixed loopback ports, all relative to `--port-base`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ports(u16);
+
+impl Ports {
+    fn at(self, offset: u16) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.0 + offset))
+    }
+    pub(crate) fn ca(self) -> SocketAddr {
+        self.at(12)
+    }
+    pub(crate) fn ca_metrics(self) -> SocketAddr {
+        self.at(14)
+    }
+    pub(crate) fn agent_metrics(self) -> SocketAddr {
+        self.at(20)
+    }
+    pub(crate) fn frontend_outbound(self) -> SocketAddr {
+        self.at(1)
+    }
+    /// Workload `i` of [`WORKLOADS`]: inbound BASE+6+100i, metrics BASE+16+100i.
+    pub(crate) fn inbound(self, i: u16) -> SocketAddr {
+        self.at(6 + 100 * i)
+    }
+    pub(crate) fn proxy_metrics(self, i: u16) -> SocketAddr {
+        self.at(16 + 100 * i)
+    }
+    fn all(self) -> Vec<(String, SocketAddr)> {
+        let mut v = vec![
+            ("the CA".to_owned(), self.ca()),
+            ("the CA's metrics".to_owned(), self.ca_metrics()),
+            ("the agent's metrics".to_owned(), self.agent_metrics()),
+            (
+                "the frontend's outbound route".to_owned(),
+                self.frontend_outbound(),
+            ),
+        ];
+        for (i, w) in (0u16..).zip(WORKLOADS) {
+            v.push((format!("the {} proxy's inbound", w.name), self.inbound(i)));
+            v.push((
+                format!("the {} proxy's metrics", w.name),
+                self.proxy_metrics(i),
+            ));
+        }
+        v
+    }
+}
+
+/// One demo workload's proxy, started.
+#[derive(Debug)]
+pub(crate) struct DemoProxy {
+    pub(crate) workload: Workload,
+    pub(crate) running: RunningProxy,
+    pub(crate) registry: prometheus::Registry,
+}
+
+/// Everything `up` started, for the banner, the status and the check.
+#[derive(Debug)]
+pub(crate) struct Mesh {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) manifests: PathBuf,
+    pub(crate) socket: PathBuf,
+    pub(crate) ca_addr: SocketAddr,
+    pub(crate) metrics: Vec<(String, SocketAddr)>,
+    pub(crate) proxies: Vec<DemoProxy>,
+    pub(crate) calls: Arc<Mutex<CallLog>>,
+    pub(crate) started: Instant,
+    pub(crate) started_at: time::OffsetDateTime,
+    pub(crate) ttl: Duration,
+}
+
+impl Mesh {
+    pub(crate) fn proxy(&self, name: &str) -> Option<&DemoProxy> {
+        self.proxies.iter().find(|p| p.workload.name == name)
+    }
+    pub(crate) fn via_frontend(&self) -> Option<SocketAddr> {
+        self.proxy("frontend")
+            .and_then(|p| p.running.outbound.first().copied())
+    }
+    pub(crate) fn inbound_of(&self, name: &str) -> Option<SocketAddr> {
+        self.proxy(name)
+            .and_then(|p| p.running.inbound.first().copied())
+    }
+}
+
+/// Runs `meshid up` until SIGINT or SIGTERM (or, with `--check`, until the scenario ran).
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let shutdown = Shutdown::new();
+    shutdown
+        .trigger_on_signals()
+        .context("installing signal handlers")?;
+    let temp = args.check && args.data_dir.is_none();
+    let data_dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None if args.check => {
+            std::env::temp_dir().join(format!("meshid-up-check-{}", std::process::id()))
+        }
+        None => PathBuf::from(DEFAULT_DATA_DIR),
+    };
+    let data_dir = std::path::absolute(&data_dir)
+        .with_context(|| format!("--data-dir {}", data_dir.display()))?;
+    let ttl = args.workload_ttl.unwrap_or(if args.check {
+        Duration::from_secs(6)
+    } else {
+        Duration::from_secs(3600)
+    });
+    let ports = Ports(args.port_base);
+    preflight(&data_dir, ports)?;
+    if args.reset || temp {
+        match std::fs::remove_dir_all(&data_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => bail!("--reset: cannot delete {}: {e}", data_dir.display()),
+        }
+    }
+    let pid_file = data_dir.join("up.pid");
+    let result = async {
+        let mesh = start(&data_dir, ports, ttl, started, &shutdown).await?;
+        let _ = std::fs::write(&pid_file, std::process::id().to_string());
+        if args.check {
+            check::run(&mesh, &shutdown).await
+        } else {
+            print_banner(&mesh, args.data_dir.is_none());
+            status::run(&mesh, &shutdown).await;
+            Ok(())
+        }
+    }
+    .await;
+    shutdown.trigger();
+    if !shutdown.drain(Duration::from_secs(5)).await {
+        tracing::warn!("some tasks were still running 5 s after shutdown began");
+    }
+    let _ = std::fs::remove_file(data_dir.join("agent.sock"));
+    let _ = std::fs::remove_file(&pid_file);
+    if temp {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    if !args.check {
+        println!("meshid up: stopped; data kept in {}", data_dir.display());
+    }
+    result
+}
+
+/// Fails, naming the port or socket, when another `up` (or anything) holds them.
+fn preflight(data_dir: &Path, ports: Ports) -> anyhow::Result<()> {
+    let holder = || {
+        let pid = std::fs::read_to_string(data_dir.join("up.pid")).ok();
+        match pid.map(|p| p.trim().to_owned()) {
+            Some(p) if Path::new("/proc").join(&p).exists() => {
+                format!(
+                    "another `meshid up` is running (pid {p}, from {}/up.pid)",
+                    data_dir.display()
+                )
+            }
+            _ => {
+                "is another `meshid up` running? (or use --port-base to move every port)".to_owned()
+            }
+        }
+    };
+    for (what, addr) in ports.all() {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            bail!(
+                "port {} ({what}, {addr}) cannot be bound: {e}; {}",
+                addr.port(),
+                holder()
+            );
+        }
+    }
+    let socket = data_dir.join("agent.sock");
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        bail!(
+            "the agent socket {} is in use; {}",
+            socket.display(),
+            holder()
+        );
+    }
+    Ok(())
+}
+
+/// Data directory, manifests, CA, agent, echo servers and proxies, in order.
+async fn start(
+    data_dir: &Path,
+    ports: Ports,
+    ttl: Duration,
+    started: Instant,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Mesh> {
+    let started_at = time::OffsetDateTime::now_utc();
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let probe = data_dir.join(".meshid-write-probe");
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("the data directory {} is not writable", data_dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    let manifests = data_dir.join("manifests");
+    for file in demo::write_manifests(&manifests)? {
+        tracing::info!(file = %file.display(), "wrote demo manifest");
+    }
+
+    let ca = super::ca::start(ca_args(data_dir, &manifests, ports)?, shutdown.clone())
+        .await
+        .context("starting the CA")?;
+
+    let issuer = TokenIssuer::load_or_create(data_dir)
+        .with_context(|| format!("loading the token issuer from {}", data_dir.display()))?;
+    let platform = LocalPlatform::open(LocalConfig::new(
+        &manifests,
+        issuer.verifier(),
+        system_clock(),
+    ))
+    .with_context(|| format!("reading manifests from {}", manifests.display()))?;
+    shutdown.spawn(platform.clone().run(shutdown.token().clone()));
+    let tokens_dir = data_dir.join("tokens");
+    std::fs::create_dir_all(&tokens_dir)
+        .with_context(|| format!("cannot create {}", tokens_dir.display()))?;
+    let mut tokens = vec![(
+        demo::AGENT_NS.to_owned(),
+        demo::AGENT_SA.to_owned(),
+        tokens_dir.join("meshid-agent.token"),
+    )];
+    for w in WORKLOADS {
+        tokens.push((
+            w.namespace.to_owned(),
+            w.name.to_owned(),
+            tokens_dir.join(format!("{}.token", w.name)),
+        ));
+    }
+    for (ns, sa, path) in &tokens {
+        demo::write_token(&issuer, platform.as_ref(), ns, sa, path)?;
+    }
+    let token_paths: Vec<PathBuf> = tokens.iter().map(|t| t.2.clone()).collect();
+    demo::keep_tokens_fresh(issuer, platform, tokens, shutdown.clone());
+
+    let socket = data_dir.join("agent.sock");
+    let agent = super::agent::start(
+        AgentArgs {
+            node: demo::NODE.to_owned(),
+            ca_address: format!("https://{}", ca.addr),
+            ca_root: data_dir.join("root-cert.pem"),
+            token_file: token_paths[0].clone(),
+            manifests: manifests.clone(),
+            token_jwks_dir: Some(data_dir.to_owned()),
+            socket: socket.clone(),
+            trust_domain: TrustDomain::default(),
+            workload_ttl: ttl,
+            write_certs: Vec::new(),
+            metrics_listen: ports.agent_metrics(),
+            audiences: vec!["istio-ca".to_owned()],
+            max_concurrent_csrs: 8,
+        },
+        shutdown.clone(),
+    )
+    .await
+    .context("starting the node agent")?;
+
+    let mut pending = Vec::new();
+    for ((i, w), token) in (0u16..).zip(WORKLOADS).zip(&token_paths[1..]) {
+        let app = demo::echo_server(w.name, shutdown).await?;
+        let mut outbound = Vec::new();
+        if w.name == "frontend" {
+            let backend =
+                SpiffeId::for_service_account(&TrustDomain::default(), "default", "backend")?;
+            outbound.push(OutboundRoute {
+                listen: ports.frontend_outbound(),
+                upstream: ports.inbound(1),
+                expected: Some(backend),
+            });
+        }
+        let config = ProxyConfig {
+            agent_socket: agent.socket.clone(),
+            inbound: vec![InboundRoute {
+                listen: ports.inbound(i),
+                app,
+            }],
+            outbound,
+            token_file: Some(token.clone()),
+            metrics_listen: Some(ports.proxy_metrics(i)),
+            mode_change_drain: Duration::ZERO,
+        };
+        let registry = prometheus::Registry::new();
+        let start = proxy_server::start(config, system_clock(), registry.clone(), shutdown.clone());
+        pending.push((w, registry, tokio::spawn(start)));
+    }
+    let mut proxies = Vec::new();
+    for (workload, registry, handle) in pending {
+        let running = tokio::time::timeout(Duration::from_secs(30), handle)
+            .await
+            .map_err(|_| anyhow::anyhow!("the {} proxy got no certificate or policy from the agent within 30 s (see the log above)", workload.name))?
+            .context("the proxy task failed")?
+            .with_context(|| format!("starting the {} proxy", workload.name))?;
+        proxies.push(DemoProxy {
+            workload,
+            running,
+            registry,
+        });
+    }
+    let calls = Arc::new(Mutex::new(CallLog::default()));
+    let mut metrics = vec![
+        ("CA".to_owned(), ca.metrics_addr),
+        ("agent".to_owned(), agent.metrics_addr),
+    ];
+    for p in &proxies {
+        metrics.push((format!("{} proxy", p.workload.name), p.running.metrics_addr));
+    }
+    let mesh = Mesh {
+        data_dir: data_dir.to_owned(),
+        manifests,
+        socket: agent.socket,
+        ca_addr: ca.addr,
+        metrics: metrics
+            .into_iter()
+            .filter_map(|(n, a)| a.map(|a| (n, a)))
+            .collect(),
+        proxies,
+        calls,
+        started,
+        started_at,
+        ttl,
+    };
+    if let Some(via) = mesh.via_frontend() {
+        demo::call_every_second(via, started, mesh.calls.clone(), shutdown);
+    }
+    Ok(mesh)
+}
+
+fn ca_args(data_dir: &Path, manifests: &Path, ports: Ports) -> anyhow::Result<CaArgs> {
+    Ok(CaArgs {
+        data_dir: data_dir.to_owned(),
+        manifests: Some(manifests.to_owned()),
+        listen: ports.ca(),
+        metrics_listen: ports.ca_metrics(),
+        trust_domain: TrustDomain::default(),
+        trusted_node_accounts: format!("{}/{}", demo::AGENT_NS, demo::AGENT_SA)
+            .parse()
+            .map_err(|e| anyhow::anyhow!("trusted node accounts: {e}"))?,
+        plugin_ca_dir: None,
+        root_key_algorithm: KeyAlgorithm::EcdsaP256,
+        default_ttl: Duration::from_secs(24 * 3600),
+        max_ttl: Duration::from_secs(90 * 24 * 3600),
+        audiences: vec!["istio-ca".to_owned()],
+        serving_dns_names: vec![
+            "meshid-ca.meshid-system.svc".to_owned(),
+            "localhost".to_owned(),
+        ],
+        serving_ips: vec![Ipv4Addr::LOCALHOST.into()],
+        serving_cert_ttl: Duration::from_secs(24 * 3600),
+        max_concurrent_requests: 256,
+        handshake_timeout: Duration::from_secs(10),
+    })
+}
+
+/// Where everything lives, and the things to try, with the real ports.
+fn print_banner(mesh: &Mesh, default_dir: bool) {
+    let (manifests_flag, data_flag) = if default_dir {
+        (String::new(), String::new())
+    } else {
+        (
+            format!(" --manifests {}", mesh.manifests.display()),
+            format!(" --data-dir {}", mesh.data_dir.display()),
+        )
+    };
+    let backend = mesh.inbound_of("backend").map_or(0, |a| a.port());
+    let via = mesh.via_frontend().map_or(0, |a| a.port());
+    println!("meshid up: the mesh is running on 127.0.0.1 (Ctrl-C to stop)\n");
+    println!("  data dir       {}", mesh.data_dir.display());
+    println!(
+        "  manifests      {}  (real Kubernetes YAML: edit it, changes apply live)",
+        mesh.manifests.display()
+    );
+    println!(
+        "  agent socket   SPIFFE_ENDPOINT_SOCKET=unix://{}",
+        mesh.socket.display()
+    );
+    println!(
+        "  CA             https://{} (TLS; root in {}/root-cert.pem)",
+        mesh.ca_addr,
+        mesh.data_dir.display()
+    );
+    for p in &mesh.proxies {
+        let inbound = p
+            .running
+            .inbound
+            .first()
+            .map_or_else(String::new, ToString::to_string);
+        println!(
+            "  {:<14} inbound {inbound} ({})",
+            p.workload.name, p.running.identity
+        );
+    }
+    println!("  frontend → backend through the mesh: 127.0.0.1:{via} (called every second)");
+    for (name, addr) in &mesh.metrics {
+        println!("  metrics        http://{addr}/metrics  ({name})");
+    }
+    println!("\nThings to try (in another terminal, from this directory):");
+    println!("  meshid mtls set-mode -n default STRICT{manifests_flag}");
+    println!(
+        "  curl http://127.0.0.1:{backend}/     # plaintext to the backend: refused once STRICT"
+    );
+    println!(
+        "  curl http://127.0.0.1:{via}/     # through the frontend's proxy: mTLS, still works"
+    );
+    println!("  meshid mtls status{manifests_flag}");
+    println!("  meshid audit list{data_flag}");
+    println!(
+        "  sudo -u nobody env SPIFFE_ENDPOINT_SOCKET=unix://{} <a Workload API client>   # the pod default/client is annotated with uid 65534",
+        mesh.socket.display()
+    );
+    if let Some((_, addr)) = mesh.metrics.first() {
+        println!("  curl http://{addr}/metrics");
+    }
+    println!("  openssl s_client -connect 127.0.0.1:{backend}   # STRICT asks for a client certificate\n");
+}

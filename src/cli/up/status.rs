@@ -1,0 +1,199 @@
+//! The live status of `meshid up`: plain lines every few seconds (no TUI),
+//! read from the same places a user would look: the audit store (identities
+//! issued and their expiry), the manifests resolved by the policy engine
+//! (each workload's effective mTLS mode), the caller's log and the proxies'
+//! metrics (traffic, the peer identity the backend saw, refusals).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use super::Mesh;
+use crate::audit::{AuditBackend, AuditQuery, AuditRecord, Outcome, SqliteBackend};
+use crate::platform::jwt::{JwtVerifier, JwtVerifierConfig};
+use crate::platform::local::{LocalConfig, LocalPlatform};
+use crate::platform::Platform;
+use crate::policy::{Policies, DEFAULT_ROOT_NAMESPACE};
+use crate::shutdown::Shutdown;
+use crate::time::system_clock;
+
+/// How often the status is printed.
+const EVERY: Duration = Duration::from_secs(5);
+
+/// Prints the status every few seconds until shutdown.
+pub(crate) async fn run(mesh: &Mesh, shutdown: &Shutdown) {
+    loop {
+        for line in lines(mesh).await {
+            println!("{line}");
+        }
+        println!();
+        tokio::select! {
+            () = shutdown.triggered() => return,
+            () = tokio::time::sleep(EVERY) => {}
+        }
+    }
+}
+
+/// The newest issued record of each identity since `up` started, by identity.
+pub(crate) async fn issued(mesh: &Mesh) -> Result<Vec<AuditRecord>, String> {
+    let path = mesh.data_dir.join("audit.db");
+    let since = mesh.started_at;
+    tokio::task::spawn_blocking(move || read_audit(&path, since, Some(Outcome::Issued)))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+/// Audit records since `since` (oldest first), optionally of one outcome.
+pub(crate) fn read_audit(
+    path: &Path,
+    since: time::OffsetDateTime,
+    outcome: Option<Outcome>,
+) -> Result<Vec<AuditRecord>, String> {
+    let mut store = SqliteBackend::open_read_only(path).map_err(|e| e.to_string())?;
+    store
+        .query(&AuditQuery {
+            since: Some(since),
+            outcome,
+            ..AuditQuery::default()
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// The effective mode of each demo workload, or the manifests' error.
+pub(crate) fn modes(manifests: &Path) -> Result<Vec<(String, String)>, String> {
+    let verifier = JwtVerifier::new(JwtVerifierConfig::new(jsonwebtoken::jwk::JwkSet {
+        keys: Vec::new(),
+    }));
+    let platform = LocalPlatform::open(LocalConfig::new(manifests, verifier, system_clock()))
+        .map_err(|e| e.to_string())?;
+    let policies = Policies::new(DEFAULT_ROOT_NAMESPACE, platform.peer_authentications());
+    Ok(super::WORKLOADS
+        .iter()
+        .map(|w| {
+            let labels = platform
+                .pods_for_service_account(w.namespace, w.name)
+                .into_iter()
+                .next()
+                .map(|p| p.labels)
+                .unwrap_or_default();
+            let r = policies.resolve(w.namespace, &labels);
+            (
+                w.name.to_owned(),
+                format!("{} ({})", r.effective.mode, r.effective.source),
+            )
+        })
+        .collect())
+}
+
+/// `meshid_proxy_connections_total` of one proxy, inbound, as
+/// (outcome, source principal) → count.
+pub(crate) fn inbound_counts(registry: &prometheus::Registry) -> BTreeMap<(String, String), u64> {
+    let mut out = BTreeMap::new();
+    for family in registry.gather() {
+        if family.name() != "meshid_proxy_connections_total" {
+            continue;
+        }
+        for m in family.get_metric() {
+            let label = |n: &str| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == n)
+                    .map(|l| l.value().to_owned())
+                    .unwrap_or_default()
+            };
+            if label("direction") != "inbound" {
+                continue;
+            }
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let n = m.get_counter().get_value() as u64;
+            *out.entry((label("outcome"), label("source_principal")))
+                .or_insert(0) += n;
+        }
+    }
+    out
+}
+
+/// The principal the backend's proxy verified most often on allowed connections.
+pub(crate) fn backend_saw(mesh: &Mesh) -> Option<String> {
+    let backend = mesh.proxy("backend")?;
+    inbound_counts(&backend.registry)
+        .into_iter()
+        .filter(|((outcome, p), _)| outcome == "allowed" && !p.is_empty())
+        .max_by_key(|(_, n)| *n)
+        .map(|((_, p), _)| p)
+}
+
+async fn lines(mesh: &Mesh) -> Vec<String> {
+    let now = time::OffsetDateTime::now_utc();
+    let mut out = vec![format!(
+        "── {} (up {}s)",
+        now.time().replace_nanosecond(0).unwrap_or(now.time()),
+        mesh.started.elapsed().as_secs()
+    )];
+    match issued(mesh).await {
+        Ok(records) => {
+            let mut newest: BTreeMap<String, &AuditRecord> = BTreeMap::new();
+            for r in &records {
+                if let Some(id) = &r.granted_identity {
+                    newest.insert(id.clone(), r);
+                }
+            }
+            out.push(format!(
+                "identities  ({} certificates issued since start)",
+                records.len()
+            ));
+            for (id, r) in newest {
+                let left = r.not_after.map_or(0, |t| (t - now).whole_seconds());
+                out.push(format!(
+                    "  {id}  serial {}  expires in {left}s",
+                    r.serial.as_deref().map_or("?", |s| &s[..s.len().min(12)])
+                ));
+            }
+        }
+        Err(e) => out.push(format!("identities  (audit store not readable: {e})")),
+    }
+    match modes(&mesh.manifests) {
+        Ok(modes) => {
+            let shown: Vec<String> = modes.iter().map(|(n, m)| format!("{n} {m}")).collect();
+            out.push(format!("mTLS modes  {}", shown.join(" | ")));
+        }
+        Err(e) => out.push(format!(
+            "mTLS modes  manifests invalid, the last good state keeps serving: {e}"
+        )),
+    }
+    let calls = mesh.calls.lock().map(|c| c.clone()).unwrap_or_default();
+    let last = match &calls.last {
+        Some(Ok(body)) => format!("ok \"{body}\""),
+        Some(Err(e)) => format!("FAILED {e}"),
+        None => "none yet".to_owned(),
+    };
+    out.push(format!(
+        "traffic     frontend → backend (mTLS): {} ok, {} failed; last: {last}; backend saw peer {}",
+        calls.ok,
+        calls.failed,
+        backend_saw(mesh).unwrap_or_else(|| "-".to_owned())
+    ));
+    if let Some(first) = calls.first_ok {
+        out.push(format!(
+            "            first successful mTLS call {} ms after start",
+            first.as_millis()
+        ));
+    }
+    let refused: Vec<String> = mesh
+        .proxies
+        .iter()
+        .map(|p| {
+            let n: u64 = inbound_counts(&p.registry)
+                .into_iter()
+                .filter(|((o, _), _)| o == "refused" || o == "handshake_failed")
+                .map(|(_, n)| n)
+                .sum();
+            format!("{} {n}", p.workload.name)
+        })
+        .collect();
+    out.push(format!(
+        "refusals    inbound refused by proxies: {}",
+        refused.join(", ")
+    ));
+    out
+}

@@ -1,0 +1,184 @@
+//! `meshid up` as a real process: `--check` passes every step, and a running
+//! `up` takes `meshid mtls set-mode -n default STRICT` from another process
+//! (plaintext to the backend refused, mTLS through the frontend still
+//! flowing), refuses a second `up` on the same ports, and stops on SIGTERM.
+//! Each test moves every port with the hidden `--port-base` so that tests
+//! running in parallel do not collide.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::BIN;
+
+/// A port base in 30000..39900, step 100, random per run; `slot` (0 or 1)
+/// keeps this binary's tests apart.
+fn port_base(slot: u16) -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    30000 + u16::try_from(h.finish() % 50).unwrap() * 200 + slot * 100
+}
+
+#[test]
+fn up_check_passes_every_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let base = port_base(0).to_string();
+    let out = Command::new(BIN)
+        .args(["up", "--check", "--port-base", &base, "--data-dir"])
+        .arg(&data)
+        .env("MESHID_LOG_FORMAT", "text")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "up --check failed:\n{stdout}\n{stderr}"
+    );
+    let steps: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("PASS ") || l.starts_with("FAIL "))
+        .collect();
+    assert!(steps.len() >= 8, "too few steps:\n{stdout}");
+    assert!(steps.iter().all(|l| l.starts_with("PASS ")), "{stdout}");
+    for step in [
+        "CA issued certificates",
+        "agent delivered",
+        "mTLS call frontend → backend",
+        "set-mode STRICT",
+        "plaintext to backend refused",
+        "mTLS via frontend still works",
+        "rotation observed",
+        "audit rows present",
+    ] {
+        assert!(
+            steps.iter().any(|l| l.contains(step)),
+            "no step {step:?}:\n{stdout}"
+        );
+    }
+    // The given data dir is kept, with the audit store and manifests.
+    assert!(data.join("audit.db").is_file());
+    assert!(data
+        .join("manifests/peerauthentication-default.yaml")
+        .is_file());
+}
+
+/// One GET; the body on a 200, `Err` if refused or closed without an answer.
+fn get(addr: SocketAddr) -> Result<String, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
+        _ => Err(format!("no answer: {text:?}")),
+    }
+}
+
+/// Waits up to 15 s until `f` holds.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{what}: not within 15 s");
+}
+
+struct Up(Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn running_up_takes_strict_from_another_process_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let base = port_base(1);
+    let mut child = Up(Command::new(BIN)
+        .args(["up", "--port-base", &base.to_string(), "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    // The banner ends with the things to try; read up to them.
+    let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
+    let mut banner = String::new();
+    while !banner.contains("openssl s_client") {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "up ended early:\n{banner}"
+        );
+        banner.push_str(&line);
+    }
+    let backend = SocketAddr::from(([127, 0, 0, 1], base + 106));
+    let via = SocketAddr::from(([127, 0, 0, 1], base + 1));
+    assert!(
+        banner.contains(&format!("curl http://{backend}/")),
+        "{banner}"
+    );
+    assert!(banner.contains(&format!("curl http://{via}/")), "{banner}");
+    // Keep reading the status so that `up` never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+
+    eventually("mTLS through the frontend", || {
+        get(via).is_ok_and(|b| b.starts_with("backend:"))
+    });
+    assert!(get(backend).is_ok(), "PERMISSIVE: plaintext allowed");
+
+    // A second `up` on the same ports fails with a clear message.
+    let second = Command::new(BIN)
+        .args(["up", "--port-base", &base.to_string(), "--data-dir"])
+        .arg(dir.path().join("other"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(err.contains("another `meshid up`"), "{err}");
+
+    let out = Command::new(BIN)
+        .args(["mtls", "set-mode", "-n", "default", "STRICT", "--manifests"])
+        .arg(data.join("manifests"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("plaintext refused", || get(backend).is_err());
+    assert!(get(via).is_ok_and(|b| b.starts_with("backend:")));
+
+    let pid = child.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "still running 8 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!data.join("agent.sock").exists());
+    assert!(data.join("audit.db").is_file());
+}
