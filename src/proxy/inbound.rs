@@ -42,6 +42,7 @@ use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::policy_watch::ProxyPolicy;
 use crate::proxy::sniff::{peek_first_bytes, Sniffed};
 use crate::proxy::tls::{peer_spiffe_id, server_config, CertStore, ClientAuth, ProxyTlsError};
+use crate::proxy::COPY_BUFFER;
 use crate::shutdown::{Shutdown, CONNECTION_GRACE};
 
 /// How long a new connection may take to send its first bytes before it is
@@ -120,7 +121,12 @@ impl Inbound {
             let (stream, peer) = tokio::select! {
                 () = shutdown.triggered() => return,
                 accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
+                    Ok(accepted) => {
+                        // Small writes (TLS handshake flights, request/response)
+                        // must not wait for delayed ACKs.
+                        let _ = accepted.0.set_nodelay(true);
+                        accepted
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "inbound accept failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -274,7 +280,10 @@ impl Inbound {
             .apply_modes(Some(reg.id()), &mode_for, self.drain, &self.metrics);
         let connect = tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(self.app));
         let mut app = match connect.await {
-            Ok(Ok(app)) => app,
+            Ok(Ok(app)) => {
+                let _ = app.set_nodelay(true);
+                app
+            }
             Ok(Err(e)) => return self.app_unreachable(mode, peer, &principal, &e.to_string()),
             Err(_) => return self.app_unreachable(mode, peer, &principal, "timed out"),
         };
@@ -284,7 +293,7 @@ impl Inbound {
             .connection("inbound", mode.as_str(), "allowed", &principal);
         self.metrics.open_connections.inc();
         tokio::select! {
-            copied = tokio::io::copy_bidirectional(&mut client, &mut app) => match copied {
+            copied = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut app, COPY_BUFFER, COPY_BUFFER) => match copied {
                 Ok((up, down)) => tracing::debug!(%peer, up, down, "inbound connection closed"),
                 Err(e) => tracing::debug!(%peer, error = %e, "inbound connection ended with an error"),
             },

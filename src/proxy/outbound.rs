@@ -25,6 +25,7 @@ use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::tls::{
     client_config, server_name_for, CertStore, PeerExpectation, ProxyTlsError,
 };
+use crate::proxy::COPY_BUFFER;
 use crate::shutdown::Shutdown;
 
 /// How long connecting to the upstream (TCP and TLS) may take.
@@ -88,7 +89,11 @@ impl Outbound {
             let (stream, peer) = tokio::select! {
                 () = shutdown.triggered() => return,
                 accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
+                    Ok(accepted) => {
+                        // Small writes must not wait for delayed ACKs.
+                        let _ = accepted.0.set_nodelay(true);
+                        accepted
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "outbound accept failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -113,6 +118,7 @@ impl Outbound {
             let tcp = TcpStream::connect(upstream)
                 .await
                 .map_err(|e| ("upstream_unreachable", e.to_string()))?;
+            let _ = tcp.set_nodelay(true);
             self.connector
                 .connect(server_name_for(upstream.ip()), tcp)
                 .await
@@ -135,7 +141,9 @@ impl Outbound {
         self.metrics
             .connection("outbound", "mtls", "allowed", &self.source);
         self.metrics.open_connections.inc();
-        match tokio::io::copy_bidirectional(&mut app, &mut tls).await {
+        match tokio::io::copy_bidirectional_with_sizes(&mut app, &mut tls, COPY_BUFFER, COPY_BUFFER)
+            .await
+        {
             Ok((up, down)) => tracing::debug!(%peer, up, down, "outbound connection closed"),
             Err(e) => tracing::debug!(%peer, error = %e, "outbound connection ended with an error"),
         }
