@@ -11,6 +11,7 @@
 
 mod check;
 mod demo;
+mod ports;
 mod status;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -32,6 +33,7 @@ use crate::proxy::server::{self as proxy_server, ProxyConfig, RunningProxy};
 use crate::shutdown::Shutdown;
 use crate::time::system_clock;
 use demo::{CallLog, Workload, WORKLOADS};
+use ports::{preflight, Ports};
 
 /// The data directory when none is given.
 pub const DEFAULT_DATA_DIR: &str = "meshid-data";
@@ -55,54 +57,6 @@ pub struct UpArgs {
     #[arg(long, env = "MESHID_PORT_BASE", default_value_t = 15000, hide = true,
           value_parser = clap::value_parser!(u16).range(1024..=65000))]
     pub port_base: u16,
-}
-
-/// The fixed loopback ports, all relative to `--port-base`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Ports(u16);
-
-impl Ports {
-    fn at(self, offset: u16) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.0 + offset))
-    }
-    pub(crate) fn ca(self) -> SocketAddr {
-        self.at(12)
-    }
-    pub(crate) fn ca_metrics(self) -> SocketAddr {
-        self.at(14)
-    }
-    pub(crate) fn agent_metrics(self) -> SocketAddr {
-        self.at(20)
-    }
-    pub(crate) fn frontend_outbound(self) -> SocketAddr {
-        self.at(1)
-    }
-    /// Workload `i` of [`WORKLOADS`]: inbound BASE+6+100i, metrics BASE+16+100i.
-    pub(crate) fn inbound(self, i: u16) -> SocketAddr {
-        self.at(6 + 100 * i)
-    }
-    pub(crate) fn proxy_metrics(self, i: u16) -> SocketAddr {
-        self.at(16 + 100 * i)
-    }
-    fn all(self) -> Vec<(String, SocketAddr)> {
-        let mut v = vec![
-            ("the CA".to_owned(), self.ca()),
-            ("the CA's metrics".to_owned(), self.ca_metrics()),
-            ("the agent's metrics".to_owned(), self.agent_metrics()),
-            (
-                "the frontend's outbound route".to_owned(),
-                self.frontend_outbound(),
-            ),
-        ];
-        for (i, w) in (0u16..).zip(WORKLOADS) {
-            v.push((format!("the {} proxy's inbound", w.name), self.inbound(i)));
-            v.push((
-                format!("the {} proxy's metrics", w.name),
-                self.proxy_metrics(i),
-            ));
-        }
-        v
-    }
 }
 
 /// One demo workload's proxy, started.
@@ -180,7 +134,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         if args.check {
             check::run(&mesh, &shutdown).await
         } else {
-            print_banner(&mesh, args.data_dir.is_none());
+            status::print_banner(&mesh, args.data_dir.is_none());
             status::run(&mesh, &shutdown).await;
             Ok(())
         }
@@ -199,42 +153,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         println!("meshid up: stopped; data kept in {}", data_dir.display());
     }
     result
-}
-
-/// Fails, naming the port or socket, when another `up` (or anything) holds them.
-fn preflight(data_dir: &Path, ports: Ports) -> anyhow::Result<()> {
-    let holder = || {
-        let pid = std::fs::read_to_string(data_dir.join("up.pid")).ok();
-        match pid.map(|p| p.trim().to_owned()) {
-            Some(p) if Path::new("/proc").join(&p).exists() => {
-                format!(
-                    "another `meshid up` is running (pid {p}, from {}/up.pid)",
-                    data_dir.display()
-                )
-            }
-            _ => {
-                "is another `meshid up` running? (or use --port-base to move every port)".to_owned()
-            }
-        }
-    };
-    for (what, addr) in ports.all() {
-        if let Err(e) = std::net::TcpListener::bind(addr) {
-            bail!(
-                "port {} ({what}, {addr}) cannot be bound: {e}; {}",
-                addr.port(),
-                holder()
-            );
-        }
-    }
-    let socket = data_dir.join("agent.sock");
-    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-        bail!(
-            "the agent socket {} is in use; {}",
-            socket.display(),
-            holder()
-        );
-    }
-    Ok(())
 }
 
 /// Data directory, manifests, CA, agent, echo servers and proxies, in order.
@@ -407,66 +325,4 @@ fn ca_args(data_dir: &Path, manifests: &Path, ports: Ports) -> anyhow::Result<Ca
         max_concurrent_requests: 256,
         handshake_timeout: Duration::from_secs(10),
     })
-}
-
-/// Where everything lives, and the things to try, with the real ports.
-fn print_banner(mesh: &Mesh, default_dir: bool) {
-    let (manifests_flag, data_flag) = if default_dir {
-        (String::new(), String::new())
-    } else {
-        (
-            format!(" --manifests {}", mesh.manifests.display()),
-            format!(" --data-dir {}", mesh.data_dir.display()),
-        )
-    };
-    let backend = mesh.inbound_of("backend").map_or(0, |a| a.port());
-    let via = mesh.via_frontend().map_or(0, |a| a.port());
-    println!("meshid up: the mesh is running on 127.0.0.1 (Ctrl-C to stop)\n");
-    println!("  data dir       {}", mesh.data_dir.display());
-    println!(
-        "  manifests      {}  (real Kubernetes YAML: edit it, changes apply live)",
-        mesh.manifests.display()
-    );
-    println!(
-        "  agent socket   SPIFFE_ENDPOINT_SOCKET=unix://{}",
-        mesh.socket.display()
-    );
-    println!(
-        "  CA             https://{} (TLS; root in {}/root-cert.pem)",
-        mesh.ca_addr,
-        mesh.data_dir.display()
-    );
-    for p in &mesh.proxies {
-        let inbound = p
-            .running
-            .inbound
-            .first()
-            .map_or_else(String::new, ToString::to_string);
-        println!(
-            "  {:<14} inbound {inbound} ({})",
-            p.workload.name, p.running.identity
-        );
-    }
-    println!("  frontend → backend through the mesh: 127.0.0.1:{via} (called every second)");
-    for (name, addr) in &mesh.metrics {
-        println!("  metrics        http://{addr}/metrics  ({name})");
-    }
-    println!("\nThings to try (in another terminal, from this directory):");
-    println!("  meshid mtls set-mode -n default STRICT{manifests_flag}");
-    println!(
-        "  curl http://127.0.0.1:{backend}/     # plaintext to the backend: refused once STRICT"
-    );
-    println!(
-        "  curl http://127.0.0.1:{via}/     # through the frontend's proxy: mTLS, still works"
-    );
-    println!("  meshid mtls status{manifests_flag}");
-    println!("  meshid audit list{data_flag}");
-    println!(
-        "  sudo -u nobody env SPIFFE_ENDPOINT_SOCKET=unix://{} <a Workload API client>   # the pod default/client is annotated with uid 65534",
-        mesh.socket.display()
-    );
-    if let Some((_, addr)) = mesh.metrics.first() {
-        println!("  curl http://{addr}/metrics");
-    }
-    println!("  openssl s_client -connect 127.0.0.1:{backend}   # STRICT asks for a client certificate\n");
 }

@@ -200,7 +200,11 @@ async fn run_set_mode(mesh: &Mesh) -> Result<String, String> {
     .map_err(|e| e.to_string())?
     .map_err(|e| format!("running meshid mtls set-mode: {e}"))?;
     // The logs (stderr) only matter when it failed.
-    let text = if out.status.success() { &out.stdout } else { &out.stderr };
+    let text = if out.status.success() {
+        &out.stdout
+    } else {
+        &out.stderr
+    };
     let text = String::from_utf8_lossy(text).trim().replace('\n', "; ");
     if out.status.success() {
         Ok(text)

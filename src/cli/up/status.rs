@@ -22,6 +22,11 @@ const EVERY: Duration = Duration::from_secs(5);
 
 /// Prints the status every few seconds until shutdown.
 pub(crate) async fn run(mesh: &Mesh, shutdown: &Shutdown) {
+    // Let the first calls through the mesh happen before the first report.
+    tokio::select! {
+        () = shutdown.triggered() => return,
+        () = tokio::time::sleep(Duration::from_millis(1500)) => {}
+    }
     loop {
         for line in lines(mesh).await {
             println!("{line}");
@@ -127,7 +132,10 @@ async fn lines(mesh: &Mesh) -> Vec<String> {
     let now = time::OffsetDateTime::now_utc();
     let mut out = vec![format!(
         "── {} (up {}s)",
-        now.time().replace_nanosecond(0).unwrap_or(now.time()),
+        now.format(time::macros::format_description!(
+            "[hour]:[minute]:[second] UTC"
+        ))
+        .unwrap_or_default(),
         mesh.started.elapsed().as_secs()
     )];
     match issued(mesh).await {
@@ -144,8 +152,13 @@ async fn lines(mesh: &Mesh) -> Vec<String> {
             ));
             for (id, r) in newest {
                 let left = r.not_after.map_or(0, |t| (t - now).whole_seconds());
+                let what = if id.ends_with("/sa/meshid-ca") {
+                    "  (CA serving certificate)"
+                } else {
+                    ""
+                };
                 out.push(format!(
-                    "  {id}  serial {}  expires in {left}s",
+                    "  {id}  serial {}  expires in {left}s{what}",
                     r.serial.as_deref().map_or("?", |s| &s[..s.len().min(12)])
                 ));
             }
@@ -196,4 +209,66 @@ async fn lines(mesh: &Mesh) -> Vec<String> {
         refused.join(", ")
     ));
     out
+}
+
+/// Where everything lives, and the things to try, with the real ports.
+pub(crate) fn print_banner(mesh: &Mesh, default_dir: bool) {
+    let (manifests_flag, data_flag) = if default_dir {
+        (String::new(), String::new())
+    } else {
+        (
+            format!(" --manifests {}", mesh.manifests.display()),
+            format!(" --data-dir {}", mesh.data_dir.display()),
+        )
+    };
+    let backend = mesh.inbound_of("backend").map_or(0, |a| a.port());
+    let via = mesh.via_frontend().map_or(0, |a| a.port());
+    println!("meshid up: the mesh is running on 127.0.0.1 (Ctrl-C to stop)\n");
+    println!("  data dir       {}", mesh.data_dir.display());
+    println!(
+        "  manifests      {}  (real Kubernetes YAML: edit it, changes apply live)",
+        mesh.manifests.display()
+    );
+    println!(
+        "  agent socket   SPIFFE_ENDPOINT_SOCKET=unix://{}",
+        mesh.socket.display()
+    );
+    println!(
+        "  CA             https://{} (TLS; root in {}/root-cert.pem)",
+        mesh.ca_addr,
+        mesh.data_dir.display()
+    );
+    for p in &mesh.proxies {
+        let inbound = p
+            .running
+            .inbound
+            .first()
+            .map_or_else(String::new, ToString::to_string);
+        println!(
+            "  {:<14} inbound {inbound} ({})",
+            p.workload.name, p.running.identity
+        );
+    }
+    println!("  frontend → backend through the mesh: 127.0.0.1:{via} (called every second)");
+    for (name, addr) in &mesh.metrics {
+        println!("  metrics        http://{addr}/metrics  ({name})");
+    }
+    println!("\nThings to try (in another terminal, from this directory):");
+    println!("  meshid mtls set-mode -n default STRICT{manifests_flag}");
+    println!(
+        "  curl http://127.0.0.1:{backend}/     # plaintext to the backend: refused once STRICT"
+    );
+    println!(
+        "  curl http://127.0.0.1:{via}/     # through the frontend's proxy: mTLS, still works"
+    );
+    println!("  meshid mtls status{manifests_flag}");
+    println!("  meshid audit list{data_flag}");
+    println!(
+        "  sudo -u nobody env SPIFFE_ENDPOINT_SOCKET=unix://{} <a Workload API client>   # the pod default/client is annotated with uid 65534",
+        mesh.socket.display()
+    );
+    if let Some((_, addr)) = mesh.metrics.first() {
+        println!("  curl http://{addr}/metrics");
+    }
+    println!("  openssl s_client -connect 127.0.0.1:{backend}   # STRICT asks for a client certificate\n");
 }
