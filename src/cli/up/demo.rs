@@ -334,3 +334,55 @@ pub(crate) fn call_every_second(
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::platform::local::LocalPlatform;
+    use crate::policy::{MtlsMode, Policies, DEFAULT_ROOT_NAMESPACE};
+
+    #[test]
+    fn manifests_load_and_a_second_write_keeps_the_users_edits() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        let manifests = data.join("manifests");
+        assert!(write_manifests(&manifests).unwrap().len() >= 8);
+        let issuer = TokenIssuer::load_or_create(data).unwrap();
+        let open = || {
+            LocalPlatform::open(crate::platform::local::LocalConfig::new(
+                &manifests,
+                issuer.verifier(),
+                crate::time::system_clock(),
+            ))
+            .unwrap()
+        };
+        let platform = open();
+        for w in WORKLOADS {
+            let pods = platform.pods_for_service_account(w.namespace, w.name);
+            assert_eq!(pods.len(), 1, "{}", w.name);
+            assert_eq!(pods[0].node_name.as_deref(), Some(NODE));
+            let token = data.join(format!("{}.token", w.name));
+            write_token(&issuer, platform.as_ref(), w.namespace, w.name, &token).unwrap();
+            assert!(!std::fs::read(&token).unwrap().ends_with(b"\n"));
+        }
+        let policies = Policies::new(DEFAULT_ROOT_NAMESPACE, platform.peer_authentications());
+        let mode = policies.resolve("shop", &Default::default()).effective.mode;
+        assert_eq!(mode, MtlsMode::Permissive);
+
+        let edited = manifests.join("peerauthentication-default.yaml");
+        let text = std::fs::read_to_string(&edited)
+            .unwrap()
+            .replace("PERMISSIVE", "STRICT");
+        std::fs::write(&edited, &text).unwrap();
+        std::fs::remove_file(manifests.join("pod-shop-cart.yaml")).unwrap();
+        let rewritten = write_manifests(&manifests).unwrap();
+        assert_eq!(rewritten, vec![manifests.join("pod-shop-cart.yaml")]);
+        assert_eq!(std::fs::read_to_string(&edited).unwrap(), text);
+        let policies = Policies::new(DEFAULT_ROOT_NAMESPACE, open().peer_authentications());
+        let mode = policies
+            .resolve("default", &Default::default())
+            .effective
+            .mode;
+        assert_eq!(mode, MtlsMode::Strict);
+    }
+}
