@@ -8,6 +8,13 @@
 //! TLS are exactly what production runs. The demo side (manifests, tokens,
 //! echo servers, the caller) is [`demo`]; the live display is [`status`];
 //! `--check` (drive the scenario and report each step) is [`check`].
+//!
+//! Ports are fixed so that the printed commands work as written: CA 15012,
+//! its metrics 15014, agent metrics 15020, frontend outbound 15001, inbound
+//! 15006 / 15106 / 15206 (frontend, backend, cart), proxy metrics 15016 /
+//! 15116 / 15216. The hidden flag `--port-base N` (env `MESHID_PORT_BASE`,
+//! default 15000) shifts all of them by `N - 15000`, so that tests can run
+//! several `up`s side by side.
 
 mod check;
 mod demo;

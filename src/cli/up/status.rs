@@ -253,6 +253,9 @@ pub(crate) fn print_banner(mesh: &Mesh, default_dir: bool) {
     for (name, addr) in &mesh.metrics {
         println!("  metrics        http://{addr}/metrics  ({name})");
     }
+    println!(
+        "  logs           on stderr (quieter: RUST_LOG=warn meshid up, or meshid up 2>meshid-up.log)"
+    );
     println!("\nThings to try (in another terminal, from this directory):");
     println!("  meshid mtls set-mode -n default STRICT{manifests_flag}");
     println!(
