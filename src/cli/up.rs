@@ -156,7 +156,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if temp {
         let _ = std::fs::remove_dir_all(&data_dir);
     }
-    if !args.check {
+    if !args.check && result.is_ok() {
         println!("meshid up: stopped; data kept in {}", data_dir.display());
     }
     result
