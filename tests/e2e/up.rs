@@ -12,14 +12,13 @@ use std::time::{Duration, Instant};
 
 use crate::support::BIN;
 
-/// A port base in 20000..31900, step 100, random per run, below Linux's
-/// ephemeral range (32768..) so that no client socket of a parallel test
-/// holds one of our ports; `slot` (0 or 1) keeps this file's tests apart.
+/// A port base in 20000..31700 below Linux's ephemeral range (32768..), so
+/// that no client socket of a parallel test holds one of our ports; from
+/// our pid, so that concurrent test runs differ. Each `up` uses BASE+1 to
+/// BASE+216, so `slot` (0 or 1) moves by 300 to keep this file's tests apart.
 fn port_base(slot: u16) -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    20000 + u16::try_from(h.finish() % 60).unwrap() * 200 + slot * 100
+    let spread = u16::try_from(std::process::id().wrapping_mul(7919) % 19).unwrap();
+    20000 + spread * 600 + slot * 300
 }
 
 #[test]
@@ -110,7 +109,7 @@ fn running_up_takes_strict_from_another_process_and_stops_on_sigterm() {
         .args(["up", "--port-base", &base.to_string(), "--data-dir"])
         .arg(&data)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("up.log")).unwrap())
         .spawn()
         .unwrap());
     // The banner ends with the things to try; read up to them.
@@ -120,7 +119,8 @@ fn running_up_takes_strict_from_another_process_and_stops_on_sigterm() {
         let mut line = String::new();
         assert!(
             stdout.read_line(&mut line).unwrap() > 0,
-            "up ended early:\n{banner}"
+            "up ended early:\n{banner}\n{}",
+            std::fs::read_to_string(dir.path().join("up.log")).unwrap_or_default()
         );
         banner.push_str(&line);
     }
