@@ -204,8 +204,17 @@ async fn lines(mesh: &Mesh) -> Vec<String> {
             format!("{} {n}", p.workload.name)
         })
         .collect();
+    let path = mesh.data_dir.join("audit.db");
+    let since = mesh.started_at;
+    let ca_refused = tokio::task::spawn_blocking(move || {
+        read_audit(&path, since, Some(Outcome::Refused)).map(|r| r.len())
+    })
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .map_or_else(|| "?".to_owned(), |n| n.to_string());
     out.push(format!(
-        "refusals    inbound refused by proxies: {}",
+        "refusals    inbound refused by proxies: {}; refused by the CA (audited): {ca_refused}",
         refused.join(", ")
     ));
     out
