@@ -296,26 +296,25 @@ impl SocketCaller {
         Self { peer, token }
     }
 
-    /// Peer credentials first; if they do not map to a workload, the token
-    /// (verified for one of `audiences`). The error says why both failed.
+    /// The bearer token when one is sent (verified for one of `audiences`),
+    /// else the peer credentials: the same rule as SDS (see there why).
     pub(crate) async fn attest(
         self,
         attestor: &Attestor,
         audiences: &[String],
     ) -> Result<Workload, String> {
-        let peer_reason = match self.peer {
-            Some(Ok(workload)) => return Ok(workload),
-            Some(Err(reason)) => reason,
-            None => "no peer credentials on this connection".to_owned(),
-        };
-        let Some(token) = self.token else {
-            return Err(format!(
-                "{peer_reason}, and no bearer token in authorization metadata"
-            ));
-        };
-        attestor
-            .attest_token(&token, audiences)
-            .await
-            .map_err(|e| format!("{peer_reason}; bearer token refused: {e}"))
+        if let Some(token) = self.token {
+            return attestor
+                .attest_token(&token, audiences)
+                .await
+                .map_err(|e| format!("bearer token refused: {e}"));
+        }
+        match self.peer {
+            Some(Ok(workload)) => Ok(workload),
+            Some(Err(reason)) => Err(format!(
+                "{reason}, and no bearer token in authorization metadata"
+            )),
+            None => Err("no peer credentials on this connection and no bearer token".to_owned()),
+        }
     }
 }

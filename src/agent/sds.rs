@@ -165,8 +165,8 @@ impl SdsService {
         SecretDiscoveryServiceServer::new(self)
     }
 
-    /// Who is calling: peer credentials first; if they do not map to a
-    /// workload, the caller's own token from `authorization: Bearer`.
+    /// Who is calling: the caller's own token from `authorization: Bearer`
+    /// when it sends one, else its peer credentials.
     async fn attest(&self, caller: Caller) -> Result<Workload, SdsError> {
         let result = self.attest_inner(caller).await;
         if result.is_err() {
@@ -176,22 +176,29 @@ impl SdsService {
     }
 
     async fn attest_inner(&self, caller: Caller) -> Result<Workload, SdsError> {
-        let peer_reason = match caller.peer {
-            Some(Ok(workload)) => return Ok(workload),
-            Some(Err(reason)) => reason,
-            None => "no peer credentials on this connection".to_owned(),
-        };
-        let Some(token) = caller.token else {
-            return Err(SdsError::Unattested {
-                reason: format!("{peer_reason}, and no bearer token in authorization metadata"),
-            });
-        };
-        self.attestor
-            .attest_token(&token, &self.audiences)
-            .await
-            .map_err(|e| SdsError::Unattested {
-                reason: format!("{peer_reason}; bearer token refused: {e}"),
-            })
+        // Rule: a bearer token, when sent, decides. It proves one bound pod on
+        // this node; peer credentials cannot tell apart workloads that share a
+        // uid outside any pod's cgroup (one user's processes on a laptop, the
+        // proxies of `meshid up`). A refused token is refused, never
+        // downgraded to whatever the credentials would have given.
+        if let Some(token) = caller.token {
+            return self
+                .attestor
+                .attest_token(&token, &self.audiences)
+                .await
+                .map_err(|e| SdsError::Unattested {
+                    reason: format!("bearer token refused: {e}"),
+                });
+        }
+        match caller.peer {
+            Some(Ok(workload)) => Ok(workload),
+            Some(Err(reason)) => Err(SdsError::Unattested {
+                reason: format!("{reason}, and no bearer token in authorization metadata"),
+            }),
+            None => Err(SdsError::Unattested {
+                reason: "no peer credentials on this connection and no bearer token".to_owned(),
+            }),
+        }
     }
 
     /// What the request says about its caller, taken out of the request before

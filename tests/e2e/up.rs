@@ -139,6 +139,22 @@ fn running_up_takes_strict_from_another_process_and_stops_on_sigterm() {
     });
     assert!(get(backend).is_ok(), "PERMISSIVE: plaintext allowed");
 
+    // A Workload API client run by the user, as the banner says: it is the
+    // pod annotated with our uid, while the proxies (same uid) keep theirs.
+    let endpoint = format!("unix://{}", data.join("agent.sock").display());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let svid = runtime.block_on(async {
+        let client = spiffe::WorkloadApiClient::connect_to(endpoint)
+            .await
+            .unwrap();
+        client.fetch_x509_svid().await.unwrap()
+    });
+    assert_eq!(
+        svid.spiffe_id().to_string(),
+        "spiffe://cluster.local/ns/default/sa/client"
+    );
+    assert!(get(via).is_ok_and(|b| b.starts_with("backend:")));
+
     // A second `up` on the same ports fails with a clear message.
     let second = Command::new(BIN)
         .args(["up", "--port-base", &base.to_string(), "--data-dir"])

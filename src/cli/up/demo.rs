@@ -57,9 +57,6 @@ pub(crate) const WORKLOADS: [Workload; 3] = [
     },
 ];
 
-/// The Unix uid the demo pod `default/client-0` is annotated with (`nobody`).
-pub(crate) const CLIENT_UNIX_UID: u32 = 65534;
-
 fn own_uid() -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").ok().map(|m| m.uid())
@@ -132,13 +129,13 @@ pub(crate) fn write_manifests(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         "---\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: client\n  namespace: default\n",
     );
     files.push(("serviceaccounts.yaml".to_owned(), accounts));
-    // A pod for a Workload API client run as `nobody`: the agent attests
-    // local processes by uid. Not when `up` itself runs as that uid, or the
-    // proxies (which share our uid) would be attested as this pod.
-    if own_uid() != Some(CLIENT_UNIX_UID) {
+    // A pod for the user's own Workload API clients: the agent attests local
+    // processes by uid. The proxies share that uid but send their pods'
+    // tokens, which the agent honours before peer credentials.
+    if let Some(uid) = own_uid() {
         let pod = pod_yaml("default", "client-0", "client", "client")?.replace(
             "  labels:\n",
-            &format!("  annotations:\n    meshid.io/unix-uid: \"{CLIENT_UNIX_UID}\"\n  labels:\n"),
+            &format!("  annotations:\n    meshid.io/unix-uid: \"{uid}\"\n  labels:\n"),
         );
         files.push(("pod-default-client.yaml".to_owned(), pod));
     }

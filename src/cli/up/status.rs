@@ -276,7 +276,7 @@ pub(crate) fn print_banner(mesh: &Mesh, default_dir: bool) {
     println!("  meshid mtls status{manifests_flag}");
     println!("  meshid audit list{data_flag}");
     println!(
-        "  sudo -u nobody env SPIFFE_ENDPOINT_SOCKET=unix://{} <a Workload API client>   # the pod default/client is annotated with uid 65534",
+        "  SPIFFE_ENDPOINT_SOCKET=unix://{} <a Workload API client>   # you are the pod default/client (annotated with your uid)",
         mesh.socket.display()
     );
     if let Some((_, addr)) = mesh.metrics.first() {
