@@ -277,7 +277,8 @@ impl PolicyDiscovery for PolicyService {
 /// What a request on the agent socket says about its caller, taken out of the
 /// request before any `.await` (a streaming request is not `Sync`): the
 /// outcome of peer-credential attestation and the bearer token, if any.
-/// Attests as SDS does; any service on the socket that accepts tokens can use it.
+/// How a caller on the agent socket is attested by the services that accept
+/// tokens (SDS and the policy stream): one rule, one place.
 pub(crate) struct SocketCaller {
     peer: Option<Result<Workload, String>>,
     token: Option<Zeroizing<String>>,

@@ -25,12 +25,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
-use zeroize::Zeroizing;
 
 use crate::agent::attest::{Attestor, Workload};
 use crate::agent::cache::CertCache;
 use crate::agent::metrics::AgentMetrics;
-use crate::agent::socket::UdsConnInfo;
+use crate::agent::policy_push::SocketCaller;
 use crate::identity::SpiffeId;
 use crate::proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -167,58 +166,22 @@ impl SdsService {
 
     /// Who is calling: the caller's own token from `authorization: Bearer`
     /// when it sends one, else its peer credentials.
-    async fn attest(&self, caller: Caller) -> Result<Workload, SdsError> {
-        let result = self.attest_inner(caller).await;
+    async fn attest(&self, caller: SocketCaller) -> Result<Workload, SdsError> {
+        let result = caller
+            .attest(&self.attestor, &self.audiences)
+            .await
+            .map_err(|reason| SdsError::Unattested { reason });
         if result.is_err() {
             self.metrics.attestation_failures.inc();
         }
         result
     }
 
-    async fn attest_inner(&self, caller: Caller) -> Result<Workload, SdsError> {
-        // Rule: a bearer token, when sent, decides. It proves one bound pod on
-        // this node; peer credentials cannot tell apart workloads that share a
-        // uid outside any pod's cgroup (one user's processes on a laptop, the
-        // proxies of `meshid up`). A refused token is refused, never
-        // downgraded to whatever the credentials would have given.
-        if let Some(token) = caller.token {
-            return self
-                .attestor
-                .attest_token(&token, &self.audiences)
-                .await
-                .map_err(|e| SdsError::Unattested {
-                    reason: format!("bearer token refused: {e}"),
-                });
-        }
-        match caller.peer {
-            Some(Ok(workload)) => Ok(workload),
-            Some(Err(reason)) => Err(SdsError::Unattested {
-                reason: format!("{reason}, and no bearer token in authorization metadata"),
-            }),
-            None => Err(SdsError::Unattested {
-                reason: "no peer credentials on this connection and no bearer token".to_owned(),
-            }),
-        }
-    }
-
     /// What the request says about its caller, taken out of the request before
     /// any `.await` (a streaming request is not `Sync`).
-    fn caller<T>(&self, request: &Request<T>) -> Caller {
-        let peer = request
-            .extensions()
-            .get::<UdsConnInfo>()
-            .and_then(|info| info.peer.as_ref())
-            .map(|creds| self.attestor.attest_peer(creds).map_err(|e| e.to_string()));
-        let token = bearer_token(request.metadata()).map(|t| Zeroizing::new(t.to_owned()));
-        Caller { peer, token }
+    fn caller<T>(&self, request: &Request<T>) -> SocketCaller {
+        SocketCaller::of(&self.attestor, request)
     }
-}
-
-/// The caller's credentials: the outcome of peer-credential attestation (if
-/// the connection had credentials) and the bearer token (if any).
-struct Caller {
-    peer: Option<Result<Workload, String>>,
-    token: Option<Zeroizing<String>>,
 }
 
 /// The token of an `authorization: Bearer <token>` header (scheme
