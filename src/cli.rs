@@ -53,7 +53,14 @@ pub enum Command {
 /// Runs the binary: parse, set up logs, dispatch; errors print their whole chain.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init_tracing(cli.log_format, "info");
+    // `up` prints its own live status; its components' routine logs would
+    // drown it, so they default to warnings there (RUST_LOG still overrides).
+    let default_filter = if matches!(cli.command, Command::Up(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    telemetry::init_tracing(cli.log_format, default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

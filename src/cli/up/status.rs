@@ -263,7 +263,7 @@ pub(crate) fn print_banner(mesh: &Mesh, default_dir: bool) {
         println!("  metrics        http://{addr}/metrics  ({name})");
     }
     println!(
-        "  logs           on stderr (quieter: RUST_LOG=warn meshid up, or meshid up 2>meshid-up.log)"
+        "  logs           warnings on stderr (everything: RUST_LOG=info meshid up 2>meshid-up.log)"
     );
     println!("\nThings to try (in another terminal, from this directory):");
     println!("  meshid mtls set-mode -n default STRICT{manifests_flag}");
