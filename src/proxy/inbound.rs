@@ -43,7 +43,7 @@ use crate::proxy::policy_watch::ProxyPolicy;
 use crate::proxy::sniff::{peek_first_bytes, Sniffed};
 use crate::proxy::tls::{peer_spiffe_id, server_config, CertStore, ClientAuth, ProxyTlsError};
 use crate::proxy::COPY_BUFFER;
-use crate::shutdown::{Shutdown, CONNECTION_GRACE};
+use crate::shutdown::Shutdown;
 
 /// How long a new connection may take to send its first bytes before it is
 /// classified as plaintext (see the module documentation).
@@ -112,37 +112,15 @@ impl Inbound {
 
     /// Serves `listener` until `shutdown`; applies each policy change to the
     /// live connections. Connections are tracked by `shutdown` and cut
-    /// [`CONNECTION_GRACE`] after it triggers.
+    /// [`CONNECTION_GRACE`](crate::shutdown::CONNECTION_GRACE) after it triggers.
     pub async fn run(self, listener: TcpListener, shutdown: Shutdown) {
         let this = Arc::new(self);
         shutdown.spawn(this.clone().follow_policy(shutdown.clone()));
-        let cut = after_grace(&shutdown);
-        loop {
-            let (stream, peer) = tokio::select! {
-                () = shutdown.triggered() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => {
-                        // Small writes (TLS handshake flights, request/response)
-                        // must not wait for delayed ACKs.
-                        let _ = accepted.0.set_nodelay(true);
-                        accepted
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "inbound accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
+        crate::proxy::accept::serve(listener, "inbound", shutdown, move |stream, peer, stop| {
             let this = this.clone();
-            let stop = cut.child_token();
-            shutdown.spawn(async move {
-                tokio::select! {
-                    () = this.handle(stream, peer, stop.clone()) => {}
-                    () = stop.cancelled() => {}
-                }
-            });
-        }
+            async move { this.handle(stream, peer, stop).await }
+        })
+        .await;
     }
 
     /// Re-evaluates live connections whenever the policy changes.
@@ -308,20 +286,6 @@ impl Inbound {
         self.metrics
             .connection("inbound", mode.as_str(), "app_unreachable", principal);
     }
-}
-
-/// A token cancelled [`CONNECTION_GRACE`] after `shutdown` triggers: the
-/// second stage of the drain for proxied connections (the listeners stop
-/// accepting at once; open connections get the grace period to finish).
-pub(crate) fn after_grace(shutdown: &Shutdown) -> CancellationToken {
-    let cut = CancellationToken::new();
-    let (token, stop) = (cut.clone(), shutdown.clone());
-    shutdown.spawn(async move {
-        stop.triggered().await;
-        tokio::time::sleep(CONNECTION_GRACE).await;
-        token.cancel();
-    });
-    cut
 }
 
 /// The verified source principal of a connection, `""` when none.

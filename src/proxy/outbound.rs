@@ -20,7 +20,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
 use crate::identity::SpiffeId;
-use crate::proxy::inbound::after_grace;
 use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::tls::{
     client_config, server_name_for, CertStore, PeerExpectation, ProxyTlsError,
@@ -84,32 +83,16 @@ impl Outbound {
     /// after it triggers.
     pub async fn run(self, listener: TcpListener, shutdown: Shutdown) {
         let this = Arc::new(self);
-        let cut = after_grace(&shutdown);
-        loop {
-            let (stream, peer) = tokio::select! {
-                () = shutdown.triggered() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => {
-                        // Small writes must not wait for delayed ACKs.
-                        let _ = accepted.0.set_nodelay(true);
-                        accepted
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "outbound accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            let this = this.clone();
-            let stop = cut.clone();
-            shutdown.spawn(async move {
-                tokio::select! {
-                    () = this.handle(stream, peer) => {}
-                    () = stop.cancelled() => {}
-                }
-            });
-        }
+        crate::proxy::accept::serve(
+            listener,
+            "outbound",
+            shutdown,
+            move |stream, peer, _stop| {
+                let this = this.clone();
+                async move { this.handle(stream, peer).await }
+            },
+        )
+        .await;
     }
 
     async fn handle(&self, mut app: TcpStream, peer: SocketAddr) {
