@@ -16,6 +16,7 @@
 //! holds a lock across an `.await` on our account.
 
 pub mod jwt;
+pub mod kube;
 pub mod local;
 
 use std::collections::BTreeMap;
