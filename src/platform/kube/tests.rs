@@ -1,0 +1,1 @@
+//! Tests of the kube platform against the mock API server.
