@@ -6,11 +6,20 @@
 //! from then on while the API server is away — unless a staleness bound is
 //! set and some watch has been failing for longer than it. Also owns logging
 //! watch trouble once per outage (warn), and its end (info).
+//!
+//! A watch that comes back says nothing until its next event (kube's watcher
+//! swallows bookmarks), so a quiet watch's outage is taken as over once no
+//! error has been seen for [`RETRY_WINDOW`]: longer than kube's longest
+//! backoff (30 s, up to twice that with jitter), so a watch still failing
+//! would have failed again by then.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use ::kube::runtime::watcher;
+
+/// See the module documentation.
+pub(crate) const RETRY_WINDOW: Duration = Duration::from_secs(65);
 
 /// One watch of the informers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +68,8 @@ struct FeedState {
     phase: Phase,
     /// Since when the watch has been failing (cleared by the next good event).
     failing_since: Option<Instant>,
+    /// The latest error of the current streak.
+    last_error: Option<Instant>,
 }
 
 /// What happened to a feed on an error.
@@ -71,12 +82,26 @@ pub(crate) enum ErrorOutcome {
 }
 
 /// Sync state of every feed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct SyncStatus {
     feeds: Mutex<[FeedState; 4]>,
+    retry_window: Duration,
+}
+
+impl Default for SyncStatus {
+    fn default() -> Self {
+        Self::with_retry_window(RETRY_WINDOW)
+    }
 }
 
 impl SyncStatus {
+    fn with_retry_window(retry_window: Duration) -> Self {
+        Self {
+            feeds: Mutex::new([FeedState::default(); 4]),
+            retry_window,
+        }
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut [FeedState; 4]) -> T) -> T {
         f(&mut self.feeds.lock().unwrap_or_else(PoisonError::into_inner))
     }
@@ -87,7 +112,11 @@ impl SyncStatus {
 
     /// A good event arrived (an object or the end of a list).
     pub(crate) fn on_progress(&self, feed: Feed) {
-        let was_failing = self.with(|s| s[feed.slot()].failing_since.take());
+        let was_failing = self.with(|s| {
+            let state = &mut s[feed.slot()];
+            state.last_error = None;
+            state.failing_since.take()
+        });
         if let Some(since) = was_failing {
             tracing::info!(
                 watch = feed.name(),
@@ -114,6 +143,7 @@ impl SyncStatus {
             let before = self.with(|s| {
                 let state = &mut s[feed.slot()];
                 state.failing_since = None;
+                state.last_error = None;
                 std::mem::replace(&mut state.phase, Phase::Absent)
             });
             if before == Phase::Absent {
@@ -128,8 +158,10 @@ impl SyncStatus {
         let gone = matches!(error, watcher::Error::WatchError(s) if s.code == 410);
         let first = self.with(|s| {
             let state = &mut s[feed.slot()];
+            let now = Instant::now();
             let first = state.failing_since.is_none();
-            state.failing_since.get_or_insert_with(Instant::now);
+            state.failing_since.get_or_insert(now);
+            state.last_error = Some(now);
             first
         });
         if gone {
@@ -149,17 +181,19 @@ impl SyncStatus {
     }
 
     /// Every feed synced (or not served), and — with `max_staleness` — none
-    /// failing for longer than that.
+    /// failing for longer than that (and still failing: see [`RETRY_WINDOW`]).
     pub(crate) fn is_ready(&self, max_staleness: Option<Duration>) -> bool {
         self.with(|s| {
             Feed::ALL.iter().all(|feed| {
                 let state = s[feed.slot()];
                 let synced = state.phase != Phase::Pending;
-                let fresh = match (max_staleness, state.failing_since) {
-                    (Some(max), Some(since)) => since.elapsed() <= max,
-                    _ => true,
+                let stale = match (max_staleness, state.failing_since, state.last_error) {
+                    (Some(max), Some(since), Some(last)) => {
+                        since.elapsed() > max && last.elapsed() <= self.retry_window
+                    }
+                    _ => false,
                 };
-                synced && fresh
+                synced && !stale
             })
         })
     }
@@ -220,5 +254,25 @@ mod tests {
         assert!(!status.is_ready(Some(Duration::from_millis(10))));
         status.on_progress(Feed::Pods);
         assert!(status.is_ready(Some(Duration::from_millis(10))));
+    }
+
+    #[test]
+    fn quiet_watch_counts_as_recovered_once_errors_stop() {
+        let status = SyncStatus::with_retry_window(Duration::from_millis(50));
+        sync_all(&status);
+        status.on_error(
+            Feed::Namespaces,
+            &watcher::Error::WatchFailed(api_error(500)),
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            !status.is_ready(Some(Duration::from_millis(10))),
+            "stale, still failing"
+        );
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(
+            status.is_ready(Some(Duration::from_millis(10))),
+            "no error for a whole window"
+        );
     }
 }
