@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use time::Duration;
 
 use super::*;
-use crate::platform::kube::mock_api::{Call, MockApi, Reply};
+use crate::platform::kube::mock_api::{refusal_reason, unavailable_message, Call, MockApi, Reply};
 use crate::platform::local::{TokenIssuer, TokenRequest, LOCAL_ISSUER};
 
 const PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
@@ -73,20 +73,6 @@ fn reviewing(status: Value) -> (TokenReviewer, MockApi) {
     (TokenReviewer::new(client), api)
 }
 
-fn reason(err: PlatformError) -> String {
-    match err {
-        PlatformError::InvalidToken { reason } => reason,
-        other => panic!("expected InvalidToken, got {other:?}"),
-    }
-}
-
-fn unavailable_message(err: PlatformError) -> String {
-    match err {
-        PlatformError::Unavailable(message) => message,
-        other => panic!("expected Unavailable, got {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn authenticated_review_yields_pod_and_node_from_user_extra() {
     let (reviewer, _api) = reviewing(authenticated(SA_USER, &["istio-ca"]));
@@ -135,7 +121,7 @@ async fn refusals_carry_the_api_servers_reason() {
     ] {
         let (reviewer, _api) = reviewing(json!({"user": {}, "error": error}));
         let (token, _) = token();
-        let why = reason(reviewer.verify(&token, &audiences()).await.unwrap_err());
+        let why = refusal_reason(reviewer.verify(&token, &audiences()).await.unwrap_err());
         assert!(why.contains(error), "{why}");
         assert!(!why.contains(token.as_str()), "the reason leaks the token");
     }
@@ -145,7 +131,7 @@ async fn refusals_carry_the_api_servers_reason() {
 async fn unauthenticated_review_without_error_is_refused() {
     let (reviewer, _api) = reviewing(json!({"authenticated": false, "user": {}}));
     let (token, _) = token();
-    let why = reason(reviewer.verify(&token, &audiences()).await.unwrap_err());
+    let why = refusal_reason(reviewer.verify(&token, &audiences()).await.unwrap_err());
     assert!(why.contains("not authenticated"), "{why}");
 }
 
@@ -153,7 +139,7 @@ async fn unauthenticated_review_without_error_is_refused() {
 async fn review_granting_another_audience_is_refused() {
     let (reviewer, _api) = reviewing(authenticated(SA_USER, &["vault"]));
     let (token, _) = token();
-    let why = reason(reviewer.verify(&token, &audiences()).await.unwrap_err());
+    let why = refusal_reason(reviewer.verify(&token, &audiences()).await.unwrap_err());
     assert!(why.contains("vault"), "{why}");
 }
 
@@ -163,7 +149,7 @@ async fn review_without_audiences_is_refused() {
     status.as_object_mut().unwrap().remove("audiences");
     let (reviewer, _api) = reviewing(status);
     let (token, _) = token();
-    reason(reviewer.verify(&token, &audiences()).await.unwrap_err());
+    refusal_reason(reviewer.verify(&token, &audiences()).await.unwrap_err());
 }
 
 #[tokio::test]
@@ -175,7 +161,7 @@ async fn user_and_node_credentials_are_refused() {
     ] {
         let (reviewer, _api) = reviewing(authenticated(username, &["istio-ca"]));
         let (token, _) = token();
-        let why = reason(reviewer.verify(&token, &audiences()).await.unwrap_err());
+        let why = refusal_reason(reviewer.verify(&token, &audiences()).await.unwrap_err());
         assert!(why.contains("is not system:serviceaccount"), "{why}");
     }
 }
@@ -187,7 +173,7 @@ async fn payload_subject_must_match_the_reviewed_user() {
         &["istio-ca"],
     ));
     let (token, _) = token();
-    let why = reason(reviewer.verify(&token, &audiences()).await.unwrap_err());
+    let why = refusal_reason(reviewer.verify(&token, &audiences()).await.unwrap_err());
     assert!(why.contains("disagrees"), "{why}");
 }
 
@@ -197,7 +183,7 @@ async fn several_pod_names_are_refused_as_ambiguous() {
     status["user"]["extra"][POD_NAME_KEY] = json!(["web-0", "web-1"]);
     let (reviewer, _api) = reviewing(status);
     let (token, _) = token();
-    let why = reason(reviewer.verify(&token, &audiences()).await.unwrap_err());
+    let why = refusal_reason(reviewer.verify(&token, &audiences()).await.unwrap_err());
     assert!(why.contains(POD_NAME_KEY), "{why}");
 }
 
@@ -291,10 +277,10 @@ async fn unusable_tokens_are_refused_without_asking_the_api_server() {
         no_iss.as_str(),
         oversized.as_str(),
     ] {
-        reason(reviewer.verify(bad, &audiences()).await.unwrap_err());
+        refusal_reason(reviewer.verify(bad, &audiences()).await.unwrap_err());
     }
     let (token, _) = token();
-    let why = reason(reviewer.verify(&token, &[]).await.unwrap_err());
+    let why = refusal_reason(reviewer.verify(&token, &[]).await.unwrap_err());
     assert!(why.contains("no accepted audience"), "{why}");
     assert!(api.calls().is_empty(), "{:?}", api.calls());
 }
