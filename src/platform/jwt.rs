@@ -315,7 +315,7 @@ fn invalid(reason: impl Into<String>) -> PlatformError {
 }
 
 /// Splits `system:serviceaccount:<ns>:<sa>` and checks both are valid names.
-fn parse_subject(sub: &str) -> Result<(&str, &str), PlatformError> {
+pub(crate) fn parse_subject(sub: &str) -> Result<(&str, &str), PlatformError> {
     let bad = || {
         PlatformError::invalid_token(format!(
             "sub {sub:?} is not system:serviceaccount:<namespace>:<name>"

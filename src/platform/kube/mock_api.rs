@@ -27,6 +27,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
+use crate::platform::PlatformError;
+
 /// The response body the mock sends: frames pushed through a channel, so a
 /// watch answer can stay open and deliver events later.
 pub(crate) type MockBody = StreamBody<ReceiverStream<Result<Frame<Bytes>, Infallible>>>;
@@ -137,6 +139,23 @@ pub(crate) fn gone_event() -> Value {
         "ERROR",
         status(410, "Expired", "too old resource version: 1 (2)"),
     )
+}
+
+/// The reason of a [`PlatformError::InvalidToken`]; panics on any other
+/// error (token verification tests expect a refusal, not an outage).
+pub(crate) fn refusal_reason(err: PlatformError) -> String {
+    match err {
+        PlatformError::InvalidToken { reason } => reason,
+        other => panic!("expected InvalidToken, got {other:?}"),
+    }
+}
+
+/// The message of a [`PlatformError::Unavailable`]; panics on any other error.
+pub(crate) fn unavailable_message(err: PlatformError) -> String {
+    match err {
+        PlatformError::Unavailable(message) => message,
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
 }
 
 /// A running mock API server.
