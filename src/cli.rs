@@ -6,6 +6,7 @@ pub mod agent;
 pub mod audit;
 pub mod ca;
 pub mod mtls;
+pub mod platform;
 pub mod proxy;
 pub mod token;
 pub mod up;

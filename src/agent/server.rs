@@ -22,7 +22,6 @@ use crate::agent::socket::{self, SocketError, UdsStream};
 use crate::agent::workload_api::WorkloadApiService;
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::platform::Platform;
-use crate::policy::DEFAULT_ROOT_NAMESPACE;
 use crate::shutdown::Shutdown;
 use crate::telemetry;
 use crate::time::SharedClock;
@@ -44,6 +43,9 @@ pub struct AgentConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Audiences accepted on workload tokens sent over SDS.
     pub audiences: Vec<String>,
+    /// Root namespace: its PeerAuthentication without selector is mesh-wide
+    /// (Istio's `istio-system`; ours defaults to [`crate::policy::DEFAULT_ROOT_NAMESPACE`]).
+    pub root_namespace: String,
 }
 
 /// What the agent is built from besides its config.
@@ -151,12 +153,10 @@ pub async fn start(
         metrics.clone(),
     )
     .with_shutdown(&shutdown);
-    // The root namespace is the default one until the agent has a
-    // `--root-namespace` flag (as `meshid mtls` has).
     let policy = PolicyService::new(
         attestor,
         deps.platform.clone(),
-        DEFAULT_ROOT_NAMESPACE.to_owned(),
+        cfg.root_namespace.clone(),
         cfg.trust_domain.clone(),
         cfg.audiences.clone(),
         metrics,

@@ -8,14 +8,19 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use super::platform::{PlatformArgs, PlatformKind};
 use crate::agent::ca_client::{CaClient, CaClientConfig};
 use crate::agent::cache::CacheConfig;
 use crate::agent::server::{self, AgentConfig, AgentDeps};
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::platform::jwt::{JwtVerifier, JwtVerifierConfig};
+use crate::platform::kube::{KubeConfig, KubePlatform};
 use crate::platform::local::{load_verifier, LocalConfig, LocalPlatform};
+use crate::platform::Platform;
+use crate::policy::DEFAULT_ROOT_NAMESPACE;
 use crate::shutdown::Shutdown;
 use crate::time::system_clock;
+use crate::time::SharedClock;
 
 /// Flags of `meshid agent`.
 #[derive(Debug, Args)]
@@ -76,6 +81,12 @@ pub struct AgentArgs {
     /// CSRs in flight at once.
     #[arg(long, env = "MESHID_MAX_CONCURRENT_CSRS", default_value_t = 8)]
     pub max_concurrent_csrs: usize,
+    /// Root namespace: its PeerAuthentication without selector is mesh-wide (Istio uses istio-system).
+    #[arg(long, env = "MESHID_ROOT_NAMESPACE", default_value = DEFAULT_ROOT_NAMESPACE)]
+    pub root_namespace: String,
+    /// Where facts come from and how tokens are verified.
+    #[command(flatten)]
+    pub platform: PlatformArgs,
 }
 
 fn parse_write_certs(s: &str) -> Result<(SpiffeId, PathBuf), String> {
@@ -126,16 +137,10 @@ pub async fn start(args: AgentArgs, shutdown: Shutdown) -> anyhow::Result<server
         root_pem,
         token_file: args.token_file.clone(),
     })?;
-    let verifier = match &args.token_jwks_dir {
-        Some(dir) => load_verifier(dir)
-            .with_context(|| format!("loading token keys from {}", dir.display()))?,
-        None => JwtVerifier::new(JwtVerifierConfig::new(jsonwebtoken::jwk::JwkSet {
-            keys: Vec::new(),
-        })),
+    let platform: Arc<dyn Platform> = match args.platform.platform {
+        PlatformKind::Local => local_platform(&args, &clock, &shutdown)?,
+        PlatformKind::Kube => kube_platform(&args, &clock, &shutdown).await?,
     };
-    let platform = LocalPlatform::open(LocalConfig::new(&args.manifests, verifier, clock.clone()))
-        .with_context(|| format!("reading manifests from {}", args.manifests.display()))?;
-    shutdown.spawn(platform.clone().run(shutdown.token().clone()));
 
     // Printed and used as SPIFFE_ENDPOINT_SOCKET, which needs an absolute path.
     let socket = std::path::absolute(&args.socket)
@@ -152,6 +157,7 @@ pub async fn start(args: AgentArgs, shutdown: Shutdown) -> anyhow::Result<server
         write_certs: args.write_certs,
         metrics_listen: Some(args.metrics_listen),
         audiences: args.audiences,
+        root_namespace: args.root_namespace,
     };
     tracing::info!(
         node = %config.node,
@@ -167,4 +173,44 @@ pub async fn start(args: AgentArgs, shutdown: Shutdown) -> anyhow::Result<server
         registry: prometheus::Registry::new(),
     };
     Ok(server::start(config, deps, shutdown).await?)
+}
+
+/// The `local` platform: the manifest directory, workload tokens checked
+/// against the local issuer's keys (when `--token-jwks-dir` is given).
+fn local_platform(
+    args: &AgentArgs,
+    clock: &SharedClock,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Arc<dyn Platform>> {
+    let verifier = match &args.token_jwks_dir {
+        Some(dir) => load_verifier(dir)
+            .with_context(|| format!("loading token keys from {}", dir.display()))?,
+        None => JwtVerifier::new(JwtVerifierConfig::new(jsonwebtoken::jwk::JwkSet {
+            keys: Vec::new(),
+        })),
+    };
+    let platform = LocalPlatform::open(LocalConfig::new(&args.manifests, verifier, clock.clone()))
+        .with_context(|| format!("reading manifests from {}", args.manifests.display()))?;
+    shutdown.spawn(platform.clone().run(shutdown.token().clone()));
+    Ok(platform)
+}
+
+/// The `kube` platform: pods of this node only (`spec.nodeName`), namespaces
+/// and PeerAuthentications from the API server; not ready until synced.
+async fn kube_platform(
+    args: &AgentArgs,
+    clock: &SharedClock,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Arc<dyn Platform>> {
+    let (client, api_server) = super::platform::kube_client().await?;
+    let mode = args.platform.token_verification;
+    let verifier = super::platform::token_verifier(mode, client.clone(), api_server, clock.clone());
+    let config = KubeConfig {
+        node_name: Some(args.node.clone()),
+        check_bound_pod: mode.needs_bound_pod_check(),
+        max_staleness: None,
+    };
+    let platform = KubePlatform::new(client, config, verifier)?;
+    shutdown.spawn(platform.clone().run(shutdown.token().clone()));
+    Ok(platform)
 }

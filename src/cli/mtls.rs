@@ -1,6 +1,7 @@
 //! `meshid mtls set-mode` and `meshid mtls status`: the namespace-wide mTLS
 //! mode of a namespace, written as a PeerAuthentication into the manifest
-//! directory, and the effective mode of every pod with where it came from.
+//! directory (or, with `--platform kube`, applied to the API server), and the
+//! effective mode of every pod with where it came from.
 //!
 //! Owns the command line only: resolution is [`mod@crate::policy::resolve`], the
 //! reading and checking of manifests is the local platform's. Rules enforced:
@@ -9,6 +10,7 @@
 //! the directory no longer loads afterwards; a manifest the platform refuses
 //! makes `status` fail with the platform's message (file, line, field).
 
+mod cluster;
 mod scan;
 mod status;
 
@@ -20,6 +22,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_yaml::{Mapping, Value};
 
 use self::scan::{scan, FoundPolicy};
+use super::platform::PlatformKind;
 use crate::platform::jwt::{JwtVerifier, JwtVerifierConfig};
 use crate::platform::local::{LocalConfig, LocalPlatform};
 use crate::platform::{Platform, PlatformError};
@@ -52,6 +55,9 @@ pub struct PolicyDirArgs {
     /// Root namespace: its PeerAuthentication without selector is mesh-wide.
     #[arg(long, env = "MESHID_ROOT_NAMESPACE", default_value = DEFAULT_ROOT_NAMESPACE)]
     pub root_namespace: String,
+    /// Where the policies and pods are: `local` (the manifest directory) or `kube` (the Kubernetes API server).
+    #[arg(long, env = "MESHID_PLATFORM", value_enum, default_value_t = PlatformKind::Local)]
+    pub platform: PlatformKind,
 }
 
 /// Flags of `meshid mtls set-mode`.
@@ -94,8 +100,14 @@ pub enum OutputFormat {
 /// Runs `meshid mtls …`.
 pub async fn run(cmd: MtlsCommand) -> anyhow::Result<()> {
     match cmd {
-        MtlsCommand::SetMode(args) => set_mode(args),
-        MtlsCommand::Status(args) => status::status(args),
+        MtlsCommand::SetMode(args) => match args.dir.platform {
+            PlatformKind::Local => set_mode(args),
+            PlatformKind::Kube => cluster::set_mode(args).await,
+        },
+        MtlsCommand::Status(args) => match args.dir.platform {
+            PlatformKind::Local => status::status(args),
+            PlatformKind::Kube => cluster::status(args).await,
+        },
     }
 }
 

@@ -232,6 +232,8 @@ async fn start(
             metrics_listen: ports.agent_metrics(),
             audiences: vec!["istio-ca".to_owned()],
             max_concurrent_csrs: 8,
+            root_namespace: crate::policy::DEFAULT_ROOT_NAMESPACE.to_owned(),
+            platform: super::platform::PlatformArgs::default(),
         },
         shutdown.clone(),
     )

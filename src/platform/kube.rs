@@ -245,3 +245,15 @@ impl Platform for KubePlatform {
         self.informers.is_ready()
     }
 }
+
+impl TokenVerifier for token_review::TokenReviewer {
+    fn verify<'a>(&'a self, token: &'a str, audiences: &'a [String]) -> VerifyFuture<'a> {
+        Box::pin(token_review::TokenReviewer::verify(self, token, audiences))
+    }
+}
+
+impl TokenVerifier for oidc::OidcJwks {
+    fn verify<'a>(&'a self, token: &'a str, audiences: &'a [String]) -> VerifyFuture<'a> {
+        Box::pin(oidc::OidcJwks::verify(self, token, audiences))
+    }
+}

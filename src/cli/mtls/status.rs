@@ -11,12 +11,12 @@ use serde::Serialize;
 
 use super::scan::scan;
 use super::{open, OutputFormat, StatusArgs};
-use crate::platform::Platform;
+use crate::platform::{Platform, Pod};
 use crate::policy::{MtlsMode, Policies, PolicyWarning, Scope};
 
 /// One row of `meshid mtls status`.
 #[derive(Debug, Serialize)]
-struct StatusRow {
+pub(super) struct StatusRow {
     namespace: String,
     pod: String,
     service_account: String,
@@ -33,12 +33,25 @@ pub(super) fn status(args: StatusArgs) -> anyhow::Result<()> {
         open(dir).with_context(|| format!("reading the manifests in {}", dir.display()))?;
     let policies = Policies::new(&args.dir.root_namespace, platform.peer_authentications());
     print_warnings(&policies, args.namespace.as_deref());
-    let mut pods: Vec<_> = scan(dir)?
+    let pods: Vec<_> = scan(dir)?
         .pods
         .into_iter()
         .filter(|(ns, _)| args.namespace.as_deref().is_none_or(|want| want == ns))
         .filter_map(|(ns, name)| platform.pod(&ns, &name))
         .collect();
+    let rows = rows(&policies, pods);
+    if rows.is_empty() {
+        match &args.namespace {
+            Some(ns) => eprintln!("no pods in namespace {ns} in {}", dir.display()),
+            None => eprintln!("no pods in {}", dir.display()),
+        }
+    }
+    print_rows(args.output, &rows)
+}
+
+/// One row per pod (sorted by namespace and name) with its effective mode;
+/// per-pod warnings go to stderr.
+pub(super) fn rows(policies: &Policies, mut pods: Vec<Pod>) -> Vec<StatusRow> {
     pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let mut rows = Vec::with_capacity(pods.len());
     for pod in pods {
@@ -58,15 +71,14 @@ pub(super) fn status(args: StatusArgs) -> anyhow::Result<()> {
             ports_source: effective.ports_source.map(|s| s.to_string()),
         });
     }
-    if rows.is_empty() {
-        match &args.namespace {
-            Some(ns) => eprintln!("no pods in namespace {ns} in {}", dir.display()),
-            None => eprintln!("no pods in {}", dir.display()),
-        }
-    }
-    let text = match args.output {
-        OutputFormat::Table => render_table(&rows),
-        OutputFormat::Json => render_json(&rows)?,
+    rows
+}
+
+/// Prints `rows` to stdout as a table or JSON lines.
+pub(super) fn print_rows(output: OutputFormat, rows: &[StatusRow]) -> anyhow::Result<()> {
+    let text = match output {
+        OutputFormat::Table => render_table(rows),
+        OutputFormat::Json => render_json(rows)?,
     };
     print!("{text}");
     Ok(())
