@@ -195,7 +195,7 @@ impl MockApi {
     pub(crate) fn calls_to(&self, method: &Method, prefix: &str) -> Vec<Call> {
         self.calls()
             .into_iter()
-            .filter(|c| &c.method == method && c.path.starts_with(prefix))
+            .filter(|c| c.method == *method && c.path.starts_with(prefix))
             .collect()
     }
 }
