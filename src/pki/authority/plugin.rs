@@ -33,7 +33,9 @@ impl Layout {
                 Layout {
                     cert: "ca-cert.pem",
                     key: "ca-key.pem",
-                    chain: Some("cert-chain.pem").filter(|name| files.has(name)),
+                    // Empty, as Istio writes it for a root that signs, means none.
+                    chain: Some("cert-chain.pem")
+                        .filter(|name| files.has(name) && !files.is_blank(name)),
                     roots: "root-cert.pem",
                 },
                 ISTIO_LAYOUT,

@@ -132,6 +132,15 @@ impl Files<'_> {
         }
     }
 
+    /// Whether file `name` is present but holds only whitespace (an unreadable
+    /// file is not blank: reading it later reports why).
+    pub(super) fn is_blank(&self, name: &'static str) -> bool {
+        self.has(name)
+            && self
+                .read_text(name)
+                .is_ok_and(|text| text.trim().is_empty())
+    }
+
     /// The text of file `name` (zeroizing: it may hold a key).
     fn read_text(&self, name: &'static str) -> Result<Zeroizing<String>, AuthorityError> {
         let read_err = |source| AuthorityError::Read {
