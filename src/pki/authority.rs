@@ -1,18 +1,22 @@
 //! The signing CA: a self-signed root made on first start, or a plug-in CA
-//! from files, and the one function that signs leaves.
+//! from files, and the one function that signs leaves. The same checks load
+//! either from a directory or from named entries in memory ([`MemoryFiles`],
+//! e.g. the data of a Kubernetes Secret), so no key need touch the disk.
 //!
 //! Owns the CA key and the certificates above it. Rules enforced:
 //! - the CA key is written 0600 (temporary name, then rename); a half-written
 //!   pair (key without certificate or the reverse) stops start-up instead of
 //!   being silently replaced by a new root;
 //! - every plug-in file is checked at start-up, each failure naming the file
-//!   and the rule (see [`Authority::load_plugin`]);
+//!   (or the Secret key) and the rule (see [`Authority::load_plugin`]);
+//! - a root generated in memory is handed out only as [`SelfSignedPem`], whose
+//!   key zeroizes and never prints;
 //! - every signed leaf is re-parsed and checked ([`super::validate`]) before it
 //!   is returned; a failure there is an internal error and no certificate.
 
 use std::fmt;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyUsagePurpose,
@@ -34,8 +38,12 @@ use crate::time::Clock;
 mod error;
 mod facts;
 mod plugin;
+mod source;
 
 pub use error::AuthorityError;
+pub use source::{MemoryFiles, Origin};
+
+use source::Files;
 
 use facts::CertFacts;
 
@@ -43,6 +51,8 @@ use facts::CertFacts;
 pub const CA_KEY_FILE: &str = "ca-key.pem";
 /// File name of the CA certificate, in the data directory and in Istio's `cacerts`.
 pub const CA_CERT_FILE: &str = "ca-cert.pem";
+/// What a self-signed root's store must hold.
+const SELF_SIGNED_LAYOUT: &str = "self-signed root: ca-cert.pem and ca-key.pem are required";
 /// Validity of a self-signed root.
 pub const ROOT_VALIDITY: Duration = Duration::days(3650);
 /// Default clock-skew allowance: how far notBefore is backdated.
@@ -87,10 +97,28 @@ pub struct IssuedCert {
     pub public_key_sha256_hex: String,
 }
 
+/// A self-signed root generated in memory, PEM, for the caller to store
+/// (e.g. in a Kubernetes Secret). The key zeroizes on drop and never prints.
+pub struct SelfSignedPem {
+    /// The root's private key, PKCS#8 `PRIVATE KEY` PEM.
+    pub key_pem: Zeroizing<String>,
+    /// The root certificate, PEM.
+    pub cert_pem: String,
+}
+
+impl fmt::Debug for SelfSignedPem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SelfSignedPem")
+            .field("key_pem", &"[redacted]")
+            .field("cert_pem", &self.cert_pem)
+            .finish()
+    }
+}
+
 /// The seam a rotation will swap: the signing certificate and its key.
 struct Signer {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    cert_path: PathBuf,
+    origin: Origin,
     subject_raw: Vec<u8>,
     spki_der: Vec<u8>,
     not_after: OffsetDateTime,
@@ -110,7 +138,7 @@ impl fmt::Debug for Authority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never the key: only where the CA came from and its shape.
         f.debug_struct("Authority")
-            .field("signer", &self.signer.cert_path)
+            .field("signer", &self.signer.origin)
             .field("signer_not_after", &self.signer.not_after)
             .field("chain_len", &self.chain.len())
             .field("roots", &self.roots.len())
@@ -130,7 +158,7 @@ impl Authority {
         let key_path = data_dir.join(CA_KEY_FILE);
         let cert_path = data_dir.join(CA_CERT_FILE);
         match (key_path.exists(), cert_path.exists()) {
-            (true, true) => Self::load_self_signed(&key_path, &cert_path, cfg, clock),
+            (true, true) => Self::load_self_signed(Files::Dir(data_dir), cfg, clock),
             (false, false) => Self::create_self_signed(data_dir, &key_path, &cert_path, cfg, clock),
             (true, false) => Err(AuthorityError::HalfWritten {
                 present: key_path,
@@ -155,7 +183,53 @@ impl Authority {
         cfg: &AuthorityConfig,
         clock: &dyn Clock,
     ) -> Result<Self, AuthorityError> {
-        plugin::load(dir, cfg, clock)
+        plugin::load(Files::Dir(dir), cfg, clock)
+    }
+
+    /// [`Authority::load_plugin`] from in-memory files (e.g. the data of
+    /// Secret `cacerts`): the same layouts and checks, each failure naming
+    /// the entry (`Secret meshid-system/cacerts key ca-key.pem`).
+    pub fn load_plugin_files(
+        files: &MemoryFiles,
+        cfg: &AuthorityConfig,
+        clock: &dyn Clock,
+    ) -> Result<Self, AuthorityError> {
+        plugin::load(Files::Memory(files), cfg, clock)
+    }
+
+    /// Loads a self-signed root from in-memory files `ca-key.pem` and
+    /// `ca-cert.pem` (e.g. the data of Secret `istio-ca-secret`), with the
+    /// checks of [`Authority::load_or_create_self_signed`].
+    pub fn from_self_signed_files(
+        files: &MemoryFiles,
+        cfg: &AuthorityConfig,
+        clock: &dyn Clock,
+    ) -> Result<Self, AuthorityError> {
+        Self::load_self_signed(Files::Memory(files), cfg, clock)
+    }
+
+    /// Generates a self-signed root in memory (the profile of
+    /// [`Authority::load_or_create_self_signed`]) and returns it with its PEM
+    /// for the caller to store; `label` names the store in errors (e.g.
+    /// `Secret meshid-system/istio-ca-secret`). Nothing is written to disk.
+    pub fn create_self_signed_pem(
+        label: &str,
+        cfg: &AuthorityConfig,
+        clock: &dyn Clock,
+    ) -> Result<(Self, SelfSignedPem), AuthorityError> {
+        let (key, cert) = generate_root(cfg, clock)?;
+        let pem = SelfSignedPem {
+            key_pem: key.secret_pkcs8_pem(),
+            cert_pem: cert.pem(),
+        };
+        drop(key);
+        // Loaded back through the same checks as a stored root: what the
+        // caller stores is exactly what the next replica will load.
+        let mut files = MemoryFiles::new(label);
+        files.insert(CA_KEY_FILE, pem.key_pem.as_bytes().to_vec());
+        files.insert(CA_CERT_FILE, pem.cert_pem.as_bytes().to_vec());
+        let authority = Self::from_self_signed_files(&files, cfg, clock)?;
+        Ok((authority, pem))
     }
 
     fn create_self_signed(
@@ -165,25 +239,7 @@ impl Authority {
         cfg: &AuthorityConfig,
         clock: &dyn Clock,
     ) -> Result<Self, AuthorityError> {
-        let now = clock.now();
-        let key = PrivateKey::generate(cfg.key_algorithm).map_err(AuthorityError::Generate)?;
-        let key_pair = key.to_key_pair().map_err(AuthorityError::Generate)?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, cfg.trust_domain.as_str());
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        // Signs certificates and CRLs, nothing else (no digitalSignature).
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.serial_number = Some(template::random_serial()?);
-        params.not_before = now - cfg.clock_skew.max(Duration::ZERO);
-        params.not_after = now + ROOT_VALIDITY;
-        let cert = params
-            .self_signed(&key_pair)
-            .map_err(AuthorityError::RootCertificate)?;
-        drop(key_pair);
-
+        let (key, cert) = generate_root(cfg, clock)?;
         let write_err = |path: &Path| {
             let path = path.to_owned();
             move |source| AuthorityError::Write { path, source }
@@ -195,41 +251,40 @@ impl Authority {
             .map_err(write_err(key_path))?;
         crate::secret_file::write_public(cert_path, cert.pem().as_bytes())
             .map_err(write_err(cert_path))?;
-
-        let root = CertFacts::parse(cert.der().clone(), cert_path)?;
-        Self::assemble(
-            key,
-            key_path,
-            root.clone(),
-            Vec::new(),
-            vec![root],
-            cfg,
-            clock,
-        )
+        drop(key);
+        Self::load_self_signed(Files::Dir(data_dir), cfg, clock)
     }
 
     fn load_self_signed(
-        key_path: &Path,
-        cert_path: &Path,
+        files: Files<'_>,
         cfg: &AuthorityConfig,
         clock: &dyn Clock,
     ) -> Result<Self, AuthorityError> {
-        let key = read_key(key_path)?;
-        let mut certs = read_certs(cert_path)?;
+        for name in [CA_KEY_FILE, CA_CERT_FILE] {
+            if !files.has(name) {
+                return Err(AuthorityError::MissingFile {
+                    path: files.origin(name),
+                    layout: SELF_SIGNED_LAYOUT,
+                });
+            }
+        }
+        let (key_origin, cert_origin) = (files.origin(CA_KEY_FILE), files.origin(CA_CERT_FILE));
+        let key = files.read_key(CA_KEY_FILE)?;
+        let mut certs = files.read_certs(CA_CERT_FILE)?;
         if certs.len() != 1 {
             return Err(AuthorityError::Certificate {
-                path: cert_path.to_owned(),
+                path: cert_origin,
                 reason: format!(
                     "holds {} certificates, expected exactly one (the root)",
                     certs.len()
                 ),
             });
         }
-        let root = CertFacts::parse(certs.remove(0), cert_path)?;
+        let root = CertFacts::parse(certs.remove(0), &cert_origin)?;
         if !root.has_public_key(&key.public_key_der()) {
             return Err(AuthorityError::KeyMismatch {
-                key: key_path.to_owned(),
-                cert: cert_path.to_owned(),
+                key: key_origin,
+                cert: cert_origin,
             });
         }
         root.check_can_sign(true)?;
@@ -237,7 +292,7 @@ impl Authority {
         root.check_self_signed()?;
         Self::assemble(
             key,
-            key_path,
+            &key_origin,
             root.clone(),
             Vec::new(),
             vec![root],
@@ -252,7 +307,7 @@ impl Authority {
     /// start-up rather than produce leaves that do not chain.
     fn assemble(
         key: PrivateKey,
-        key_path: &Path,
+        key_origin: &Origin,
         signing: CertFacts,
         chain: Vec<CertificateDer<'static>>,
         roots: Vec<CertFacts>,
@@ -260,7 +315,7 @@ impl Authority {
         clock: &dyn Clock,
     ) -> Result<Self, AuthorityError> {
         let key_pair = key.to_key_pair().map_err(|source| AuthorityError::Key {
-            path: key_path.to_owned(),
+            path: key_origin.clone(),
             source,
         })?;
         let issuer = rcgen::Issuer::from_ca_cert_der(&signing.der, key_pair).map_err(|e| AuthorityError::Unusable {
@@ -275,7 +330,7 @@ impl Authority {
         let authority = Self {
             signer: Signer {
                 issuer,
-                cert_path: signing.path.clone(),
+                origin: signing.path.clone(),
                 subject_raw: signing.subject_raw.clone(),
                 spki_der: signing.spki_raw.clone(),
                 not_after: signing.not_after,
@@ -402,28 +457,30 @@ impl Authority {
     }
 }
 
-fn read_key(path: &Path) -> Result<PrivateKey, AuthorityError> {
-    let text = Zeroizing::new(
-        fs::read_to_string(path).map_err(|source| AuthorityError::Read {
-            path: path.to_owned(),
-            source,
-        })?,
-    );
-    PrivateKey::from_pem(&text).map_err(|source| AuthorityError::Key {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, AuthorityError> {
-    let text = fs::read_to_string(path).map_err(|source| AuthorityError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    bundle::parse_pem_certs(&text).map_err(|source| AuthorityError::Bundle {
-        path: path.to_owned(),
-        source,
-    })
+/// A new self-signed root: `cfg.key_algorithm`, 10 years, subject
+/// `O=<trust domain>`, CA:TRUE, KeyUsage keyCertSign + cRLSign only.
+fn generate_root(
+    cfg: &AuthorityConfig,
+    clock: &dyn Clock,
+) -> Result<(PrivateKey, rcgen::Certificate), AuthorityError> {
+    let now = clock.now();
+    let key = PrivateKey::generate(cfg.key_algorithm).map_err(AuthorityError::Generate)?;
+    let key_pair = key.to_key_pair().map_err(AuthorityError::Generate)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, cfg.trust_domain.as_str());
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Signs certificates and CRLs, nothing else (no digitalSignature).
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.serial_number = Some(template::random_serial()?);
+    params.not_before = now - cfg.clock_skew.max(Duration::ZERO);
+    params.not_after = now + ROOT_VALIDITY;
+    let cert = params
+        .self_signed(&key_pair)
+        .map_err(AuthorityError::RootCertificate)?;
+    Ok((key, cert))
 }
 
 #[cfg(test)]

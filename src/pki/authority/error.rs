@@ -11,15 +11,17 @@ use crate::pki::key::KeyError;
 use crate::pki::template::TemplateError;
 use crate::pki::validate::ValidateError;
 
+use super::Origin;
+
 /// Why the authority could not start or sign. File errors name the file and the rule.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuthorityError {
-    /// A file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    /// A file (or in-memory entry) could not be read.
+    #[error("cannot read {path}: {source}")]
     Read {
-        /// The file.
-        path: PathBuf,
+        /// The file or entry.
+        path: Origin,
         /// The I/O error.
         #[source]
         source: io::Error,
@@ -34,22 +36,21 @@ pub enum AuthorityError {
         source: io::Error,
     },
     /// A file the chosen plug-in layout needs is missing.
-    #[error("{} is missing ({layout})", path.display())]
+    #[error("{path} is missing ({layout})")]
     MissingFile {
-        /// The missing file.
-        path: PathBuf,
+        /// The missing file or entry.
+        path: Origin,
         /// Which layout was recognised and what it needs.
         layout: &'static str,
     },
     /// The plug-in directory holds neither layout.
     #[error(
-        "{} holds no plug-in CA: expected Istio cacerts files (ca-cert.pem, ca-key.pem, root-cert.pem, \
-         cert-chain.pem) or cert-manager files (tls.crt, tls.key, ca.crt)",
-        dir.display()
+        "{store} holds no plug-in CA: expected Istio cacerts files (ca-cert.pem, ca-key.pem, root-cert.pem, \
+         cert-chain.pem) or cert-manager files (tls.crt, tls.key, ca.crt)"
     )]
     NoPluginFiles {
-        /// The directory.
-        dir: PathBuf,
+        /// The directory or in-memory store.
+        store: String,
     },
     /// One of the self-signed CA's two files exists without the other.
     #[error(
@@ -64,54 +65,54 @@ pub enum AuthorityError {
         missing: PathBuf,
     },
     /// A key file does not hold a usable key.
-    #[error("{}: {source}", path.display())]
+    #[error("{path}: {source}")]
     Key {
         /// The key file.
-        path: PathBuf,
+        path: Origin,
         /// What is wrong with the key.
         #[source]
         source: KeyError,
     },
     /// A certificate file does not hold usable certificates.
-    #[error("{}: {source}", path.display())]
+    #[error("{path}: {source}")]
     Bundle {
         /// The certificate file.
-        path: PathBuf,
+        path: Origin,
         /// What is wrong with it.
         #[source]
         source: BundleError,
     },
     /// A certificate file breaks a rule not covered by a more specific variant.
-    #[error("{}: {reason}", path.display())]
+    #[error("{path}: {reason}")]
     Certificate {
         /// The certificate file.
-        path: PathBuf,
+        path: Origin,
         /// The rule broken.
         reason: String,
     },
     /// The private key does not belong to the signing certificate.
-    #[error("the private key in {} does not belong to the certificate in {}", key.display(), cert.display())]
+    #[error("the private key in {key} does not belong to the certificate in {cert}")]
     KeyMismatch {
         /// The key file.
-        key: PathBuf,
+        key: Origin,
         /// The certificate file.
-        cert: PathBuf,
+        cert: Origin,
     },
     /// A certificate that must sign certificates is not allowed to.
-    #[error("{}: certificate \"{subject}\" cannot sign certificates: {rule}", path.display())]
+    #[error("{path}: certificate \"{subject}\" cannot sign certificates: {rule}")]
     NotCa {
         /// The file it came from.
-        path: PathBuf,
+        path: Origin,
         /// Its subject.
         subject: String,
         /// The rule broken.
         rule: &'static str,
     },
     /// A certificate has expired.
-    #[error("{}: certificate \"{subject}\" expired at {not_after} (now {now})", path.display())]
+    #[error("{path}: certificate \"{subject}\" expired at {not_after} (now {now})")]
     Expired {
         /// The file it came from.
-        path: PathBuf,
+        path: Origin,
         /// Its subject.
         subject: String,
         /// Its notAfter.
@@ -120,10 +121,10 @@ pub enum AuthorityError {
         now: OffsetDateTime,
     },
     /// A certificate is not valid yet.
-    #[error("{}: certificate \"{subject}\" is not valid before {not_before} (now {now}); check the clock", path.display())]
+    #[error("{path}: certificate \"{subject}\" is not valid before {not_before} (now {now}); check the clock")]
     NotYetValid {
         /// The file it came from.
-        path: PathBuf,
+        path: Origin,
         /// Its subject.
         subject: String,
         /// Its notBefore.
@@ -132,35 +133,34 @@ pub enum AuthorityError {
         now: OffsetDateTime,
     },
     /// A certificate in the roots file is not a self-signed CA.
-    #[error("{}: root certificate \"{subject}\" is not self-signed ({reason})", path.display())]
+    #[error("{path}: root certificate \"{subject}\" is not self-signed ({reason})")]
     RootNotSelfSigned {
         /// The roots file.
-        path: PathBuf,
+        path: Origin,
         /// Its subject.
         subject: String,
         /// Why.
         reason: String,
     },
     /// The signing certificate does not chain, signature by signature, to a root.
-    #[error("{}: certificate \"{subject}\" does not chain to a root in {}: {reason}", path.display(), roots.display())]
+    #[error("{path}: certificate \"{subject}\" does not chain to a root in {roots}: {reason}")]
     ChainBroken {
         /// The file of the certificate whose issuer was not found.
-        path: PathBuf,
+        path: Origin,
         /// Its subject.
         subject: String,
         /// The roots file.
-        roots: PathBuf,
+        roots: Origin,
         /// What was missing or did not verify.
         reason: String,
     },
     /// A CA's pathLenConstraint is smaller than the number of CAs below it.
     #[error(
-        "{}: certificate \"{subject}\" allows {limit} intermediate CA(s) below it (pathLenConstraint) but the chain has {below}",
-        path.display()
+        "{path}: certificate \"{subject}\" allows {limit} intermediate CA(s) below it (pathLenConstraint) but the chain has {below}"
     )]
     PathLenExceeded {
         /// The file it came from.
-        path: PathBuf,
+        path: Origin,
         /// Its subject.
         subject: String,
         /// Its pathLenConstraint.
@@ -169,10 +169,10 @@ pub enum AuthorityError {
         below: usize,
     },
     /// rcgen cannot sign correctly with this CA (checked by a probe signature at start-up).
-    #[error("{}: cannot issue certificates with this CA: {reason}", path.display())]
+    #[error("{path}: cannot issue certificates with this CA: {reason}")]
     Unusable {
         /// The signing certificate file.
-        path: PathBuf,
+        path: Origin,
         /// Why.
         reason: String,
     },

@@ -1,15 +1,13 @@
 //! What start-up checks need to know about a CA certificate, parsed once, and
 //! the checks themselves. Every error names the file the certificate came from.
 
-use std::path::{Path, PathBuf};
-
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
-use super::AuthorityError;
+use super::{AuthorityError, Origin};
 
 /// Signature algorithms refused on CA certificates below the root (SHA-1, MD5).
 const WEAK_SIGNATURE_OIDS: &[&str] = &[
@@ -23,8 +21,8 @@ const WEAK_SIGNATURE_OIDS: &[&str] = &[
 #[derive(Debug, Clone)]
 pub(super) struct CertFacts {
     pub(super) der: CertificateDer<'static>,
-    /// The file it was read from (or written to).
-    pub(super) path: PathBuf,
+    /// The file (or in-memory entry) it was read from.
+    pub(super) path: Origin,
     pub(super) subject: String,
     pub(super) issuer: String,
     pub(super) subject_raw: Vec<u8>,
@@ -40,9 +38,12 @@ pub(super) struct CertFacts {
 }
 
 impl CertFacts {
-    pub(super) fn parse(der: CertificateDer<'static>, path: &Path) -> Result<Self, AuthorityError> {
+    pub(super) fn parse(
+        der: CertificateDer<'static>,
+        path: &Origin,
+    ) -> Result<Self, AuthorityError> {
         let bad = |reason: String| AuthorityError::Certificate {
-            path: path.to_owned(),
+            path: path.clone(),
             reason,
         };
         let (_, cert) = X509Certificate::from_der(&der)
@@ -54,7 +55,7 @@ impl CertFacts {
             .key_usage()
             .map_err(|e| bad(format!("KeyUsage: {e}")))?;
         Ok(Self {
-            path: path.to_owned(),
+            path: path.clone(),
             subject: cert.subject().to_string(),
             issuer: cert.issuer().to_string(),
             subject_raw: cert.subject().as_raw().to_vec(),

@@ -1,12 +1,11 @@
 //! Plug-in CA: files written by an operator (Istio `cacerts`, or a
 //! cert-manager secret), checked rule by rule before the CA signs anything.
 
-use std::path::{Path, PathBuf};
-
 use time::OffsetDateTime;
 
 use super::facts::CertFacts;
-use super::{read_certs, read_key, Authority, AuthorityConfig, AuthorityError};
+use super::source::{Files, Origin};
+use super::{Authority, AuthorityConfig, AuthorityError};
 use crate::time::Clock;
 
 /// Longest chain followed from the signing certificate to a root.
@@ -17,48 +16,49 @@ const ISTIO_LAYOUT: &str =
                             cert-chain.pem is optional";
 const CERT_MANAGER_LAYOUT: &str = "cert-manager layout: tls.crt, tls.key and ca.crt are required";
 
-/// Which files hold what.
+/// Which files hold what (names within the directory or Secret).
 struct Layout {
     /// Signing certificate first, possibly followed by its chain.
-    cert: PathBuf,
-    key: PathBuf,
+    cert: &'static str,
+    key: &'static str,
     /// Intermediates (may also repeat the signing certificate or the root).
-    chain: Option<PathBuf>,
-    roots: PathBuf,
+    chain: Option<&'static str>,
+    roots: &'static str,
 }
 
 impl Layout {
-    fn detect(dir: &Path) -> Result<Self, AuthorityError> {
-        let file = |name: &str| dir.join(name);
-        let (layout, name) = if file("ca-cert.pem").exists() || file("ca-key.pem").exists() {
+    fn detect(files: Files<'_>) -> Result<Self, AuthorityError> {
+        let (layout, name) = if files.has("ca-cert.pem") || files.has("ca-key.pem") {
             (
                 Layout {
-                    cert: file("ca-cert.pem"),
-                    key: file("ca-key.pem"),
-                    chain: Some(file("cert-chain.pem")).filter(|p| p.exists()),
-                    roots: file("root-cert.pem"),
+                    cert: "ca-cert.pem",
+                    key: "ca-key.pem",
+                    // Empty, as Istio writes it for a root that signs, means none.
+                    chain: Some("cert-chain.pem")
+                        .filter(|name| files.has(name) && !files.is_blank(name)),
+                    roots: "root-cert.pem",
                 },
                 ISTIO_LAYOUT,
             )
-        } else if file("tls.crt").exists() || file("tls.key").exists() {
+        } else if files.has("tls.crt") || files.has("tls.key") {
             (
                 Layout {
-                    cert: file("tls.crt"),
-                    key: file("tls.key"),
+                    cert: "tls.crt",
+                    key: "tls.key",
                     chain: None,
-                    roots: file("ca.crt"),
+                    roots: "ca.crt",
                 },
                 CERT_MANAGER_LAYOUT,
             )
         } else {
             return Err(AuthorityError::NoPluginFiles {
-                dir: dir.to_owned(),
+                store: files.label(),
             });
         };
-        for path in [&layout.cert, &layout.key, &layout.roots] {
-            if !path.exists() {
+        for file in [layout.cert, layout.key, layout.roots] {
+            if !files.has(file) {
                 return Err(AuthorityError::MissingFile {
-                    path: path.clone(),
+                    path: files.origin(file),
                     layout: name,
                 });
             }
@@ -68,20 +68,21 @@ impl Layout {
 }
 
 pub(super) fn load(
-    dir: &Path,
+    files: Files<'_>,
     cfg: &AuthorityConfig,
     clock: &dyn Clock,
 ) -> Result<Authority, AuthorityError> {
-    let files = Layout::detect(dir)?;
+    let layout = Layout::detect(files)?;
     let now = clock.now();
 
-    let key = read_key(&files.key)?;
-    let mut pool = parse_all(&files.cert)?;
+    let key = files.read_key(layout.key)?;
+    let mut pool = parse_all(files, layout.cert)?;
     let signing = pool.remove(0);
-    if let Some(chain) = &files.chain {
-        pool.extend(parse_all(chain)?);
+    if let Some(chain) = layout.chain {
+        pool.extend(parse_all(files, chain)?);
     }
-    let roots = parse_all(&files.roots)?;
+    let roots_origin = files.origin(layout.roots);
+    let roots = parse_all(files, layout.roots)?;
 
     // Rule: the roots are self-signed CAs, currently valid.
     for root in &roots {
@@ -91,8 +92,8 @@ pub(super) fn load(
     // Rule: the key belongs to the signing certificate.
     if !signing.has_public_key(&key.public_key_der()) {
         return Err(AuthorityError::KeyMismatch {
-            key: files.key,
-            cert: files.cert,
+            key: files.origin(layout.key),
+            cert: files.origin(layout.cert),
         });
     }
     // Rule: the signing certificate is a CA allowed to sign, currently valid.
@@ -100,7 +101,7 @@ pub(super) fn load(
     signing.check_valid_at(now)?;
 
     // Rule: signature by signature up to a root in the roots file.
-    let (intermediates, root) = build_path(&signing, &pool, &roots, &files.roots, now)?;
+    let (intermediates, root) = build_path(&signing, &pool, &roots, &roots_origin, now)?;
     // Rule: every CA's pathLenConstraint allows the intermediate CAs below it.
     let ladder = std::iter::once(&signing)
         .chain(intermediates.iter().copied())
@@ -127,13 +128,23 @@ pub(super) fn load(
             .map(|c| c.der.clone())
             .collect()
     };
-    Authority::assemble(key, &files.key, signing, chain, roots, cfg, clock)
+    Authority::assemble(
+        key,
+        &files.origin(layout.key),
+        signing,
+        chain,
+        roots,
+        cfg,
+        clock,
+    )
 }
 
-fn parse_all(path: &Path) -> Result<Vec<CertFacts>, AuthorityError> {
-    read_certs(path)?
+fn parse_all(files: Files<'_>, name: &'static str) -> Result<Vec<CertFacts>, AuthorityError> {
+    let origin = files.origin(name);
+    files
+        .read_certs(name)?
         .into_iter()
-        .map(|der| CertFacts::parse(der, path))
+        .map(|der| CertFacts::parse(der, &origin))
         .collect()
 }
 
@@ -144,7 +155,7 @@ fn build_path<'a>(
     signing: &'a CertFacts,
     pool: &'a [CertFacts],
     roots: &'a [CertFacts],
-    roots_path: &Path,
+    roots_path: &Origin,
     now: OffsetDateTime,
 ) -> Result<(Vec<&'a CertFacts>, &'a CertFacts), AuthorityError> {
     // cert-chain.pem often repeats the signing certificate and the root.
@@ -155,7 +166,7 @@ fn build_path<'a>(
         let broken = |reason: String| AuthorityError::ChainBroken {
             path: current.path.clone(),
             subject: current.subject.clone(),
-            roots: roots_path.to_owned(),
+            roots: roots_path.clone(),
             reason,
         };
         let mut failure = None;
@@ -193,8 +204,7 @@ fn build_path<'a>(
                 Err(reason) => {
                     failure = Some(format!(
                         "issuer \"{}\" found in {} but {reason}",
-                        candidate.subject,
-                        candidate.path.display()
+                        candidate.subject, candidate.path
                     ))
                 }
             }

@@ -210,4 +210,5 @@ fn an_expired_self_signed_root_stops_start_up() {
     assert!(matches!(err, AuthorityError::Expired { .. }), "{err}");
 }
 
+mod memory;
 mod plugin;

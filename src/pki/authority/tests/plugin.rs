@@ -90,6 +90,15 @@ fn a_root_used_directly_as_plugin_has_an_empty_chain_and_rsa_keys_work() {
 }
 
 #[test]
+fn an_empty_cert_chain_file_means_no_intermediates() {
+    let p = pki();
+    let dir = istio_dir(&p.root, &[], &[&p.root]);
+    write(dir.path(), "cert-chain.pem", "");
+    let authority = load(&dir).unwrap();
+    assert!(authority.chain_pem().is_empty());
+}
+
+#[test]
 fn a_key_that_does_not_match_is_refused_naming_both_files() {
     let p = pki();
     let dir = istio_dir(&p.intermediate, &[&p.intermediate], &[&p.root]);
