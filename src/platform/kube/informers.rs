@@ -4,7 +4,8 @@
 //! from them.
 //!
 //! Owns the watches (list, then watch from the list's resourceVersion; relist
-//! on `410 Gone`; kube's default backoff while the API server is away), the
+//! on `410 Gone`; kube's default backoff while the API server is away, kept
+//! from resetting on every retry, [`backoff`]), the
 //! stores, the derived pod indexes ([`pod_index`]), the generation counter
 //! and readiness ([`sync`]). Pods are converted on arrival, so the store holds
 //! our small [`Pod`] rather than the API object; with a node name only that
@@ -16,6 +17,7 @@
 //! the caches keep serving through API server outages; a PeerAuthentication
 //! that does not decode is skipped with a warning naming it ([`policies`]).
 
+mod backoff;
 pub(crate) mod convert;
 mod pod_index;
 pub(crate) mod policies;
@@ -34,6 +36,7 @@ use k8s_openapi::api::core::v1 as k8s;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use self::backoff::SteadyBackoff;
 use self::pod_index::PodIndex;
 use self::sync::{ErrorOutcome, Feed, Phase, SyncStatus};
 use crate::platform::{Namespace, Pod};
@@ -151,7 +154,7 @@ impl Informers {
         );
         let policies = |resource: &ApiResource| {
             let api = Api::<DynamicObject>::all_with(self.client.clone(), resource);
-            watcher::watcher(api, watcher::Config::default()).default_backoff()
+            watcher::watcher(api, watcher::Config::default()).backoff(SteadyBackoff::default())
         };
         tokio::join!(
             self.drive(
@@ -362,7 +365,7 @@ impl Informers {
 }
 
 /// A watcher of `api` whose objects arrive converted by `convert`, retried
-/// with kube's default backoff.
+/// with kube's default backoff (made to grow while failing, [`backoff`]).
 fn converted<K, T>(
     api: Api<K>,
     config: watcher::Config,
@@ -373,6 +376,6 @@ where
     T: Send + 'static,
 {
     watcher::watcher(api, config)
-        .default_backoff()
+        .backoff(SteadyBackoff::default())
         .map_ok(move |event| convert::map_event(event, convert))
 }

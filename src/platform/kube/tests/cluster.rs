@@ -299,6 +299,16 @@ pub(super) fn policy(
     })
 }
 
+/// A namespace-wide `security.istio.io/v1` PeerAuthentication.
+pub(super) fn v1_policy(namespace: &str, name: &str, uid: &str, mode: &str) -> Value {
+    policy("security.istio.io/v1", namespace, name, uid, mode)
+}
+
+/// A namespace-wide `security.istio.io/v1beta1` PeerAuthentication.
+pub(super) fn v1beta1_policy(namespace: &str, name: &str, uid: &str, mode: &str) -> Value {
+    policy("security.istio.io/v1beta1", namespace, name, uid, mode)
+}
+
 /// Polls `condition` every 10 ms for up to 20 s.
 pub(super) async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

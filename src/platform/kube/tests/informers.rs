@@ -6,7 +6,8 @@ use std::time::Duration;
 use http::Method;
 
 use super::cluster::{
-    eventually, namespace, pod, policy, FakeCluster, NAMESPACES, PA_V1, PA_V1BETA1, PODS,
+    eventually, namespace, pod, v1_policy, v1beta1_policy, FakeCluster, NAMESPACES, PA_V1,
+    PA_V1BETA1, PODS,
 };
 use super::{start, Running};
 use crate::platform::kube::KubeConfig;
@@ -202,13 +203,7 @@ async fn api_server_gone_after_sync_keeps_serving_and_stays_ready() {
     let cluster = seeded();
     cluster.apply(
         PA_V1BETA1,
-        policy(
-            "security.istio.io/v1beta1",
-            "shop",
-            "default",
-            "p1",
-            "STRICT",
-        ),
+        v1beta1_policy("shop", "default", "p1", "STRICT"),
     );
     let running = start(&cluster, KubeConfig::default());
     ready(&running).await;
@@ -256,28 +251,16 @@ async fn stale_caches_turn_unready_when_a_staleness_bound_is_set() {
     cluster.set_down(false);
     cluster.apply(PODS, pod("shop", "late", "u-late", "node-a", None));
     cluster.apply(NAMESPACES, namespace("bank"));
-    cluster.apply(
-        PA_V1,
-        policy("security.istio.io/v1", "bank", "a", "p1", "STRICT"),
-    );
-    cluster.apply(
-        PA_V1BETA1,
-        policy("security.istio.io/v1beta1", "bank", "b", "p2", "STRICT"),
-    );
+    cluster.apply(PA_V1, v1_policy("bank", "a", "p1", "STRICT"));
+    cluster.apply(PA_V1BETA1, v1beta1_policy("bank", "b", "p2", "STRICT"));
     eventually("ready again", || platform.is_ready()).await;
 }
 
 #[tokio::test]
 async fn peer_authentication_with_invalid_mode_is_skipped_and_the_others_apply() {
     let cluster = seeded();
-    cluster.apply(
-        PA_V1,
-        policy("security.istio.io/v1", "shop", "typo", "p1", "STRICTT"),
-    );
-    cluster.apply(
-        PA_V1,
-        policy("security.istio.io/v1", "bank", "default", "p2", "STRICT"),
-    );
+    cluster.apply(PA_V1, v1_policy("shop", "typo", "p1", "STRICTT"));
+    cluster.apply(PA_V1, v1_policy("bank", "default", "p2", "STRICT"));
     let running = start(&cluster, KubeConfig::default());
     ready(&running).await;
     let platform = &running.platform;
@@ -287,18 +270,12 @@ async fn peer_authentication_with_invalid_mode_is_skipped_and_the_others_apply()
     assert_eq!(got[0].mode(), MtlsMode::Strict);
 
     // Fixed later: applies; broken later: dropped, the rest stays.
-    cluster.apply(
-        PA_V1,
-        policy("security.istio.io/v1", "shop", "typo", "p1", "PERMISSIVE"),
-    );
+    cluster.apply(PA_V1, v1_policy("shop", "typo", "p1", "PERMISSIVE"));
     eventually("fixed policy applies", || {
         platform.peer_authentications().len() == 2
     })
     .await;
-    cluster.apply(
-        PA_V1,
-        policy("security.istio.io/v1", "bank", "default", "p2", "AUDITT"),
-    );
+    cluster.apply(PA_V1, v1_policy("bank", "default", "p2", "AUDITT"));
     eventually("broken policy dropped", || {
         let got = platform.peer_authentications();
         got.len() == 1 && got[0].metadata.name == "typo"
@@ -312,13 +289,7 @@ async fn policies_served_only_under_v1beta1_still_sync() {
     cluster.set_missing(PA_V1);
     cluster.apply(
         PA_V1BETA1,
-        policy(
-            "security.istio.io/v1beta1",
-            "shop",
-            "default",
-            "p1",
-            "PERMISSIVE",
-        ),
+        v1beta1_policy("shop", "default", "p1", "PERMISSIVE"),
     );
     let running = start(&cluster, KubeConfig::default());
     ready(&running).await;
@@ -328,13 +299,7 @@ async fn policies_served_only_under_v1beta1_still_sync() {
     assert_eq!(got[0].mode(), MtlsMode::Permissive);
     cluster.apply(
         PA_V1BETA1,
-        policy(
-            "security.istio.io/v1beta1",
-            "shop",
-            "default",
-            "p1",
-            "STRICT",
-        ),
+        v1beta1_policy("shop", "default", "p1", "STRICT"),
     );
     eventually("v1beta1 events apply", || {
         platform.peer_authentications().first().map(|p| p.mode()) == Some(MtlsMode::Strict)
@@ -345,19 +310,10 @@ async fn policies_served_only_under_v1beta1_still_sync() {
 #[tokio::test]
 async fn policy_served_under_both_versions_counts_once() {
     let cluster = seeded();
-    cluster.apply(
-        PA_V1,
-        policy("security.istio.io/v1", "shop", "default", "p1", "STRICT"),
-    );
+    cluster.apply(PA_V1, v1_policy("shop", "default", "p1", "STRICT"));
     cluster.apply(
         PA_V1BETA1,
-        policy(
-            "security.istio.io/v1beta1",
-            "shop",
-            "default",
-            "p1",
-            "STRICT",
-        ),
+        v1beta1_policy("shop", "default", "p1", "STRICT"),
     );
     let running = start(&cluster, KubeConfig::default());
     ready(&running).await;

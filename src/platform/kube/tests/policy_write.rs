@@ -3,7 +3,7 @@
 use http::Method;
 use serde_json::{json, Value};
 
-use super::cluster::{namespace, pod, policy};
+use super::cluster::{namespace, pod, v1beta1_policy};
 use crate::platform::kube::mock_api::{self, MockApi, Reply};
 use crate::platform::kube::policy_write::{
     apply_namespace_mode, list_namespaces, list_peer_authentications, list_pods,
@@ -83,13 +83,7 @@ async fn set_mode_updates_the_namespace_policy_in_effect_instead_of_shadowing_it
             "PeerAuthentication",
             "10",
             vec![
-                policy(
-                    "security.istio.io/v1beta1",
-                    "shop",
-                    "shop-wide",
-                    "p1",
-                    "PERMISSIVE",
-                ),
+                v1beta1_policy("shop", "shop-wide", "p1", "PERMISSIVE"),
                 json!({
                     "apiVersion": "security.istio.io/v1beta1", "kind": "PeerAuthentication",
                     "metadata": {"name": "aaa-workload", "namespace": "shop", "uid": "p2",
@@ -177,14 +171,8 @@ async fn one_shot_lists_for_status() {
             "PeerAuthentication",
             "5",
             vec![
-                policy(
-                    "security.istio.io/v1beta1",
-                    "shop",
-                    "default",
-                    "p1",
-                    "STRICT",
-                ),
-                policy("security.istio.io/v1beta1", "shop", "typo", "p2", "STRICTT"),
+                v1beta1_policy("shop", "default", "p1", "STRICT"),
+                v1beta1_policy("shop", "typo", "p2", "STRICTT"),
             ],
         )),
     });
