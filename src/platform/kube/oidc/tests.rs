@@ -18,6 +18,7 @@ use super::discovery::{DISCOVERY_PATH, STANDARD_JWKS_PATH};
 use super::*;
 use crate::platform::kube::mock_api::{refusal_reason, unavailable_message, MockApi, Reply};
 use crate::platform::local::{TokenIssuer, TokenRequest, LOCAL_ISSUER};
+use crate::platform::VerifyFuture;
 use crate::time::{Clock as _, TestClock};
 
 const T0: OffsetDateTime = datetime!(2025-06-01 12:00:00 UTC);
@@ -146,7 +147,10 @@ fn with_kid(token: &str, kid: &str) -> String {
 async fn discovered_keys_verify_a_valid_token() {
     let f = Fixture::new();
     let token = token_from(&f.issuer, "istio-ca", T0);
-    let got = f.oidc.verify(&token, &audiences()).await.unwrap();
+    let aud = audiences();
+    // Through the Platform trait's boxed future: the future is Send.
+    let verifying: VerifyFuture<'_> = Box::pin(f.oidc.verify(&token, &aud));
+    let got = verifying.await.unwrap();
     assert_eq!(got.issuer, LOCAL_ISSUER);
     assert_eq!(
         (got.namespace.as_str(), got.service_account.as_str()),
