@@ -17,7 +17,8 @@
 //!   naming random `kid`s costs the API server at most one request per interval;
 //! - a token whose `kid` is not cached triggers a refetch (key rotation); so
 //!   do keys older than `max_key_age` (keys withdrawn by the API server stop
-//!   being trusted), but a failed refetch keeps the cached keys;
+//!   being trusted), but a failed refetch keeps the cached keys, and while
+//!   one caller refetches stale keys the others verify with them, unblocked;
 //! - with no keys loaded every token gets [`PlatformError::Unavailable`]
 //!   (retryable), never a refusal; an unknown `kid` while the API server cannot
 //!   be reached is Unavailable too: we cannot tell whether the key is new.
@@ -160,8 +161,9 @@ impl OidcJwks {
     ) -> Result<VerifiedToken, PlatformError> {
         // Unverified: only decides whether to refetch; JwtVerifier re-reads it.
         let kid = peek_kid(token);
-        if needs_fetch(&self.read(), kid.as_deref(), &self.config, self.clock.now()) {
-            self.refresh(kid.as_deref()).await;
+        let need = fetch_need(&self.read(), kid.as_deref(), &self.config, self.clock.now());
+        if need != Need::Nothing {
+            self.refresh(kid.as_deref(), need).await;
         }
         let (verifier, last_attempt, last_error) = {
             let cache = self.read();
@@ -197,13 +199,22 @@ impl OidcJwks {
     }
 
     /// Refetches if, once through the gate, it is still needed and allowed.
-    async fn refresh(&self, kid: Option<&str>) {
-        let _gate = self.refresh_gate.lock().await;
+    async fn refresh(&self, kid: Option<&str>, need: Need) {
+        // Rule: merely stale keys still verify, so a caller never waits for
+        // someone else's refetch of them (a hung API server stalls only the
+        // one caller that fetches, for at most the request timeout).
+        let _gate = match need {
+            Need::Stale => match self.refresh_gate.try_lock() {
+                Ok(gate) => gate,
+                Err(_) => return,
+            },
+            _ => self.refresh_gate.lock().await,
+        };
         let now = self.clock.now();
         {
             let cache = self.read();
             // Someone else may have refetched while we waited at the gate.
-            if !needs_fetch(&cache, kid, &self.config, now)
+            if fetch_need(&cache, kid, &self.config, now) == Need::Nothing
                 || !may_fetch(cache.last_attempt, &self.config, now)
             {
                 return;
@@ -264,20 +275,29 @@ impl OidcJwks {
     }
 }
 
-/// Whether the cache cannot serve a token naming `kid`: no keys, an unknown
-/// `kid`, or keys past `max_key_age`. Pure.
-fn needs_fetch(
+/// Why a token naming `kid` needs the keys fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// The cache serves it.
+    Nothing,
+    /// The cache cannot: no keys, or `kid` is not among them.
+    Keys,
+    /// The cache serves it, but the keys are older than `max_key_age`.
+    Stale,
+}
+
+/// Whether (and how urgently) the cache needs a fetch for a token naming `kid`. Pure.
+fn fetch_need(
     cache: &Cache,
     kid: Option<&str>,
     config: &OidcJwksConfig,
     now: OffsetDateTime,
-) -> bool {
+) -> Need {
     match &cache.keys {
-        None => true,
-        Some(keys) => {
-            kid.is_some_and(|k| !keys.verifier.has_kid(k))
-                || now >= keys.fetched_at + config.max_key_age
-        }
+        None => Need::Keys,
+        Some(keys) if kid.is_some_and(|k| !keys.verifier.has_kid(k)) => Need::Keys,
+        Some(keys) if now >= keys.fetched_at + config.max_key_age => Need::Stale,
+        Some(_) => Need::Nothing,
     }
 }
 

@@ -18,6 +18,7 @@ use super::discovery::{DISCOVERY_PATH, STANDARD_JWKS_PATH};
 use super::*;
 use crate::platform::kube::mock_api::{refusal_reason, unavailable_message, MockApi, Reply};
 use crate::platform::local::{TokenIssuer, TokenRequest, LOCAL_ISSUER};
+use crate::platform::VerifyFuture;
 use crate::time::{Clock as _, TestClock};
 
 const T0: OffsetDateTime = datetime!(2025-06-01 12:00:00 UTC);
@@ -26,6 +27,9 @@ const T0: OffsetDateTime = datetime!(2025-06-01 12:00:00 UTC);
 #[derive(Clone)]
 struct Cluster {
     down: Arc<AtomicBool>,
+    /// Accept requests and never finish the answer (a hung API server).
+    hung: Arc<AtomicBool>,
+    held: Arc<Mutex<Vec<tokio::sync::mpsc::Sender<serde_json::Value>>>>,
     issuer: Arc<Mutex<String>>,
     jwks: Arc<Mutex<JwkSet>>,
 }
@@ -34,6 +38,8 @@ impl Cluster {
     fn new(jwks: JwkSet) -> Self {
         Self {
             down: Arc::new(AtomicBool::new(false)),
+            hung: Arc::new(AtomicBool::new(false)),
+            held: Arc::new(Mutex::new(Vec::new())),
             issuer: Arc::new(Mutex::new(LOCAL_ISSUER.to_owned())),
             jwks: Arc::new(Mutex::new(jwks)),
         }
@@ -50,6 +56,11 @@ impl Cluster {
     fn answer(&self, path: &str) -> Reply {
         if self.down.load(Ordering::SeqCst) {
             return Reply::Unreachable;
+        }
+        if self.hung.load(Ordering::SeqCst) {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            self.held.lock().unwrap().push(tx);
+            return Reply::Stream(rx);
         }
         match path {
             DISCOVERY_PATH => Reply::ok(json!({
@@ -82,13 +93,17 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
+        Self::with_config(OidcJwksConfig::default())
+    }
+
+    fn with_config(config: OidcJwksConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let issuer = TokenIssuer::load_or_create(dir.path()).unwrap();
         let cluster = Cluster::new(issuer.jwks());
         let served = cluster.clone();
         let (client, api) = MockApi::start(move |call| served.answer(&call.path));
         let clock = TestClock::new(T0);
-        let oidc = OidcJwks::new(client, OidcJwksConfig::default(), Arc::new(clock.clone()));
+        let oidc = OidcJwks::new(client, config, Arc::new(clock.clone()));
         Self {
             oidc,
             api,
@@ -132,7 +147,10 @@ fn with_kid(token: &str, kid: &str) -> String {
 async fn discovered_keys_verify_a_valid_token() {
     let f = Fixture::new();
     let token = token_from(&f.issuer, "istio-ca", T0);
-    let got = f.oidc.verify(&token, &audiences()).await.unwrap();
+    let aud = audiences();
+    // Through the Platform trait's boxed future: the future is Send.
+    let verifying: VerifyFuture<'_> = Box::pin(f.oidc.verify(&token, &aud));
+    let got = verifying.await.unwrap();
     assert_eq!(got.issuer, LOCAL_ISSUER);
     assert_eq!(
         (got.namespace.as_str(), got.service_account.as_str()),
@@ -264,6 +282,34 @@ async fn cached_keys_keep_verifying_while_the_api_server_is_down() {
     );
     assert!(message.contains("new-key"), "{message}");
     f.oidc.verify(&token, &audiences()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_hung_refetch_of_stale_keys_stalls_no_other_caller() {
+    let timeout = StdDuration::from_millis(300);
+    let f = Fixture::with_config(OidcJwksConfig {
+        request_timeout: timeout,
+        ..OidcJwksConfig::default()
+    });
+    f.oidc.load().await.unwrap();
+    f.cluster.hung.store(true, Ordering::SeqCst);
+    f.clock.advance(Duration::hours(1));
+    let token = token_from(&f.issuer, "istio-ca", f.clock.now());
+    let aud = audiences();
+    // The first caller takes the gate and waits on the hung API server…
+    let fetching = f.oidc.verify(&token, &aud);
+    // …the second finds the gate taken and verifies with the cached keys.
+    let other = async {
+        tokio::task::yield_now().await;
+        let started = std::time::Instant::now();
+        let got = f.oidc.verify(&token, &aud).await;
+        (got, started.elapsed())
+    };
+    let (first, (second, waited)) = tokio::join!(fetching, other);
+    first.unwrap();
+    second.unwrap();
+    assert!(waited < timeout / 2, "waited {waited:?} behind the refetch");
+    assert_eq!(f.api.calls_to(&Method::GET, DISCOVERY_PATH).len(), 2);
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ use time::Duration;
 use super::*;
 use crate::platform::kube::mock_api::{refusal_reason, unavailable_message, Call, MockApi, Reply};
 use crate::platform::local::{TokenIssuer, TokenRequest, LOCAL_ISSUER};
+use crate::platform::VerifyFuture;
 
 const PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 const SA_USER: &str = "system:serviceaccount:shop:web";
@@ -77,7 +78,10 @@ fn reviewing(status: Value) -> (TokenReviewer, MockApi) {
 async fn authenticated_review_yields_pod_and_node_from_user_extra() {
     let (reviewer, _api) = reviewing(authenticated(SA_USER, &["istio-ca"]));
     let (token, exp) = token();
-    let got = reviewer.verify(&token, &audiences()).await.unwrap();
+    let aud = audiences();
+    // Through the Platform trait's boxed future: the future is Send.
+    let verifying: VerifyFuture<'_> = Box::pin(reviewer.verify(&token, &aud));
+    let got = verifying.await.unwrap();
     assert_eq!(
         got,
         VerifiedToken {
