@@ -27,8 +27,9 @@ pub(crate) async fn run(mesh: &Mesh, shutdown: &Shutdown) {
         () = shutdown.triggered() => return,
         () = tokio::time::sleep(Duration::from_millis(1500)) => {}
     }
+    let mut last_modes = None;
     loop {
-        for line in lines(mesh).await {
+        for line in lines(mesh, &mut last_modes).await {
             println!("{line}");
         }
         println!();
@@ -37,6 +38,44 @@ pub(crate) async fn run(mesh: &Mesh, shutdown: &Shutdown) {
             () = tokio::time::sleep(EVERY) => {}
         }
     }
+}
+
+/// What happened when the manifest directory is gone, and what to do.
+pub(crate) fn manifests_deleted(manifests: &Path) -> String {
+    format!(
+        "the manifest directory {} was deleted: the CA, the agent and the proxies keep serving \
+         the last manifests they read (pods, tokens, mTLS modes); put the files back, or restart \
+         `meshid up` to write the demo manifests again",
+        manifests.display()
+    )
+}
+
+/// How often [`watch_manifest_dir`] looks.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// Logs (once each way) when the manifest directory disappears and when it
+/// is back: the components' own errors name only the file-system error.
+pub(crate) fn watch_manifest_dir(manifests: std::path::PathBuf, shutdown: &Shutdown) {
+    let stop = shutdown.clone();
+    shutdown.spawn(async move {
+        let mut present = true;
+        loop {
+            tokio::select! {
+                () = stop.triggered() => return,
+                () = tokio::time::sleep(WATCH_EVERY) => {}
+            }
+            let now = manifests.is_dir();
+            if present && !now {
+                tracing::warn!("{}", manifests_deleted(&manifests));
+            } else if !present && now {
+                tracing::warn!(
+                    "the manifest directory {} is back; the components read it again",
+                    manifests.display()
+                );
+            }
+            present = now;
+        }
+    });
 }
 
 /// The newest issued record of each identity since `up` started, by identity.
@@ -64,7 +103,9 @@ pub(crate) fn read_audit(
         .map_err(|e| e.to_string())
 }
 
-/// The effective mode of each demo workload, or the manifests' error.
+/// The effective mode of each demo workload, or the manifests' error. A
+/// workload whose pod is gone from the manifests says so: the agent no
+/// longer attests its proxy, which keeps its certificate until it expires.
 pub(crate) fn modes(manifests: &Path) -> Result<Vec<(String, String)>, String> {
     let verifier = JwtVerifier::new(JwtVerifierConfig::new(jsonwebtoken::jwk::JwkSet {
         keys: Vec::new(),
@@ -75,16 +116,23 @@ pub(crate) fn modes(manifests: &Path) -> Result<Vec<(String, String)>, String> {
     Ok(super::WORKLOADS
         .iter()
         .map(|w| {
-            let labels = platform
+            let pod = platform
                 .pods_for_service_account(w.namespace, w.name)
                 .into_iter()
-                .next()
-                .map(|p| p.labels)
-                .unwrap_or_default();
+                .find(|p| p.is_running());
+            let missing = if pod.is_none() {
+                format!(
+                    ", NO running pod of {}/{} in the manifests: its proxy keeps its certificate until it expires",
+                    w.namespace, w.name
+                )
+            } else {
+                String::new()
+            };
+            let labels = pod.map(|p| p.labels).unwrap_or_default();
             let r = policies.resolve(w.namespace, &labels);
             (
                 w.name.to_owned(),
-                format!("{} ({})", r.effective.mode, r.effective.source),
+                format!("{} ({}){missing}", r.effective.mode, r.effective.source),
             )
         })
         .collect())
@@ -128,7 +176,9 @@ pub(crate) fn backend_saw(mesh: &Mesh) -> Option<String> {
         .map(|((_, p), _)| p)
 }
 
-async fn lines(mesh: &Mesh) -> Vec<String> {
+/// One status report; `last_modes` remembers the modes line for when the
+/// manifests cannot be read.
+async fn lines(mesh: &Mesh, last_modes: &mut Option<String>) -> Vec<String> {
     let now = time::OffsetDateTime::now_utc();
     let mut out = vec![format!(
         "── {} (up {}s)",
@@ -168,7 +218,15 @@ async fn lines(mesh: &Mesh) -> Vec<String> {
     match modes(&mesh.manifests) {
         Ok(modes) => {
             let shown: Vec<String> = modes.iter().map(|(n, m)| format!("{n} {m}")).collect();
-            out.push(format!("mTLS modes  {}", shown.join(" | ")));
+            let shown = shown.join(" | ");
+            out.push(format!("mTLS modes  {shown}"));
+            *last_modes = Some(shown);
+        }
+        Err(_) if !mesh.manifests.is_dir() => {
+            if let Some(shown) = last_modes.as_deref() {
+                out.push(format!("mTLS modes  {shown} (as last read)"));
+            }
+            out.push(format!("manifests   {}", manifests_deleted(&mesh.manifests)));
         }
         Err(e) => out.push(format!(
             "mTLS modes  manifests invalid, the last good state keeps serving: {e}"
