@@ -51,7 +51,12 @@ impl fmt::Display for Holder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Holder::Process { pid, comm, args } => {
-                let line = args.join(" ");
+                // Arguments may hold newlines (`python3 -c '…'`): one line.
+                let line: String = args
+                    .join(" ")
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect();
                 let shown = if line.is_empty() { comm.clone() } else { line };
                 if shown.chars().count() > MAX_SHOWN {
                     let cut: String = shown.chars().take(MAX_SHOWN).collect();
@@ -387,6 +392,15 @@ mod tests {
             args: vec!["x".repeat(500)],
         };
         assert!(long.to_string().ends_with("…)"));
+        let script = Holder::Process {
+            pid: 45,
+            comm: "python3".to_owned(),
+            args: split_cmdline(b"python3\0-c\0import socket\nsocket.socket()\0"),
+        };
+        assert_eq!(
+            script.to_string(),
+            "pid 45 (python3 -c import socket socket.socket())"
+        );
         let unknown = Holder::Unknown { uid: Some(1000) };
         assert!(unknown.to_string().contains("could not tell which"));
         assert!(!unknown.is_meshid_up());
