@@ -76,8 +76,7 @@ fn backend_saw_frontend(metrics: SocketAddr) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    if s
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+    if s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
         .is_err()
     {
         return false;
@@ -90,8 +89,7 @@ fn backend_saw_frontend(metrics: SocketAddr) -> bool {
             && l.contains("direction=\"inbound\"")
             && l.contains("outcome=\"allowed\"")
             && l.contains(&principal)
-            && l
-                .rsplit(' ')
+            && l.rsplit(' ')
                 .next()
                 .and_then(|v| v.parse::<f64>().ok())
                 .is_some_and(|v| v >= 1.0)
@@ -146,7 +144,10 @@ fn one_run(data_dir: &Path, log: &Path, port_base: u16) -> anyhow::Result<Run> {
             );
         }
         if start.elapsed() > GIVE_UP {
-            bail!("no mTLS call from the frontend within {GIVE_UP:?}; see {}", log.display());
+            bail!(
+                "no mTLS call from the frontend within {GIVE_UP:?}; see {}",
+                log.display()
+            );
         }
         std::thread::sleep(POLL);
     };
@@ -257,8 +258,14 @@ fn main() -> anyhow::Result<()> {
         reused.push(run);
     }
 
-    report("fresh data directory (new root, audit store and manifests)", &fresh);
-    report("reused data directory (the root and audit store of an earlier run)", &reused);
+    report(
+        "fresh data directory (new root, audit store and manifests)",
+        &fresh,
+    );
+    report(
+        "reused data directory (the root and audit store of an earlier run)",
+        &reused,
+    );
     let worst = fresh
         .iter()
         .chain(&reused)

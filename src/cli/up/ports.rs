@@ -69,7 +69,10 @@ pub(crate) fn preflight(data_dir: &Path, ports: Ports) -> anyhow::Result<()> {
             } else {
                 "use --port-base to move every port".to_owned()
             };
-            bail!("port {} ({what}, {addr}) cannot be bound: {e}; {why}", addr.port());
+            bail!(
+                "port {} ({what}, {addr}) cannot be bound: {e}; {why}",
+                addr.port()
+            );
         }
     }
     let socket = data_dir.join("agent.sock");

@@ -66,7 +66,10 @@ impl fmt::Display for Holder {
                 }
             }
             Holder::Unknown { uid: Some(uid) } => {
-                write!(f, "another process (could not tell which; it runs as uid {uid})")
+                write!(
+                    f,
+                    "another process (could not tell which; it runs as uid {uid})"
+                )
             }
             Holder::Unknown { uid: None } => write!(f, "another process (could not tell which)"),
         }
@@ -339,10 +342,7 @@ mod tests {
             socket("127.0.0.1:15012", false, 0),
         ];
         assert_eq!(best_tcp_match(&none, wanted), None);
-        assert!(conflicts(
-            "::ffff:127.0.0.1".parse().unwrap(),
-            wanted.ip()
-        ));
+        assert!(conflicts("::ffff:127.0.0.1".parse().unwrap(), wanted.ip()));
     }
 
     #[test]
@@ -379,7 +379,10 @@ mod tests {
             args: split_cmdline(b"/usr/bin/meshid\0up\0--data-dir\0/tmp/d\0"),
         };
         assert!(up.is_meshid_up());
-        assert_eq!(up.to_string(), "pid 42 (/usr/bin/meshid up --data-dir /tmp/d)");
+        assert_eq!(
+            up.to_string(),
+            "pid 42 (/usr/bin/meshid up --data-dir /tmp/d)"
+        );
         let ca = Holder::Process {
             pid: 43,
             comm: "meshid".to_owned(),
