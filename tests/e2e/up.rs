@@ -95,6 +95,19 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     panic!("{what}: not within 15 s");
 }
 
+/// The SPIFFE ID the agent of the `up` in `data` gives us over the Workload API.
+fn workload_api_identity(data: &Path) -> String {
+    let endpoint = format!("unix://{}", data.join("agent.sock").display());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let svid = runtime.block_on(async {
+        let client = spiffe::WorkloadApiClient::connect_to(endpoint)
+            .await
+            .unwrap();
+        client.fetch_x509_svid().await.unwrap()
+    });
+    svid.spiffe_id().to_string()
+}
+
 struct Up(Child);
 
 impl Drop for Up {
@@ -145,16 +158,8 @@ fn running_up_takes_strict_from_another_process_and_stops_on_sigterm() {
 
     // A Workload API client run by the user, as the banner says: it is the
     // pod annotated with our uid, while the proxies (same uid) keep theirs.
-    let endpoint = format!("unix://{}", data.join("agent.sock").display());
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let svid = runtime.block_on(async {
-        let client = spiffe::WorkloadApiClient::connect_to(endpoint)
-            .await
-            .unwrap();
-        client.fetch_x509_svid().await.unwrap()
-    });
     assert_eq!(
-        svid.spiffe_id().to_string(),
+        workload_api_identity(&data),
         "spiffe://cluster.local/ns/default/sa/client"
     );
     assert!(get(via).is_ok_and(|b| b.starts_with("backend:")));
@@ -297,16 +302,8 @@ fn deleting_the_manifest_directory_keeps_the_mesh_serving_and_says_so() {
 
     // Traffic, certificates and attestation go on from the last state read.
     assert!(get(via).is_ok_and(|b| b.starts_with("backend:")));
-    let endpoint = format!("unix://{}", data.join("agent.sock").display());
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let svid = runtime.block_on(async {
-        let client = spiffe::WorkloadApiClient::connect_to(endpoint)
-            .await
-            .unwrap();
-        client.fetch_x509_svid().await.unwrap()
-    });
     assert_eq!(
-        svid.spiffe_id().to_string(),
+        workload_api_identity(&data),
         "spiffe://cluster.local/ns/default/sa/client"
     );
     let calls = report
