@@ -19,6 +19,7 @@
 mod check;
 mod demo;
 mod ports;
+mod socket_owner;
 mod status;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -304,6 +305,7 @@ async fn start(
         started_at,
         ttl,
     };
+    status::watch_manifest_dir(mesh.manifests.clone(), shutdown);
     if let Some(via) = mesh.via_frontend() {
         demo::call_every_second(via, started, mesh.calls.clone(), shutdown);
     }

@@ -1,13 +1,17 @@
 //! `meshid up` as a real process: `--check` passes every step, and a running
 //! `up` takes `meshid mtls set-mode -n default STRICT` from another process
 //! (plaintext to the backend refused, mTLS through the frontend still
-//! flowing), refuses a second `up` on the same ports, and stops on SIGTERM.
+//! flowing), refuses a second `up` on the same ports or socket (naming the
+//! pid that holds them), keeps serving when its manifest directory is
+//! deleted (and says so), and stops on SIGTERM.
 //! Each test moves every port with the hidden `--port-base` so that tests
 //! running in parallel do not collide.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::BIN;
@@ -15,10 +19,10 @@ use crate::support::BIN;
 /// A port base in 20000..31700 below Linux's ephemeral range (32768..), so
 /// that no client socket of a parallel test holds one of our ports; from
 /// our pid, so that concurrent test runs differ. Each `up` uses BASE+1 to
-/// BASE+216, so `slot` (0 or 1) moves by 300 to keep this file's tests apart.
+/// BASE+216, so `slot` (0 to 3) moves by 300 to keep this file's `up`s apart.
 fn port_base(slot: u16) -> u16 {
-    let spread = u16::try_from(std::process::id().wrapping_mul(7919) % 19).unwrap();
-    20000 + spread * 600 + slot * 300
+    let spread = u16::try_from(std::process::id().wrapping_mul(7919) % 10).unwrap();
+    20000 + spread * 1200 + slot * 300
 }
 
 #[test]
@@ -91,6 +95,19 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     panic!("{what}: not within 15 s");
 }
 
+/// The SPIFFE ID the agent of the `up` in `data` gives us over the Workload API.
+fn workload_api_identity(data: &Path) -> String {
+    let endpoint = format!("unix://{}", data.join("agent.sock").display());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let svid = runtime.block_on(async {
+        let client = spiffe::WorkloadApiClient::connect_to(endpoint)
+            .await
+            .unwrap();
+        client.fetch_x509_svid().await.unwrap()
+    });
+    svid.spiffe_id().to_string()
+}
+
 struct Up(Child);
 
 impl Drop for Up {
@@ -141,21 +158,15 @@ fn running_up_takes_strict_from_another_process_and_stops_on_sigterm() {
 
     // A Workload API client run by the user, as the banner says: it is the
     // pod annotated with our uid, while the proxies (same uid) keep theirs.
-    let endpoint = format!("unix://{}", data.join("agent.sock").display());
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let svid = runtime.block_on(async {
-        let client = spiffe::WorkloadApiClient::connect_to(endpoint)
-            .await
-            .unwrap();
-        client.fetch_x509_svid().await.unwrap()
-    });
     assert_eq!(
-        svid.spiffe_id().to_string(),
+        workload_api_identity(&data),
         "spiffe://cluster.local/ns/default/sa/client"
     );
     assert!(get(via).is_ok_and(|b| b.starts_with("backend:")));
 
-    // A second `up` on the same ports fails with a clear message.
+    // A second `up` on the same ports fails with a clear message that
+    // names the process holding them, found through /proc.
+    let pid = child.0.id();
     let second = Command::new(BIN)
         .args(["up", "--port-base", &base.to_string(), "--data-dir"])
         .arg(dir.path().join("other"))
@@ -163,7 +174,19 @@ fn running_up_takes_strict_from_another_process_and_stops_on_sigterm() {
         .unwrap();
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success());
-    assert!(err.contains("another `meshid up`"), "{err}");
+    assert!(err.contains("another `meshid up` holds it"), "{err}");
+    assert!(err.contains(&format!("pid {pid} (")), "{err}");
+    assert!(err.contains(&format!("kill {pid}")), "{err}");
+    // The same data directory on other ports: the agent socket is taken.
+    let second = Command::new(BIN)
+        .args(["up", "--port-base", &port_base(3).to_string(), "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(err.contains("agent socket"), "{err}");
+    assert!(err.contains(&format!("pid {pid} (")), "{err}");
 
     let out = Command::new(BIN)
         .args(["mtls", "set-mode", "-n", "default", "STRICT", "--manifests"])
@@ -178,7 +201,7 @@ fn running_up_takes_strict_from_another_process_and_stops_on_sigterm() {
     eventually("plaintext refused", || get(backend).is_err());
     assert!(get(via).is_ok_and(|b| b.starts_with("backend:")));
 
-    let pid = child.0.id().to_string();
+    let pid = pid.to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
@@ -198,4 +221,123 @@ fn running_up_takes_strict_from_another_process_and_stops_on_sigterm() {
     }
     assert!(!data.join("agent.sock").exists());
     assert!(data.join("audit.db").is_file());
+}
+
+/// `up` with its stdout collected by a thread (so it never blocks on a full
+/// pipe), once its banner is out; its stderr goes to `log`.
+fn spawn_up(data: &Path, base: u16, log: &Path) -> (Up, Arc<Mutex<String>>) {
+    let mut child = Up(Command::new(BIN)
+        .args(["up", "--port-base", &base.to_string(), "--data-dir"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap());
+    let stdout = child.0.stdout.take().unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            let mut text = sink.lock().unwrap();
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+    eventually("the banner", || {
+        seen.lock().unwrap().contains("openssl s_client")
+    });
+    (child, seen)
+}
+
+/// The last status report printed so far (from its `── hh:mm:ss` line on).
+fn last_report(stdout: &Mutex<String>) -> String {
+    let text = stdout.lock().unwrap();
+    text.rsplit_once("── ")
+        .map(|(_, last)| last.to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn deleting_the_manifest_directory_keeps_the_mesh_serving_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let manifests = data.join("manifests");
+    let log = dir.path().join("up.log");
+    let base = port_base(2);
+    let (_up, stdout) = spawn_up(&data, base, &log);
+    let backend = SocketAddr::from(([127, 0, 0, 1], base + 106));
+    let via = SocketAddr::from(([127, 0, 0, 1], base + 1));
+    eventually("mTLS through the frontend", || {
+        get(via).is_ok_and(|b| b.starts_with("backend:"))
+    });
+    eventually("a status report with the modes", || {
+        last_report(&stdout).contains("mTLS modes  frontend PERMISSIVE")
+    });
+
+    let saved = dir.path().join("manifests-saved");
+    std::fs::create_dir(&saved).unwrap();
+    for entry in std::fs::read_dir(&manifests).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, saved.join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::remove_dir_all(&manifests).unwrap();
+
+    // The log says what happened, in words, once.
+    let deleted = format!("the manifest directory {} was deleted", manifests.display());
+    eventually("the deletion logged", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains(&deleted))
+    });
+    // So does the status, with the modes as last read.
+    eventually("the deletion in the status", || {
+        let report = last_report(&stdout);
+        report.contains(&deleted) && report.contains("PERMISSIVE (namespace default/default) | ")
+    });
+    let report = last_report(&stdout);
+    assert!(report.contains("(as last read)"), "{report}");
+    assert!(
+        report.contains("keep serving the last manifests"),
+        "{report}"
+    );
+
+    // Traffic, certificates and attestation go on from the last state read.
+    assert!(get(via).is_ok_and(|b| b.starts_with("backend:")));
+    assert_eq!(
+        workload_api_identity(&data),
+        "spiffe://cluster.local/ns/default/sa/client"
+    );
+    let calls = report
+        .lines()
+        .find(|l| l.starts_with("traffic"))
+        .unwrap_or_default();
+    assert!(calls.contains("last: ok"), "{report}");
+
+    // Changing policy needs the directory back: the CLI says so.
+    let set_mode = |expect_ok: bool| {
+        let out = Command::new(BIN)
+            .args(["mtls", "set-mode", "-n", "default", "STRICT", "--manifests"])
+            .arg(&manifests)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.success(), expect_ok, "{err}");
+        err
+    };
+    assert!(set_mode(false).contains("does not exist"));
+
+    // Put back (in one rename, as the files appear at once): picked up,
+    // and a policy change made afterwards reaches the proxies.
+    std::fs::rename(&saved, &manifests).unwrap();
+    eventually("the return logged", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("is back"))
+    });
+    eventually("the status reads the directory again", || {
+        let report = last_report(&stdout);
+        report.contains("mTLS modes  frontend PERMISSIVE") && !report.contains("as last read")
+    });
+    set_mode(true);
+    eventually("plaintext refused", || get(backend).is_err());
+    assert!(get(via).is_ok_and(|b| b.starts_with("backend:")));
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(!log.contains("panicked"), "{log}");
 }

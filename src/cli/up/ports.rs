@@ -1,12 +1,14 @@
 //! The fixed loopback ports of `meshid up` (all relative to `--port-base`)
 //! and the check, before anything starts, that none of them (nor the agent
-//! socket) is taken, with a message that names the port and the likely holder.
+//! socket) is taken, with a message that names the port and the process
+//! holding it ([`super::socket_owner`]), or the pid in `up.pid`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use anyhow::bail;
 
+use super::socket_owner::{tcp_port_holder, unix_socket_holder, Holder};
 use super::WORKLOADS;
 
 /// The fixed loopback ports, all relative to `--port-base`.
@@ -57,28 +59,19 @@ impl Ports {
     }
 }
 
-/// Fails, naming the port or socket, when another `up` (or anything) holds them.
+/// Fails, naming the port or socket, when another `up` (or anything) holds
+/// them, and which process that is when `/proc` tells.
 pub(crate) fn preflight(data_dir: &Path, ports: Ports) -> anyhow::Result<()> {
-    let holder = || {
-        let pid = std::fs::read_to_string(data_dir.join("up.pid")).ok();
-        match pid.map(|p| p.trim().to_owned()) {
-            Some(p) if Path::new("/proc").join(&p).exists() => {
-                format!(
-                    "another `meshid up` is running (pid {p}, from {}/up.pid)",
-                    data_dir.display()
-                )
-            }
-            _ => {
-                "is another `meshid up` running? (or use --port-base to move every port)".to_owned()
-            }
-        }
-    };
     for (what, addr) in ports.all() {
         if let Err(e) = std::net::TcpListener::bind(addr) {
+            let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+                in_use_by(data_dir, tcp_port_holder(addr))
+            } else {
+                "use --port-base to move every port".to_owned()
+            };
             bail!(
-                "port {} ({what}, {addr}) cannot be bound: {e}; {}",
-                addr.port(),
-                holder()
+                "port {} ({what}, {addr}) cannot be bound: {e}; {why}",
+                addr.port()
             );
         }
     }
@@ -87,8 +80,35 @@ pub(crate) fn preflight(data_dir: &Path, ports: Ports) -> anyhow::Result<()> {
         bail!(
             "the agent socket {} is in use; {}",
             socket.display(),
-            holder()
+            in_use_by(data_dir, unix_socket_holder(&socket))
         );
     }
     Ok(())
+}
+
+/// Who holds a port or the socket, in words, with what to do about it:
+/// from `/proc` when it tells, else from the data directory's `up.pid`.
+fn in_use_by(data_dir: &Path, holder: Option<Holder>) -> String {
+    let recorded = std::fs::read_to_string(data_dir.join("up.pid"))
+        .ok()
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty() && Path::new("/proc").join(p).exists());
+    match (holder, recorded) {
+        (Some(h @ Holder::Process { pid, .. }), _) if h.is_meshid_up() => format!(
+            "another `meshid up` holds it: {h}; stop that one first (Ctrl-C in its terminal, or kill {pid})"
+        ),
+        (Some(h @ Holder::Process { .. }), _) => format!(
+            "it is held by {h}, which is not `meshid up`; stop it, or use --port-base to move every port"
+        ),
+        (_, Some(pid)) => format!(
+            "another `meshid up` is running (pid {pid}, from {}/up.pid); stop that one first",
+            data_dir.display()
+        ),
+        (Some(h), None) => {
+            format!("it is held by {h}; stop it, or use --port-base to move every port")
+        }
+        (None, None) => {
+            "is another `meshid up` running? (or use --port-base to move every port)".to_owned()
+        }
+    }
 }

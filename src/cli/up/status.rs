@@ -27,8 +27,9 @@ pub(crate) async fn run(mesh: &Mesh, shutdown: &Shutdown) {
         () = shutdown.triggered() => return,
         () = tokio::time::sleep(Duration::from_millis(1500)) => {}
     }
+    let mut last_modes = None;
     loop {
-        for line in lines(mesh).await {
+        for line in lines(mesh, &mut last_modes).await {
             println!("{line}");
         }
         println!();
@@ -37,6 +38,89 @@ pub(crate) async fn run(mesh: &Mesh, shutdown: &Shutdown) {
             () = tokio::time::sleep(EVERY) => {}
         }
     }
+}
+
+/// What happened when the manifest directory is gone, and what to do.
+pub(crate) fn manifests_deleted(manifests: &Path) -> String {
+    format!(
+        "the manifest directory {} was deleted: the CA, the agent and the proxies keep serving \
+         the last manifests they read (pods, tokens, mTLS modes); put the files back, or restart \
+         `meshid up` to write the demo manifests again",
+        manifests.display()
+    )
+}
+
+/// How often [`watch_manifest_dir`] looks.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// Logs (once each way) when the manifest directory disappears and when it
+/// is back: the components' own errors name only the file-system error. The
+/// return is judged one look later, once the files are likely in place, and
+/// says which demo workloads the new directory lacks a pod for.
+pub(crate) fn watch_manifest_dir(manifests: std::path::PathBuf, shutdown: &Shutdown) {
+    let stop = shutdown.clone();
+    shutdown.spawn(async move {
+        let mut present = true;
+        let mut returning = false;
+        loop {
+            tokio::select! {
+                () = stop.triggered() => return,
+                () = tokio::time::sleep(WATCH_EVERY) => {}
+            }
+            let now = manifests.is_dir();
+            if present && !now {
+                tracing::warn!("{}", manifests_deleted(&manifests));
+            } else if returning && now {
+                tracing::warn!("{}", manifests_back(&manifests));
+            }
+            returning = !present && now;
+            present = now;
+        }
+    });
+}
+
+/// What the components find in a manifest directory that is back.
+fn manifests_back(manifests: &Path) -> String {
+    let dir = manifests.display();
+    match open_manifests(manifests) {
+        Ok(platform) => {
+            let missing: Vec<String> = super::WORKLOADS
+                .iter()
+                .filter(|w| running_pod(platform.as_ref(), w).is_none())
+                .map(|w| format!("{}/{}", w.namespace, w.name))
+                .collect();
+            if missing.is_empty() {
+                format!("the manifest directory {dir} is back; the components read it again")
+            } else {
+                format!(
+                    "the manifest directory {dir} is back, but with no running pod for {}: the agent \
+                     no longer attests their proxies, which keep their certificates until they \
+                     expire; put the demo files back, or restart `meshid up` to write the missing ones",
+                    missing.join(", ")
+                )
+            }
+        }
+        Err(e) => format!(
+            "the manifest directory {dir} is back, but does not load ({e}); the last good state keeps serving"
+        ),
+    }
+}
+
+/// The manifests, read as the components read them (tokens are not verified here).
+fn open_manifests(manifests: &Path) -> Result<std::sync::Arc<LocalPlatform>, String> {
+    let verifier = JwtVerifier::new(JwtVerifierConfig::new(jsonwebtoken::jwk::JwkSet {
+        keys: Vec::new(),
+    }));
+    LocalPlatform::open(LocalConfig::new(manifests, verifier, system_clock()))
+        .map_err(|e| e.to_string())
+}
+
+/// The running pod of a demo workload, if the manifests have one.
+fn running_pod(platform: &LocalPlatform, w: &super::Workload) -> Option<crate::platform::Pod> {
+    platform
+        .pods_for_service_account(w.namespace, w.name)
+        .into_iter()
+        .find(|p| p.is_running())
 }
 
 /// The newest issued record of each identity since `up` started, by identity.
@@ -64,27 +148,29 @@ pub(crate) fn read_audit(
         .map_err(|e| e.to_string())
 }
 
-/// The effective mode of each demo workload, or the manifests' error.
+/// The effective mode of each demo workload, or the manifests' error. A
+/// workload whose pod is gone from the manifests says so: the agent no
+/// longer attests its proxy, which keeps its certificate until it expires.
 pub(crate) fn modes(manifests: &Path) -> Result<Vec<(String, String)>, String> {
-    let verifier = JwtVerifier::new(JwtVerifierConfig::new(jsonwebtoken::jwk::JwkSet {
-        keys: Vec::new(),
-    }));
-    let platform = LocalPlatform::open(LocalConfig::new(manifests, verifier, system_clock()))
-        .map_err(|e| e.to_string())?;
+    let platform = open_manifests(manifests)?;
     let policies = Policies::new(DEFAULT_ROOT_NAMESPACE, platform.peer_authentications());
     Ok(super::WORKLOADS
         .iter()
         .map(|w| {
-            let labels = platform
-                .pods_for_service_account(w.namespace, w.name)
-                .into_iter()
-                .next()
-                .map(|p| p.labels)
-                .unwrap_or_default();
+            let pod = running_pod(platform.as_ref(), w);
+            let missing = if pod.is_none() {
+                format!(
+                    ", NO running pod of {}/{} in the manifests: its proxy keeps its certificate until it expires",
+                    w.namespace, w.name
+                )
+            } else {
+                String::new()
+            };
+            let labels = pod.map(|p| p.labels).unwrap_or_default();
             let r = policies.resolve(w.namespace, &labels);
             (
                 w.name.to_owned(),
-                format!("{} ({})", r.effective.mode, r.effective.source),
+                format!("{} ({}){missing}", r.effective.mode, r.effective.source),
             )
         })
         .collect())
@@ -128,7 +214,9 @@ pub(crate) fn backend_saw(mesh: &Mesh) -> Option<String> {
         .map(|((_, p), _)| p)
 }
 
-async fn lines(mesh: &Mesh) -> Vec<String> {
+/// One status report; `last_modes` remembers the modes line for when the
+/// manifests cannot be read.
+async fn lines(mesh: &Mesh, last_modes: &mut Option<String>) -> Vec<String> {
     let now = time::OffsetDateTime::now_utc();
     let mut out = vec![format!(
         "── {} (up {}s)",
@@ -168,7 +256,18 @@ async fn lines(mesh: &Mesh) -> Vec<String> {
     match modes(&mesh.manifests) {
         Ok(modes) => {
             let shown: Vec<String> = modes.iter().map(|(n, m)| format!("{n} {m}")).collect();
-            out.push(format!("mTLS modes  {}", shown.join(" | ")));
+            let shown = shown.join(" | ");
+            out.push(format!("mTLS modes  {shown}"));
+            *last_modes = Some(shown);
+        }
+        Err(_) if !mesh.manifests.is_dir() => {
+            if let Some(shown) = last_modes.as_deref() {
+                out.push(format!("mTLS modes  {shown} (as last read)"));
+            }
+            out.push(format!(
+                "manifests   {}",
+                manifests_deleted(&mesh.manifests)
+            ));
         }
         Err(e) => out.push(format!(
             "mTLS modes  manifests invalid, the last good state keeps serving: {e}"
@@ -283,4 +382,38 @@ pub(crate) fn print_banner(mesh: &Mesh, default_dir: bool) {
         println!("  curl http://{addr}/metrics");
     }
     println!("  openssl s_client -connect 127.0.0.1:{backend}   # STRICT asks for a client certificate\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_returned_manifest_directory_is_judged_by_the_demo_pods_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifests = dir.path().join("manifests");
+        super::super::demo::write_manifests(&manifests).unwrap();
+        assert!(manifests_back(&manifests).ends_with("is back; the components read it again"));
+
+        std::fs::remove_file(manifests.join("pod-shop-cart.yaml")).unwrap();
+        let partial = manifests_back(&manifests);
+        assert!(
+            partial.contains("with no running pod for shop/cart: the agent"),
+            "{partial}"
+        );
+
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let text = manifests_back(&empty);
+        assert!(
+            text.contains("no running pod for default/frontend, default/backend, shop/cart"),
+            "{text}"
+        );
+        let modes = modes(&empty).unwrap();
+        assert!(modes[1].1.contains("NO running pod of default/backend"));
+
+        std::fs::write(empty.join("broken.yaml"), "kind: Pod\nmetadata: [").unwrap();
+        assert!(manifests_back(&empty).contains("does not load"));
+        assert!(manifests_deleted(&manifests).contains("keep serving the last manifests"));
+    }
 }
