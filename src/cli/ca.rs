@@ -1,5 +1,7 @@
 //! `meshid ca`: the certificate authority.
 
+mod root_distribution;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use super::platform::{PlatformArgs, PlatformKind};
 use crate::audit::{AuditLog, GroupCommitConfig, SqliteBackend};
 use crate::ca::authz::TrustedNodeAccounts;
 use crate::ca::metrics::CaMetrics;
@@ -15,9 +18,12 @@ use crate::ca::{CaConfig, CaDeps, CaServer};
 use crate::identity::TrustDomain;
 use crate::pki::authority::{Authority, AuthorityConfig};
 use crate::pki::key::KeyAlgorithm;
+use crate::platform::kube::{ca_secret, KubeConfig, KubePlatform};
 use crate::platform::local::{LocalConfig, LocalPlatform, TokenIssuer};
+use crate::platform::Platform;
 use crate::shutdown::Shutdown;
 use crate::time::system_clock;
+use crate::time::SharedClock;
 
 /// Flags of `meshid ca`.
 #[derive(Debug, Args)]
@@ -85,6 +91,15 @@ pub struct CaArgs {
     /// How long a client may take for the TLS handshake and its first bytes.
     #[arg(long, env = "MESHID_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = super::parse_duration)]
     pub handshake_timeout: Duration,
+    /// Where facts come from and how tokens are verified.
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+    /// With `--platform kube`: the CA's own namespace, which holds Secrets `cacerts` / `istio-ca-secret` and the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "meshid-system")]
+    pub namespace: String,
+    /// With `--platform kube`: this replica's name, its identity in the leader Lease (default: the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
 }
 
 /// Runs the CA until SIGINT or SIGTERM.
@@ -114,13 +129,9 @@ pub async fn start(args: CaArgs, shutdown: Shutdown) -> anyhow::Result<CaServer>
         key_algorithm: args.root_key_algorithm,
         clock_skew: time::Duration::seconds(60),
     };
-    let authority = match &args.plugin_ca_dir {
-        Some(dir) => Authority::load_plugin(dir, &authority_cfg, clock.as_ref())
-            .with_context(|| format!("loading the plug-in CA from {}", dir.display()))?,
-        None => {
-            Authority::load_or_create_self_signed(&args.data_dir, &authority_cfg, clock.as_ref())
-                .with_context(|| format!("loading the CA from {}", args.data_dir.display()))?
-        }
+    let (authority, platform): (Authority, Arc<dyn Platform>) = match args.platform.platform {
+        PlatformKind::Local => local_parts(&args, &authority_cfg, &clock, &shutdown)?,
+        PlatformKind::Kube => kube_parts(&args, &authority_cfg, &clock, &shutdown).await?,
     };
     let bundle_path = args.data_dir.join("root-cert.pem");
     crate::secret_file::write_public(&bundle_path, authority.root_bundle_pem().as_bytes())
@@ -131,6 +142,60 @@ pub async fn start(args: CaArgs, shutdown: Shutdown) -> anyhow::Result<CaServer>
         .with_context(|| format!("opening the audit store {}", audit_path.display()))?;
     let audit = AuditLog::start(Box::new(backend), GroupCommitConfig::default());
 
+    let registry = prometheus::Registry::new();
+    let metrics = CaMetrics::register(&registry).context("registering metrics")?;
+    let config = CaConfig {
+        listen: args.listen,
+        metrics_listen: Some(args.metrics_listen),
+        trust_domain: args.trust_domain,
+        trusted_node_accounts: args.trusted_node_accounts,
+        audiences: args.audiences,
+        default_ttl: args.default_ttl,
+        max_ttl: args.max_ttl,
+        serving_dns_names: args.serving_dns_names,
+        serving_ips: args.serving_ips,
+        serving_cert_ttl: args.serving_cert_ttl,
+        max_concurrent_requests: args.max_concurrent_requests,
+        handshake_timeout: args.handshake_timeout,
+        ..CaConfig::default()
+    };
+    tracing::info!(
+        data_dir = %args.data_dir.display(),
+        platform = ?args.platform.platform,
+        plugin_ca = ?args.plugin_ca_dir,
+        trust_domain = %config.trust_domain,
+        trusted_node_accounts = %config.trusted_node_accounts,
+        audiences = ?config.audiences,
+        default_ttl = ?config.default_ttl,
+        max_ttl = ?config.max_ttl,
+        "starting CA"
+    );
+    let deps = CaDeps {
+        platform,
+        audit,
+        authority: Arc::new(authority),
+        clock,
+        metrics,
+    };
+    Ok(CaServer::start(config, deps, registry, shutdown).await?)
+}
+
+/// The `local` platform: the CA in DATA_DIR (or the plug-in directory), facts
+/// from the manifest directory, tokens from the local issuer.
+fn local_parts(
+    args: &CaArgs,
+    authority_cfg: &AuthorityConfig,
+    clock: &SharedClock,
+    shutdown: &Shutdown,
+) -> anyhow::Result<(Authority, Arc<dyn Platform>)> {
+    let authority = match &args.plugin_ca_dir {
+        Some(dir) => Authority::load_plugin(dir, authority_cfg, clock.as_ref())
+            .with_context(|| format!("loading the plug-in CA from {}", dir.display()))?,
+        None => {
+            Authority::load_or_create_self_signed(&args.data_dir, authority_cfg, clock.as_ref())
+                .with_context(|| format!("loading the CA from {}", args.data_dir.display()))?
+        }
+    };
     let manifests = match &args.manifests {
         Some(dir) => dir.clone(),
         None => {
@@ -153,43 +218,63 @@ pub async fn start(args: CaArgs, shutdown: Shutdown) -> anyhow::Result<CaServer>
     })
     .with_context(|| format!("reading manifests from {}", manifests.display()))?;
     shutdown.spawn(platform.clone().run(shutdown.token().clone()));
+    tracing::info!(manifests = %manifests.display(), "local platform");
+    Ok((authority, platform))
+}
 
-    let registry = prometheus::Registry::new();
-    let metrics = CaMetrics::register(&registry).context("registering metrics")?;
-    let config = CaConfig {
-        listen: args.listen,
-        metrics_listen: Some(args.metrics_listen),
-        trust_domain: args.trust_domain,
-        trusted_node_accounts: args.trusted_node_accounts,
-        audiences: args.audiences,
-        default_ttl: args.default_ttl,
-        max_ttl: args.max_ttl,
-        serving_dns_names: args.serving_dns_names,
-        serving_ips: args.serving_ips,
-        serving_cert_ttl: args.serving_cert_ttl,
-        max_concurrent_requests: args.max_concurrent_requests,
-        handshake_timeout: args.handshake_timeout,
-        ..CaConfig::default()
+/// The `kube` platform: the CA from Secret `cacerts` or the shared
+/// self-signed root in `istio-ca-secret` (retried while the API server is
+/// away), informers over every pod, and the root-certificate ConfigMap in
+/// every namespace, written by the replica holding the Lease.
+async fn kube_parts(
+    args: &CaArgs,
+    authority_cfg: &AuthorityConfig,
+    clock: &SharedClock,
+    shutdown: &Shutdown,
+) -> anyhow::Result<(Authority, Arc<dyn Platform>)> {
+    if args.plugin_ca_dir.is_some() {
+        anyhow::bail!(
+            "--plugin-ca-dir is for --platform local; on Kubernetes put the plug-in CA in Secret {}/{}",
+            args.namespace,
+            ca_secret::PLUGIN_SECRET
+        );
+    }
+    let (client, api_server) = super::platform::kube_client().await?;
+    let loaded = ca_secret::load_ca(
+        &client,
+        &args.namespace,
+        authority_cfg,
+        clock.as_ref(),
+        &ca_secret::RetryPolicy::default(),
+        shutdown.token(),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "loading the CA from Secrets in namespace {}",
+            args.namespace
+        )
+    })?;
+    tracing::info!(source = ?loaded.source, namespace = %args.namespace, "CA loaded from the cluster");
+
+    let mode = args.platform.token_verification;
+    let verifier = super::platform::token_verifier(mode, client.clone(), api_server, clock.clone());
+    let config = KubeConfig {
+        node_name: None,
+        check_bound_pod: mode.needs_bound_pod_check(),
+        max_staleness: None,
     };
-    tracing::info!(
-        data_dir = %args.data_dir.display(),
-        manifests = %manifests.display(),
-        plugin_ca = ?args.plugin_ca_dir,
-        trust_domain = %config.trust_domain,
-        trusted_node_accounts = %config.trusted_node_accounts,
-        audiences = ?config.audiences,
-        default_ttl = ?config.default_ttl,
-        max_ttl = ?config.max_ttl,
-        "starting CA"
+    let platform = KubePlatform::new(client.clone(), config, verifier)?;
+    shutdown.spawn(platform.clone().run(shutdown.token().clone()));
+    root_distribution::spawn(
+        client,
+        &args.namespace,
+        args.pod_name.clone(),
+        loaded.authority.root_bundle_pem(),
+        clock.clone(),
+        shutdown,
     );
-    let deps = CaDeps {
-        platform,
-        audit,
-        authority: Arc::new(authority),
-        clock,
-        metrics,
-    };
-    Ok(CaServer::start(config, deps, registry, shutdown).await?)
+    Ok((loaded.authority, platform))
 }
 
 fn ensure_dir(dir: &Path) -> anyhow::Result<()> {
