@@ -13,7 +13,10 @@
 //!    served again for PERMISSIVE), polled every 20 ms.
 //!
 //! `cargo bench --bench proxy_load -- [--seconds 5] [--connections 32]
-//! [--bulk-mib 256] [--handshake-workers 8] [--mode-changes 10]`
+//! [--bulk-mib 256] [--handshake-workers 8] [--mode-changes 10] [--all-in-one]`
+//!
+//! The proxies run as `meshid-proxy` (the sidecar binary); `--all-in-one`
+//! runs them as `meshid proxy` instead.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,6 +29,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshid");
+/// The proxies run as this binary: `meshid-proxy` (the sidecar alone), or the
+/// all-in-one `meshid proxy` with `--all-in-one`.
+const PROXY_BIN: &str = env!("CARGO_BIN_EXE_meshid-proxy");
 const BACKEND: &str = "spiffe://cluster.local/ns/default/sa/backend";
 const BODY: &str = "hello from backend";
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: backend\r\n\r\n";
@@ -115,7 +121,9 @@ fn proxy_pid(metrics: SocketAddr) -> anyhow::Result<u32> {
             continue;
         };
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.contains(&b"proxy".as_slice()) && args.contains(&wanted.as_bytes()) {
+        let is_proxy = args.contains(&b"proxy".as_slice())
+            || args.first().is_some_and(|a| a.ends_with(b"meshid-proxy"));
+        if is_proxy && args.contains(&wanted.as_bytes()) {
             return Ok(pid);
         }
     }
@@ -393,6 +401,11 @@ struct Mesh {
 
 fn start_mesh(app: SocketAddr) -> anyhow::Result<Mesh> {
     let bin = Path::new(BIN);
+    let proxy_bin = if std::env::args().any(|a| a == "--all-in-one") {
+        bin
+    } else {
+        Path::new(PROXY_BIN)
+    };
     let env = TestEnv::new();
     env.add_pod(
         "meshid-system",
@@ -443,7 +456,7 @@ fn start_mesh(app: SocketAddr) -> anyhow::Result<Mesh> {
     let dir = env.dir.path().to_owned();
     let inbound = format!("127.0.0.1:0={app}");
     let backend = ProxyProcess::spawn(
-        bin,
+        proxy_bin,
         &dir,
         "backend",
         &agent.socket,
@@ -456,7 +469,7 @@ fn start_mesh(app: SocketAddr) -> anyhow::Result<Mesh> {
     )?;
     let route = format!("127.0.0.1:0={}@{BACKEND}", backend.inbound[0]);
     let frontend = ProxyProcess::spawn(
-        bin,
+        proxy_bin,
         &dir,
         "frontend",
         &agent.socket,

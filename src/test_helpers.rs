@@ -490,8 +490,11 @@ impl ProxyProcess {
     ) -> anyhow::Result<Self> {
         let metrics = free_port()?;
         let mut cmd = Command::new(bin);
-        cmd.arg("proxy")
-            .arg("--agent-socket")
+        // `meshid-proxy` is the proxy alone; `meshid` needs the subcommand.
+        if bin.file_name().is_none_or(|n| n != "meshid-proxy") {
+            cmd.arg("proxy");
+        }
+        cmd.arg("--agent-socket")
             .arg(agent_socket)
             .arg("--metrics-listen")
             .arg(metrics.to_string())
