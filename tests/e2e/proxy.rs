@@ -196,7 +196,15 @@ async fn setup_with(ttl: &str, backend_extra: &[&str]) -> Pair {
     args.extend(backend_extra.iter().map(|a| (*a).to_owned()));
     let backend = tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        ProxyProcess::spawn(bin(), &dir, "backend", &socket, &args)
+        // The backend's proxy is the sidecar binary, the frontend's the
+        // all-in-one `meshid proxy`: every pair test runs both.
+        ProxyProcess::spawn(
+            Path::new(env!("CARGO_BIN_EXE_meshid-proxy")),
+            &dir,
+            "backend",
+            &socket,
+            &args,
+        )
     })
     .await
     .unwrap()
