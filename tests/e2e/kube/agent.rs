@@ -14,13 +14,6 @@ use crate::support::{audit_rows, bin, http_get};
 async fn agent_on_kube_watches_only_its_node_and_serves_the_workload_api() {
     let api = FakeApi::start();
     seed_cluster(&api);
-    // This test process is the workload `shop/cart` (its pod carries our uid).
-    let uid = my_unix_uid().to_string();
-    let annotation = [("meshid.io/unix-uid", uid.as_str())];
-    api.put(
-        &PODS,
-        pod("shop", "cart", "uid-cart", "cart", "node-a", &annotation),
-    );
     api.put(
         &PODS,
         pod("shop", "stock", "uid-stock", "stock", "node-b", &[]),
@@ -99,10 +92,14 @@ async fn agent_on_kube_watches_only_its_node_and_serves_the_workload_api() {
         "{pod_requests:?}"
     );
 
-    // A pod added now reaches the agent over its watch.
+    // This test process is the workload `shop/cart` (its pod carries our
+    // uid); the pod appears only now, so the agent and the CA learn of it
+    // over their watches.
+    let uid = my_unix_uid().to_string();
+    let annotation = [("meshid.io/unix-uid", uid.as_str())];
     api.put(
         &PODS,
-        pod("shop", "late", "uid-late", "late", "node-a", &[]),
+        pod("shop", "cart", "uid-cart", "cart", "node-a", &annotation),
     );
     let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint())
         .await

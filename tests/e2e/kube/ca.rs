@@ -16,7 +16,7 @@ use super::fake_api::{
     kubeconfig, FakeApi, TokenIdentity, CONFIGMAPS, LEASES, NAMESPACES, PODS, SECRETS,
 };
 use super::{eventually, namespace, seed_cluster, service_account_jwt};
-use crate::support::{audit_rows, bin, http_get};
+use crate::support::{audit_rows, bin, http_get, last_refusal};
 
 const SECRETS_PATH: &str = "/api/v1/namespaces/meshid-system/secrets";
 const ROOT_CM: &str = "istio-ca-root-cert";
@@ -264,6 +264,15 @@ async fn second_ca_replica_loads_the_same_root() {
         lease_holder(&api).as_deref() == Some("ca-1")
     })
     .await;
+    // ...and keeps the root ConfigMaps from then on.
+    api.delete(&CONFIGMAPS, "shop", ROOT_CM);
+    let root = secret_root(&api);
+    eventually(
+        "ca-1 recreates shop's root ConfigMap",
+        Duration::from_secs(20),
+        || configmap_root(&api, "shop") == Some(vec![root.clone()]),
+    )
+    .await;
     assert!(
         api.unserved().is_empty(),
         "requests the fake API cannot serve: {:?}",
@@ -312,5 +321,58 @@ async fn api_server_down_at_start_then_up() {
         api.unserved().is_empty(),
         "requests the fake API cannot serve: {:?}",
         api.unserved()
+    );
+}
+
+#[tokio::test]
+async fn ca_stays_ready_on_its_caches_when_the_api_server_goes_away() {
+    let api = FakeApi::start();
+    seed_cluster(&api);
+    let env = TestEnv::new();
+    let kubeconfig = api.kubeconfig(env.dir.path());
+    let ca = CaProcess::spawn_kube(bin(), &env, &kubeconfig, "ca-0", &[]).unwrap();
+    eventually("/readyz 200", Duration::from_secs(30), || ready(&ca)).await;
+    assert!(
+        api.unserved().is_empty(),
+        "requests the fake API cannot serve: {:?}",
+        api.unserved()
+    );
+
+    drop(api);
+    eventually("the pod watch failing", Duration::from_secs(30), || {
+        ca.log_text()
+            .lines()
+            .any(|l| l.contains("watch failed; serving from the cache") && l.contains("pods"))
+    })
+    .await;
+    assert_eq!(
+        http_get(ca.metrics_addr, "/readyz").0,
+        200,
+        "ready on its caches"
+    );
+
+    // Without TokenReview no token can be checked: refused, and the audit
+    // record says why. (The caller sees UNAUTHENTICATED rather than
+    // UNAVAILABLE: `ca::authn` folds `PlatformError::Unavailable` into
+    // `AuthnError::Token`; reported, not changed here.)
+    let web = service_account_jwt("system:serviceaccount:default:web", "web-1");
+    let (_key, csr) = key_and_csr(&env.id("default", "web"));
+    let mut client = ca.client(&env.root_pem()).await.unwrap();
+    let err = client
+        .create_certificate(request(&csr, 3600, Some(&web), None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::Unauthenticated | tonic::Code::Unavailable
+        ),
+        "{err:?}"
+    );
+    let refusal = last_refusal(&env);
+    let reason = refusal.reason.unwrap_or_default();
+    assert!(
+        reason.contains("TokenReview: the API server is unreachable"),
+        "{reason}"
     );
 }

@@ -55,7 +55,7 @@ fn mtls_set_mode_on_kube_applies_and_status_reads_the_cluster() {
         .requests_to(&Method::GET, "/apis/security.istio.io/v1/")
         .is_empty());
 
-    let out = run_kube(bin(), &kubeconfig, &["mtls", "status"]);
+    let out = run_kube(bin(), &kubeconfig, &["mtls", "status", "-n", "shop"]);
     let (stdout, stderr) = texts(&out);
     assert!(out.status.success(), "status failed: {stderr}");
     let row = stdout
