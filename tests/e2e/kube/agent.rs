@@ -70,20 +70,25 @@ async fn agent_on_kube_watches_only_its_node_and_serves_the_workload_api() {
     })
     .await;
 
-    // The agent lists and watches only node-a's pods; the CA every pod.
+    // The agent lists, then watches, only node-a's pods; the CA every pod.
+    let node_a = |watch: bool| {
+        api.requests_to(&Method::GET, "/api/v1/pods")
+            .iter()
+            .any(|r| {
+                r.is_watch() == watch && r.query("fieldSelector") == Some("spec.nodeName=node-a")
+            })
+    };
+    assert!(
+        node_a(false),
+        "a list of node-a's pods: {:?}",
+        api.requests()
+    );
+    // The watch starts just after the list that made the agent ready.
+    eventually("a watch of node-a's pods", Duration::from_secs(10), || {
+        node_a(true)
+    })
+    .await;
     let pod_requests = api.requests_to(&Method::GET, "/api/v1/pods");
-    let on_node: Vec<_> = pod_requests
-        .iter()
-        .filter(|r| r.query("fieldSelector") == Some("spec.nodeName=node-a"))
-        .collect();
-    assert!(
-        on_node.iter().any(|r| !r.is_watch()),
-        "a list of node-a's pods: {pod_requests:?}"
-    );
-    assert!(
-        on_node.iter().any(|r| r.is_watch()),
-        "a watch of node-a's pods: {pod_requests:?}"
-    );
     assert!(
         pod_requests.iter().all(|r| matches!(
             r.query("fieldSelector"),
@@ -132,9 +137,5 @@ async fn agent_on_kube_watches_only_its_node_and_serves_the_workload_api() {
         .iter()
         .all(|r| r.body["spec"]["token"] == agent_token.as_str()));
     assert!(!reviews.is_empty());
-    assert!(
-        api.unserved().is_empty(),
-        "requests the fake API cannot serve: {:?}",
-        api.unserved()
-    );
+    api.assert_all_served();
 }

@@ -222,11 +222,7 @@ async fn ca_on_kube_creates_one_root_secret_and_issues_after_tokenreview() {
     assert!(table.contains(&web_id), "{table}");
     assert!(table.contains("uid-old-web"), "{table}");
     assert!(table.contains("token lookup failed"), "{table}");
-    assert!(
-        api.unserved().is_empty(),
-        "requests the fake API cannot serve: {:?}",
-        api.unserved()
-    );
+    api.assert_all_served();
 }
 
 #[tokio::test]
@@ -273,11 +269,7 @@ async fn second_ca_replica_loads_the_same_root() {
         || configmap_root(&api, "shop") == Some(vec![root.clone()]),
     )
     .await;
-    assert!(
-        api.unserved().is_empty(),
-        "requests the fake API cannot serve: {:?}",
-        api.unserved()
-    );
+    api.assert_all_served();
 }
 
 #[tokio::test]
@@ -317,11 +309,7 @@ async fn api_server_down_at_start_then_up() {
     let ca = ca.unwrap();
     eventually("/readyz 200", Duration::from_secs(60), || ready(&ca)).await;
     assert_eq!(der(&env.root_pem()), vec![secret_root(&api)]);
-    assert!(
-        api.unserved().is_empty(),
-        "requests the fake API cannot serve: {:?}",
-        api.unserved()
-    );
+    api.assert_all_served();
 }
 
 #[tokio::test]
@@ -332,11 +320,7 @@ async fn ca_stays_ready_on_its_caches_when_the_api_server_goes_away() {
     let kubeconfig = api.kubeconfig(env.dir.path());
     let ca = CaProcess::spawn_kube(bin(), &env, &kubeconfig, "ca-0", &[]).unwrap();
     eventually("/readyz 200", Duration::from_secs(30), || ready(&ca)).await;
-    assert!(
-        api.unserved().is_empty(),
-        "requests the fake API cannot serve: {:?}",
-        api.unserved()
-    );
+    api.assert_all_served();
 
     drop(api);
     eventually("the pod watch failing", Duration::from_secs(30), || {

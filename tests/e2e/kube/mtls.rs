@@ -71,11 +71,7 @@ fn mtls_set_mode_on_kube_applies_and_status_reads_the_cluster() {
         stderr.contains("bank/broken"),
         "the invalid policy is named in a warning: {stderr}"
     );
-    assert!(
-        api.unserved().is_empty(),
-        "requests the fake API cannot serve: {:?}",
-        api.unserved()
-    );
+    api.assert_all_served();
 }
 
 fn texts(out: &std::process::Output) -> (String, String) {
