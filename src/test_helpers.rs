@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, unreachable_pub, missing_docs)]
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -324,6 +325,11 @@ impl CaProcess {
             .args(extra)
             .env("RUST_LOG", log_filter("MESHID_TEST_CA_LOG"));
         let log = env.dir.path().join(format!("ca-{}.log", metrics.port()));
+        Self::start(cmd, log, metrics)
+    }
+
+    /// Starts the prepared `meshid ca` command and waits for its address line.
+    fn start(mut cmd: Command, log: PathBuf, metrics: SocketAddr) -> anyhow::Result<Self> {
         let (process, line) =
             Managed::start(&mut cmd, log, "meshid ca", "meshid CA listening on ")?;
         let addr = line
@@ -387,6 +393,29 @@ impl AgentProcess {
         token_file: &Path,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        let mut args: Vec<&OsStr> = vec![
+            "--manifests".as_ref(),
+            env.manifests.as_ref(),
+            "--token-jwks-dir".as_ref(),
+            env.data_dir.as_ref(),
+        ];
+        args.extend(extra.iter().map(OsStr::new));
+        let root = env.data_dir.join("root-cert.pem");
+        Self::start(bin, env, ca_addr, &root, node, token_file, &args, |_| {})
+    }
+
+    /// Starts `bin agent` with `extra` flags, `configure` applied last.
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        bin: &Path,
+        env: &TestEnv,
+        ca_addr: SocketAddr,
+        ca_root: &Path,
+        node: &str,
+        token_file: &Path,
+        extra: &[&OsStr],
+        configure: impl FnOnce(&mut Command),
+    ) -> anyhow::Result<Self> {
         let metrics = free_port()?;
         let socket = env
             .dir
@@ -397,19 +426,16 @@ impl AgentProcess {
             .args(["--node", node, "--ca-address"])
             .arg(format!("https://{ca_addr}"))
             .arg("--ca-root")
-            .arg(env.data_dir.join("root-cert.pem"))
+            .arg(ca_root)
             .arg("--token-file")
             .arg(token_file)
-            .arg("--manifests")
-            .arg(&env.manifests)
-            .arg("--token-jwks-dir")
-            .arg(&env.data_dir)
             .arg("--socket")
             .arg(&socket)
             .arg("--metrics-listen")
             .arg(metrics.to_string())
             .args(extra)
             .env("RUST_LOG", log_filter("MESHID_TEST_AGENT_LOG"));
+        configure(&mut cmd);
         let log = env.dir.path().join(format!("agent-{}.log", metrics.port()));
         let (process, _) =
             Managed::start(&mut cmd, log, "meshid agent", "meshid agent serving on ")?;
@@ -533,4 +559,87 @@ impl ProxyProcess {
     pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         self.process.terminate()
     }
+}
+
+// ---------------------------------------------------------------------------
+// The `kube` platform: the CA and the agent as processes reaching an API
+// server through a kubeconfig (`KUBECONFIG`), never a manifest directory.
+// ---------------------------------------------------------------------------
+
+/// Variables that would make kube's client pick something other than the
+/// kubeconfig (in-cluster service account, a proxy).
+const KUBE_ENV_REMOVED: [&str; 7] = [
+    "KUBERNETES_SERVICE_HOST",
+    "KUBERNETES_SERVICE_PORT",
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "https_proxy",
+    "http_proxy",
+    "MESHID_PLATFORM",
+];
+
+/// `--platform kube`, and `kubeconfig` as the only way to the API server.
+fn use_kubeconfig(cmd: &mut Command, kubeconfig: &Path) {
+    cmd.args(["--platform", "kube"])
+        .env("KUBECONFIG", kubeconfig);
+    for var in KUBE_ENV_REMOVED {
+        cmd.env_remove(var);
+    }
+}
+
+impl CaProcess {
+    /// Starts `bin ca --platform kube` with `env.data_dir`, on 127.0.0.1:0,
+    /// as replica `pod_name` of namespace `meshid-system` (`POD_NAME`,
+    /// `POD_NAMESPACE`), and waits until it prints its address: after it
+    /// loaded (or created) its CA from the cluster's Secrets.
+    pub fn spawn_kube(
+        bin: &Path,
+        env: &TestEnv,
+        kubeconfig: &Path,
+        pod_name: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let metrics = free_port()?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("ca")
+            .arg("--data-dir")
+            .arg(&env.data_dir)
+            .args(["--listen", "127.0.0.1:0", "--serving-ips", "127.0.0.1"])
+            .arg("--metrics-listen")
+            .arg(metrics.to_string())
+            .args(extra)
+            .env("POD_NAMESPACE", "meshid-system")
+            .env("POD_NAME", pod_name)
+            .env("RUST_LOG", log_filter("MESHID_TEST_CA_LOG"));
+        use_kubeconfig(&mut cmd, kubeconfig);
+        let log = env.dir.path().join(format!("ca-{pod_name}.log"));
+        Self::start(cmd, log, metrics)
+    }
+}
+
+impl AgentProcess {
+    /// Starts `bin agent --platform kube` for `node` against the CA at
+    /// `ca_addr` (trusting `ca_root`), and waits until it serves its socket.
+    pub fn spawn_kube(
+        bin: &Path,
+        env: &TestEnv,
+        kubeconfig: &Path,
+        ca_addr: SocketAddr,
+        ca_root: &Path,
+        node: &str,
+        token_file: &Path,
+    ) -> anyhow::Result<Self> {
+        Self::start(bin, env, ca_addr, ca_root, node, token_file, &[], |cmd| {
+            use_kubeconfig(cmd, kubeconfig)
+        })
+    }
+}
+
+/// Runs `bin <args> --platform kube` (e.g. `mtls status -n shop`) to
+/// completion against the API server of `kubeconfig`.
+pub fn run_kube(bin: &Path, kubeconfig: &Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(bin);
+    cmd.args(args);
+    use_kubeconfig(&mut cmd, kubeconfig);
+    cmd.output().unwrap()
 }
