@@ -7,7 +7,8 @@
 //! roots and it carries exactly one URI SAN in our trust domain; verified
 //! tokens are remembered by SHA-256 (never by value) and only until they expire.
 //! Failure reasons are returned for the log and audit record; the client sees
-//! an opaque `UNAUTHENTICATED`.
+//! an opaque `UNAUTHENTICATED` — or `UNAVAILABLE` when the platform cannot
+//! tell now (API server down), which is never cached.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,7 +17,7 @@ use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
 use crate::identity::{SpiffeId, TrustDomain};
-use crate::platform::{Platform, VerifiedToken};
+use crate::platform::{Platform, PlatformError, VerifiedToken};
 use crate::time::SharedClock;
 
 /// Longest bearer token looked at; longer ones are refused unparsed.
@@ -69,6 +70,10 @@ pub enum AuthnError {
     /// The client certificate is not a usable SVID of ours.
     #[error("client certificate refused: {0}")]
     Certificate(String),
+    /// The token could not be checked now (TokenReview or the issuer's keys
+    /// unreachable): not a refusal, so the client should retry.
+    #[error("cannot verify the token now: {0}")]
+    Unavailable(String),
 }
 
 /// Verifies callers' credentials, remembering verified tokens.
@@ -146,7 +151,13 @@ impl Authenticator {
             .platform
             .verify_token(token, &self.audiences)
             .await
-            .map_err(|e| AuthnError::Token(e.to_string()))?;
+            .map_err(|e| match e {
+                // Rule: "cannot tell now" is not "refused" — a client told
+                // UNAUTHENTICATED would give up on a good token, one told
+                // UNAVAILABLE retries. Nothing is cached either way.
+                PlatformError::Unavailable(reason) => AuthnError::Unavailable(reason),
+                refused => AuthnError::Token(refused.to_string()),
+            })?;
         self.lock_cache().insert(key, claims.clone(), now);
         Ok(claims)
     }
@@ -268,6 +279,71 @@ mod tests {
             node_uid: None,
             expires_at,
         }
+    }
+
+    /// A platform whose token verification is down: counts its calls.
+    struct DownPlatform(std::sync::atomic::AtomicUsize);
+
+    impl Platform for DownPlatform {
+        fn verify_token<'a>(
+            &'a self,
+            _token: &'a str,
+            _audiences: &'a [String],
+        ) -> crate::platform::VerifyFuture<'a> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async {
+                Err(PlatformError::Unavailable(
+                    "TokenReview: connection refused".into(),
+                ))
+            })
+        }
+        fn pod_by_uid(&self, _uid: &str) -> Option<crate::platform::Pod> {
+            None
+        }
+        fn pod(&self, _namespace: &str, _name: &str) -> Option<crate::platform::Pod> {
+            None
+        }
+        fn pods_on_node(&self, _node: &str) -> Vec<crate::platform::Pod> {
+            Vec::new()
+        }
+        fn pods_for_service_account(&self, _ns: &str, _sa: &str) -> Vec<crate::platform::Pod> {
+            Vec::new()
+        }
+        fn namespaces(&self) -> Vec<crate::platform::Namespace> {
+            Vec::new()
+        }
+        fn peer_authentications(&self) -> Vec<crate::policy::PeerAuthentication> {
+            Vec::new()
+        }
+        fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+            tokio::sync::watch::channel(0).1
+        }
+        fn is_ready(&self) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn platform_unavailable_is_not_a_refusal_and_is_not_cached() {
+        let platform = Arc::new(DownPlatform(Default::default()));
+        let authn = Authenticator::new(
+            platform.clone(),
+            vec!["istio-ca".into()],
+            TrustDomain::default(),
+            crate::time::system_clock(),
+            16,
+        );
+        for _ in 0..2 {
+            let err = authn
+                .authenticate(Some("Bearer a.b.c"), None)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, AuthnError::Unavailable(ref r) if r.contains("TokenReview")),
+                "{err:?}"
+            );
+        }
+        assert_eq!(platform.0.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]

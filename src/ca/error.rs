@@ -50,6 +50,7 @@ impl CaError {
     /// The `error` label of `citadel_server_csr_sign_err_count`.
     pub fn metric_label(&self) -> &'static str {
         match self {
+            CaError::Unauthenticated(AuthnError::Unavailable(_)) => "platform_unavailable",
             CaError::Unauthenticated(_) => "unauthenticated",
             CaError::PermissionDenied(_) => "permission_denied",
             CaError::IdentityMismatch(_) => "identity_mismatch",
@@ -62,10 +63,33 @@ impl CaError {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_unavailable_is_retryable_and_refusals_stay_opaque() {
+        let down = tonic::Status::from(CaError::Unauthenticated(AuthnError::Unavailable(
+            "TokenReview: connection refused".into(),
+        )));
+        assert_eq!(down.code(), tonic::Code::Unavailable);
+        assert!(!down.message().contains("connection refused"), "{down:?}");
+        let refused = tonic::Status::from(CaError::Unauthenticated(AuthnError::Token(
+            "expired".into(),
+        )));
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert_eq!(refused.message(), "authentication failed");
+    }
+}
+
 impl From<CaError> for tonic::Status {
     fn from(e: CaError) -> Self {
         use tonic::Status;
         match &e {
+            // Retryable, and as opaque as a refusal: the reason is in the log.
+            CaError::Unauthenticated(AuthnError::Unavailable(_)) => Status::unavailable(
+                "cannot verify credentials now (the platform is unavailable); retry with backoff",
+            ),
             // Opaque on purpose: the reason is in the log and the audit record.
             CaError::Unauthenticated(_) => Status::unauthenticated("authentication failed"),
             CaError::PermissionDenied(_) | CaError::IdentityMismatch(_) => {

@@ -335,10 +335,9 @@ async fn ca_stays_ready_on_its_caches_when_the_api_server_goes_away() {
         "ready on its caches"
     );
 
-    // Without TokenReview no token can be checked: refused, and the audit
-    // record says why. (The caller sees UNAUTHENTICATED rather than
-    // UNAVAILABLE: `ca::authn` folds `PlatformError::Unavailable` into
-    // `AuthnError::Token`; reported, not changed here.)
+    // Without TokenReview no token can be checked: no certificate, the
+    // caller is told to retry (UNAVAILABLE, not UNAUTHENTICATED), and the
+    // audit record says why.
     let web = service_account_jwt("system:serviceaccount:default:web", "web-1");
     let (_key, csr) = key_and_csr(&env.id("default", "web"));
     let mut client = ca.client(&env.root_pem()).await.unwrap();
@@ -346,13 +345,7 @@ async fn ca_stays_ready_on_its_caches_when_the_api_server_goes_away() {
         .create_certificate(request(&csr, 3600, Some(&web), None))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err.code(),
-            tonic::Code::Unauthenticated | tonic::Code::Unavailable
-        ),
-        "{err:?}"
-    );
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     let refusal = last_refusal(&env);
     let reason = refusal.reason.unwrap_or_default();
     assert!(
