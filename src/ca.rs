@@ -15,6 +15,7 @@ pub mod authz;
 pub mod config;
 pub mod error;
 pub mod issuer;
+pub mod kube_secret;
 pub mod metrics;
 pub mod server;
 pub mod service;

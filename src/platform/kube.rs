@@ -4,9 +4,10 @@
 //! (lookups served from reflector stores, [`informers`]; token verification
 //! through the [`TokenVerifier`] seam, implemented by TokenReview or by the
 //! API server's service-account issuer keys, [`token_review`], [`oidc`]); the
-//! `meshid mtls` write side ([`policy_write`]); the CA's key material in
-//! Secrets ([`ca_secret`]); the root-certificate ConfigMap in every namespace
-//! ([`root_configmap`]), written by one replica at a time ([`lease`]).
+//! `meshid mtls` write side ([`policy_write`]); the root-certificate
+//! ConfigMap in every namespace ([`root_configmap`]), written by one replica
+//! at a time ([`lease`]). The CA's key material in Secrets is the CA's own
+//! (`ca::kube_secret`): this module does not touch keys (it uses no `pki`).
 //!
 //! Rules enforced: the API server is never on the lookup path (lookups read
 //! reflector stores); readiness stays false until the first full sync; a
@@ -14,7 +15,6 @@
 //! it, the others still apply; in JWKS mode a token bound to a pod is refused
 //! once that pod (by namespace, name and uid) is gone from the cache.
 
-pub mod ca_secret;
 pub mod informers;
 pub mod lease;
 pub mod oidc;
