@@ -63,25 +63,6 @@ impl CaError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn platform_unavailable_is_retryable_and_refusals_stay_opaque() {
-        let down = tonic::Status::from(CaError::Unauthenticated(AuthnError::Unavailable(
-            "TokenReview: connection refused".into(),
-        )));
-        assert_eq!(down.code(), tonic::Code::Unavailable);
-        assert!(!down.message().contains("connection refused"), "{down:?}");
-        let refused = tonic::Status::from(CaError::Unauthenticated(AuthnError::Token(
-            "expired".into(),
-        )));
-        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
-        assert_eq!(refused.message(), "authentication failed");
-    }
-}
-
 impl From<CaError> for tonic::Status {
     fn from(e: CaError) -> Self {
         use tonic::Status;
@@ -104,5 +85,24 @@ impl From<CaError> for tonic::Status {
             }
             CaError::Signing(_) => Status::internal("the CA failed to sign; see its log"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_unavailable_is_retryable_and_refusals_stay_opaque() {
+        let down = tonic::Status::from(CaError::Unauthenticated(AuthnError::Unavailable(
+            "TokenReview: connection refused".into(),
+        )));
+        assert_eq!(down.code(), tonic::Code::Unavailable);
+        assert!(!down.message().contains("connection refused"), "{down:?}");
+        let refused = tonic::Status::from(CaError::Unauthenticated(AuthnError::Token(
+            "expired".into(),
+        )));
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert_eq!(refused.message(), "authentication failed");
     }
 }

@@ -15,6 +15,7 @@
 //! it, the others still apply; in JWKS mode a token bound to a pod is refused
 //! once that pod (by namespace, name and uid) is gone from the cache.
 
+pub(crate) mod backoff;
 pub mod informers;
 pub mod lease;
 pub mod oidc;

@@ -5,7 +5,7 @@
 //!
 //! Owns the watches (list, then watch from the list's resourceVersion; relist
 //! on `410 Gone`; kube's default backoff while the API server is away, kept
-//! from resetting on every retry, [`backoff`]), the
+//! from resetting on every retry, [`super::backoff`]), the
 //! stores, the derived pod indexes ([`pod_index`]), the generation counter
 //! and readiness ([`sync`]). Pods are converted on arrival, so the store holds
 //! our small [`Pod`] rather than the API object; with a node name only that
@@ -17,7 +17,6 @@
 //! the caches keep serving through API server outages; a PeerAuthentication
 //! that does not decode is skipped with a warning naming it ([`policies`]).
 
-mod backoff;
 pub(crate) mod convert;
 mod pod_index;
 pub(crate) mod policies;
@@ -36,9 +35,9 @@ use k8s_openapi::api::core::v1 as k8s;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use self::backoff::SteadyBackoff;
 use self::pod_index::PodIndex;
 use self::sync::{ErrorOutcome, Feed, Phase, SyncStatus};
+use super::backoff::SteadyBackoff;
 use crate::platform::{Namespace, Pod};
 use crate::policy::PeerAuthentication;
 
@@ -365,7 +364,7 @@ impl Informers {
 }
 
 /// A watcher of `api` whose objects arrive converted by `convert`, retried
-/// with kube's default backoff (made to grow while failing, [`backoff`]).
+/// with kube's default backoff (made to grow while failing, [`super::backoff`]).
 fn converted<K, T>(
     api: Api<K>,
     config: watcher::Config,

@@ -24,6 +24,8 @@ use ::kube::runtime::WatchStreamExt as _;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use tokio::sync::watch;
+
+use super::backoff::SteadyBackoff;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use plan::{plan, Action, ObservedConfigMap, ObservedNamespace};
@@ -84,7 +86,7 @@ impl RootCertDistributor {
         let ns_events = reflector::reflector(
             ns_writer,
             watcher::watcher(Api::all(self.client.clone()), watcher::Config::default())
-                .default_backoff(),
+                .backoff(SteadyBackoff::default()),
         );
         let cm_events = reflector::reflector(
             cm_writer,
@@ -92,7 +94,7 @@ impl RootCertDistributor {
                 Api::all(self.client.clone()),
                 watcher::Config::default().fields(&format!("metadata.name={ROOT_CONFIGMAP}")),
             )
-            .default_backoff(),
+            .backoff(SteadyBackoff::default()),
         );
         let mut ns_events = std::pin::pin!(ns_events);
         let mut cm_events = std::pin::pin!(cm_events);
