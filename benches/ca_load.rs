@@ -9,6 +9,10 @@
 //! With `--agent`, every request is a node agent's (one token, reused, as
 //! ztunnel does) asking for a pod's identity with `ImpersonatedIdentity`: the
 //! CA verifies that token once and then serves it from its token cache.
+//!
+//! `--ca-bin <path>` runs another `meshid` binary as the CA (default: the one
+//! cargo just built), so that two builds can be compared back to back under
+//! the same machine load.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,11 +25,16 @@ use ring::signature::{
     ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING,
 };
 
-fn arg(name: &str, default: usize) -> usize {
+fn arg_str(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    arg_str(name)
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
@@ -136,8 +145,9 @@ fn main() -> anyhow::Result<()> {
     let (warmup, work) = work.split_at(200);
 
     std::env::set_var("MESHID_TEST_CA_LOG", "info");
+    let ca_bin = arg_str("--ca-bin").unwrap_or_else(|| env!("CARGO_BIN_EXE_meshid").to_owned());
     let ca = CaProcess::spawn(
-        std::path::Path::new(env!("CARGO_BIN_EXE_meshid")),
+        std::path::Path::new(&ca_bin),
         &env,
         &[
             "--max-concurrent-requests",
