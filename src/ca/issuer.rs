@@ -113,6 +113,10 @@ impl Issuer {
     /// Handles one request end to end, auditing the outcome before returning.
     pub async fn issue(&self, req: IssueRequest) -> Result<Issued, CaError> {
         let started = Instant::now();
+        // Every path below records exactly one decision; announcing it now lets the
+        // audit writer hold a ready batch back (briefly, and only while others are
+        // on their way) so that one fsync covers this record too.
+        let audit = self.deps.audit.expect();
         let metrics = &self.deps.metrics;
         metrics.csr_count.inc();
         let mut record = AuditRecord::new(self.deps.clock.now(), Outcome::Refused);
@@ -129,7 +133,7 @@ impl Issuer {
         match result {
             Ok(issued) => {
                 record.outcome = Outcome::Issued;
-                if let Err(e) = self.deps.audit.record(record).await {
+                if let Err(e) = audit.record(record).await {
                     tracing::error!(identity = %issued.identity, error = %e, "audit write failed; certificate withheld");
                     metrics
                         .sign_errors
@@ -165,7 +169,7 @@ impl Issuer {
                     .inc();
                 record.reason = Some(e.to_string());
                 let caller = record.caller.clone().unwrap_or_default();
-                if let Err(audit_err) = self.deps.audit.record(record).await {
+                if let Err(audit_err) = audit.record(record).await {
                     tracing::error!(error = %audit_err, "audit write of a refusal failed");
                 }
                 tracing::warn!(caller = %caller, peer = ?req.peer, reason = %e, "certificate refused");
