@@ -236,6 +236,18 @@ const FOREVER: Duration = Duration::from_secs(3600);
 /// A guard against hanging, not a timing assertion.
 const GUARD: Duration = Duration::from_secs(60);
 
+/// Awaits `record` under [`GUARD`]: it must be committed without waiting out
+/// [`FOREVER`] (`why` says why it should not wait).
+async fn without_waiting(
+    record: impl std::future::Future<Output = Result<(), AuditError>>,
+    why: &str,
+) {
+    tokio::time::timeout(GUARD, record)
+        .await
+        .expect(why)
+        .unwrap();
+}
+
 fn waiting_log(path: &std::path::Path, siblings: usize) -> (AuditLog, Arc<AtomicUsize>) {
     let backend = CountingBackend::new(path, Duration::ZERO);
     let appends = Arc::clone(&backend.appends);
@@ -284,14 +296,12 @@ async fn a_ready_batch_waits_for_announced_records_and_shares_their_commit() {
 async fn a_caller_alone_is_committed_without_waiting() {
     let (_dir, path) = temp_db();
     let (log, appends) = waiting_log(&path, 1);
-    tokio::time::timeout(GUARD, log.expect().record(rec(0)))
-        .await
-        .expect("nothing else announced: no wait")
-        .unwrap();
-    tokio::time::timeout(GUARD, log.record(rec(1)))
-        .await
-        .expect("nothing announced: no wait")
-        .unwrap();
+    without_waiting(
+        log.expect().record(rec(0)),
+        "nothing else announced: no wait",
+    )
+    .await;
+    without_waiting(log.record(rec(1)), "nothing announced: no wait").await;
     assert_eq!(appends.load(Ordering::SeqCst), 2);
     log.shutdown().await;
 }
@@ -302,10 +312,11 @@ async fn a_withdrawn_announcement_does_not_hold_a_batch_back() {
     let (log, _appends) = waiting_log(&path, 1);
     let withdrawn = log.expect();
     drop(withdrawn);
-    tokio::time::timeout(GUARD, log.expect().record(rec(0)))
-        .await
-        .expect("the dropped announcement is forgotten")
-        .unwrap();
+    without_waiting(
+        log.expect().record(rec(0)),
+        "the dropped announcement is forgotten",
+    )
+    .await;
     log.shutdown().await;
 }
 
@@ -313,12 +324,13 @@ async fn a_withdrawn_announcement_does_not_hold_a_batch_back() {
 async fn fewer_announced_records_than_commit_siblings_do_not_hold_a_batch_back() {
     let (_dir, path) = temp_db();
     let (log, _appends) = waiting_log(&path, 2);
-    let _on_its_way = log.expect();
-    tokio::time::timeout(GUARD, log.record(rec(0)))
-        .await
-        .expect("one sibling on its way, two needed to wait")
-        .unwrap();
-    drop(_on_its_way);
+    let on_its_way = log.expect();
+    without_waiting(
+        log.record(rec(0)),
+        "one sibling on its way, two needed to wait",
+    )
+    .await;
+    drop(on_its_way);
     log.shutdown().await;
 }
 
