@@ -9,6 +9,10 @@
 //! With `--agent`, every request is a node agent's (one token, reused, as
 //! ztunnel does) asking for a pod's identity with `ImpersonatedIdentity`: the
 //! CA verifies that token once and then serves it from its token cache.
+//!
+//! `--ca-bin <path>` runs another `meshid` binary as the CA (default: the one
+//! cargo just built), so that two builds can be compared back to back under
+//! the same machine load.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,18 +25,60 @@ use ring::signature::{
     ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING,
 };
 
-fn arg(name: &str, default: usize) -> usize {
+fn arg_str(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    arg_str(name)
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
 
 /// utime + stime of `pid`, in seconds.
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+/// utime + stime of the CA's audit writer thread (`meshid-audit-writer`, which
+/// the kernel shortens to 15 bytes), in seconds; 0 if there is none.
+fn audit_writer_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let dir = task?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim_end() == "meshid-audit-wr" {
+            total += stat_cpu_seconds(&dir.join("stat").to_string_lossy())?;
+        }
+    }
+    Ok(total)
+}
+
+/// `meshid_audit_commits_total` and `meshid_audit_records_committed_total` from
+/// the CA's `/metrics` (zeros if the CA does not export them).
+fn audit_commits(metrics: std::net::SocketAddr) -> anyhow::Result<(f64, f64)> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(metrics)?;
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text)?;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    Ok((
+        value("meshid_audit_commits_total"),
+        value("meshid_audit_records_committed_total"),
+    ))
+}
+
+fn stat_cpu_seconds(path: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(path)?;
     let after_comm = stat.rsplit_once(')').context("stat format")?.1;
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
     // Fields 14 and 15 of stat(5); after the comm field they are at 11 and 12.
@@ -136,8 +182,9 @@ fn main() -> anyhow::Result<()> {
     let (warmup, work) = work.split_at(200);
 
     std::env::set_var("MESHID_TEST_CA_LOG", "info");
+    let ca_bin = arg_str("--ca-bin").unwrap_or_else(|| env!("CARGO_BIN_EXE_meshid").to_owned());
     let ca = CaProcess::spawn(
-        std::path::Path::new(env!("CARGO_BIN_EXE_meshid")),
+        std::path::Path::new(&ca_bin),
         &env,
         &[
             "--max-concurrent-requests",
@@ -157,6 +204,8 @@ fn main() -> anyhow::Result<()> {
                 .await?;
         }
         let cpu_before = cpu_seconds(pid)?;
+        let writer_before = audit_writer_cpu_seconds(pid)?;
+        let commits_before = audit_commits(ca.metrics_addr)?;
         let work = Arc::new(work.to_vec());
         let started = Instant::now();
         let mut tasks = Vec::new();
@@ -182,6 +231,10 @@ fn main() -> anyhow::Result<()> {
         }
         let elapsed = started.elapsed();
         let cpu = cpu_seconds(pid)? - cpu_before;
+        let writer_cpu = audit_writer_cpu_seconds(pid)? - writer_before;
+        let commits_after = audit_commits(ca.metrics_addr)?;
+        let commits = commits_after.0 - commits_before.0;
+        let committed = commits_after.1 - commits_before.1;
         latencies.sort();
         let (baseline, jwt_us) = crypto_baseline_us();
         // In agent mode the token is verified once, not per CSR.
@@ -214,6 +267,16 @@ fn main() -> anyhow::Result<()> {
             percentile(&latencies, 0.99).as_secs_f64() * 1e3
         );
         println!("CA CPU per CSR      {cpu_per_csr_us:.0} µs");
+        println!(
+            "  of which audit    {:.0} µs (the audit writer thread)",
+            writer_cpu * 1e6 / total as f64
+        );
+        if commits > 0.0 {
+            println!(
+                "audit commits       {commits:.0} ({:.1} records per commit)",
+                committed / commits
+            );
+        }
         let steps = if agent_mode {
             "CSR verify + leaf sign"
         } else {

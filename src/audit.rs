@@ -36,7 +36,7 @@ pub mod store;
 pub use query::{render_json, render_table, AuditQuery};
 pub use record::{AuditRecord, Outcome};
 pub use sqlite::SqliteBackend;
-pub use store::{AuditBackend, AuditLog, GroupCommitConfig};
+pub use store::{AuditBackend, AuditLog, AuditStats, Expected, GroupCommitConfig};
 
 /// Everything that can go wrong while recording or reading audit records.
 ///

@@ -8,13 +8,24 @@
 //! then answers every waiter. Under load, one fsync covers many certificates; at
 //! rest, a lone record is committed at once (no timer, no added latency).
 //!
+//! Under load the writer may also wait a little for records it knows are coming
+//! (PostgreSQL's `commit_delay` / `commit_siblings`): a caller announces a record
+//! with [`AuditLog::expect`] when it starts deciding, and records through the
+//! returned [`Expected`]. When a batch is ready while at least
+//! [`GroupCommitConfig::commit_siblings`] announced records have not arrived yet,
+//! the writer waits for them, up to [`GroupCommitConfig::commit_delay`], before it
+//! commits. Each commit is one fsync whatever the batch size, so larger batches
+//! cost less CPU per record; a caller that is alone never waits.
+//!
 //! Rule enforced: `record` resolves `Ok` only once the record is durable. A failed
 //! batch fails every record in it, and a dead writer fails every call; nothing ever
 //! waits forever, and the queue never grows without bound (a full queue makes callers
 //! wait).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -42,6 +53,13 @@ pub struct GroupCommitConfig {
     /// How many requests may wait in the queue before callers of
     /// [`AuditLog::record`] wait for room. Default 4096. Values below 1 count as 1.
     pub queue_capacity: usize,
+    /// The longest the writer holds a ready batch back for announced records that
+    /// have not arrived yet ([`AuditLog::expect`]); it commits as soon as they are
+    /// all in, or the batch is full. Default 1 ms; zero turns the wait off.
+    pub commit_delay: Duration,
+    /// The writer waits only if at least this many announced records are still on
+    /// their way. Default 1. Values below 1 count as 1.
+    pub commit_siblings: usize,
 }
 
 impl Default for GroupCommitConfig {
@@ -49,6 +67,8 @@ impl Default for GroupCommitConfig {
         Self {
             max_batch: 1024,
             queue_capacity: 4096,
+            commit_delay: Duration::from_millis(1),
+            commit_siblings: 1,
         }
     }
 }
@@ -63,7 +83,82 @@ pub struct AuditLog {
     // goes, no sender is left and the writer thread can finish.
     tx: mpsc::Sender<Command>,
     stats: Arc<Stats>,
+    expected: Arc<ExpectedCount>,
     exited: Arc<oneshot::Receiver<()>>,
+}
+
+/// Records announced with [`AuditLog::expect`] and not yet queued, and the writer
+/// thread to wake when the last of them arrives.
+#[derive(Debug, Default)]
+struct ExpectedCount {
+    pending: AtomicUsize,
+    writer: OnceLock<Thread>,
+}
+
+impl ExpectedCount {
+    /// One announced record has been queued (or will never be): forget it, and if
+    /// it was the last one, wake the writer in case it is waiting for it.
+    fn arrived(&self) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(writer) = self.writer.get() {
+                writer.unpark();
+            }
+        }
+    }
+}
+
+/// A record announced to the writer ([`AuditLog::expect`]); record it with
+/// [`Expected::record`]. Dropping it unrecorded withdraws the announcement.
+#[derive(Debug)]
+#[must_use = "an announced record should be recorded"]
+pub struct Expected<'a> {
+    log: &'a AuditLog,
+    counted: bool,
+}
+
+impl Expected<'_> {
+    /// [`AuditLog::record`] for the announced record.
+    pub async fn record(mut self, rec: AuditRecord) -> Result<(), AuditError> {
+        let answer = self.log.enqueue(rec).await?;
+        // Withdrawn only once queued: a writer woken by the last announced record's
+        // arrival finds it in the queue.
+        self.withdraw();
+        answer.await.map_err(|_| AuditError::WriterGone)?
+    }
+
+    fn withdraw(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            self.log.expected.arrived();
+        }
+    }
+}
+
+impl Drop for Expected<'_> {
+    fn drop(&mut self) {
+        self.withdraw();
+    }
+}
+
+/// Counters of an [`AuditLog`]'s writer, readable without holding the log open
+/// (so a metrics registry can keep them without delaying shutdown).
+#[derive(Debug, Clone)]
+pub struct AuditStats(Arc<Stats>);
+
+impl AuditStats {
+    /// How many transactions the writer has committed.
+    pub fn batches_committed(&self) -> u64 {
+        self.0.batches_committed.load(Ordering::Relaxed)
+    }
+
+    /// How many records the writer has committed.
+    pub fn records_committed(&self) -> u64 {
+        self.0.records_committed.load(Ordering::Relaxed)
+    }
+
+    /// How many transactions failed (each failing all of its records).
+    pub fn batches_failed(&self) -> u64 {
+        self.0.batches_failed.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug)]
@@ -79,6 +174,9 @@ enum Command {
     ),
 }
 
+/// What the writer answers each [`Command::Append`] with, once its batch is done.
+type CommitAnswer = oneshot::Receiver<Result<(), AuditError>>;
+
 #[derive(Debug, Default)]
 struct Stats {
     batches_committed: AtomicU64,
@@ -92,26 +190,53 @@ impl AuditLog {
         let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
         let (exited_tx, exited_rx) = oneshot::channel();
         let stats = Arc::new(Stats::default());
+        let expected = Arc::new(ExpectedCount::default());
         let writer = Writer {
             backend,
             rx,
             max_batch: cfg.max_batch.max(1),
+            commit_delay: cfg.commit_delay,
+            commit_siblings: cfg.commit_siblings.max(1),
+            expected: Arc::clone(&expected),
             stats: Arc::clone(&stats),
             _exited: exited_tx,
         };
         let spawned = std::thread::Builder::new()
             .name("meshid-audit-writer".to_owned())
             .spawn(move || writer.run());
-        if let Err(e) = spawned {
-            // The closure (and with it the receiver) is gone: every call will get
-            // `WriterGone`, and the CA will refuse to issue.
-            tracing::error!(error = %e, "could not start the audit writer thread");
+        match spawned {
+            Ok(handle) => {
+                let _ = expected.writer.set(handle.thread().clone());
+            }
+            Err(e) => {
+                // The closure (and with it the receiver) is gone: every call will get
+                // `WriterGone`, and the CA will refuse to issue.
+                tracing::error!(error = %e, "could not start the audit writer thread");
+            }
         }
         AuditLog {
             tx,
             stats,
+            expected,
             exited: Arc::new(exited_rx),
         }
+    }
+
+    /// Announces a record that this caller will pass to [`Expected::record`] soon
+    /// (the CA calls it when a request enters the pipeline). While announced records
+    /// are on their way, the writer may hold a ready batch back for them, up to
+    /// [`GroupCommitConfig::commit_delay`], so that one fsync covers them too.
+    pub fn expect(&self) -> Expected<'_> {
+        self.expected.pending.fetch_add(1, Ordering::AcqRel);
+        Expected {
+            log: self,
+            counted: true,
+        }
+    }
+
+    /// The writer's counters, as a handle that does not keep the log open.
+    pub fn stats(&self) -> AuditStats {
+        AuditStats(Arc::clone(&self.stats))
     }
 
     /// Records `rec`, resolving once the transaction holding it has committed.
@@ -120,12 +245,18 @@ impl AuditLog {
     /// was queued, the record may still be written: an audit log errs on the side of
     /// recording.
     pub async fn record(&self, rec: AuditRecord) -> Result<(), AuditError> {
+        let answer = self.enqueue(rec).await?;
+        answer.await.map_err(|_| AuditError::WriterGone)?
+    }
+
+    /// Queues `rec` (waiting for room); the receiver resolves once it is committed.
+    async fn enqueue(&self, rec: AuditRecord) -> Result<CommitAnswer, AuditError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Command::Append(rec, reply))
             .await
             .map_err(|_| AuditError::WriterGone)?;
-        answer.await.map_err(|_| AuditError::WriterGone)?
+        Ok(answer)
     }
 
     /// The records matching `q`, read on the writer thread (so a query sees every
@@ -145,9 +276,15 @@ impl AuditLog {
     /// committed everything queued and exited; otherwise returns at once (the last
     /// handle to go does the flushing).
     pub async fn shutdown(self) {
-        let AuditLog { tx, stats, exited } = self;
+        let AuditLog {
+            tx,
+            stats,
+            expected,
+            exited,
+        } = self;
         drop(tx);
         drop(stats);
+        drop(expected);
         if let Some(exited) = Arc::into_inner(exited) {
             // Resolves (with `Err`) when the thread drops its sender, i.e. exits,
             // panics included.
@@ -176,6 +313,9 @@ struct Writer {
     backend: Box<dyn AuditBackend>,
     rx: mpsc::Receiver<Command>,
     max_batch: usize,
+    commit_delay: Duration,
+    commit_siblings: usize,
+    expected: Arc<ExpectedCount>,
     stats: Arc<Stats>,
     /// Dropped when the thread ends, however it ends: [`AuditLog::shutdown`] waits
     /// for that.
@@ -205,24 +345,58 @@ impl Writer {
                 Command::Append(rec, reply) => {
                     records.push(rec);
                     waiters.push(reply);
-                    while records.len() < self.max_batch {
-                        match self.rx.try_recv() {
-                            Ok(Command::Append(rec, reply)) => {
-                                records.push(rec);
-                                waiters.push(reply);
-                            }
-                            Ok(query) => {
-                                carried = Some(query);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
+                    carried = self.drain(&mut records, &mut waiters);
+                    if carried.is_none() && !self.commit_delay.is_zero() {
+                        carried = self.wait_for_expected(&mut records, &mut waiters);
                     }
                     self.commit(&mut records, &mut waiters);
                 }
             }
         }
         tracing::debug!("audit writer stopped: every handle is gone and the queue is flushed");
+    }
+
+    /// Moves whatever is queued into the batch, up to `max_batch`; returns a query
+    /// found on the way (to run after this batch commits).
+    fn drain(
+        &mut self,
+        records: &mut Vec<AuditRecord>,
+        waiters: &mut Vec<oneshot::Sender<Result<(), AuditError>>>,
+    ) -> Option<Command> {
+        while records.len() < self.max_batch {
+            match self.rx.try_recv() {
+                Ok(Command::Append(rec, reply)) => {
+                    records.push(rec);
+                    waiters.push(reply);
+                }
+                Ok(query) => return Some(query),
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// `commit_delay`: while at least `commit_siblings` announced records are on
+    /// their way and the batch has room, waits for them (woken by the last one to
+    /// arrive), at most `commit_delay` in all, then drains the queue again.
+    fn wait_for_expected(
+        &mut self,
+        records: &mut Vec<AuditRecord>,
+        waiters: &mut Vec<oneshot::Sender<Result<(), AuditError>>>,
+    ) -> Option<Command> {
+        let deadline = Instant::now() + self.commit_delay;
+        while records.len() < self.max_batch
+            && self.expected.pending.load(Ordering::Acquire) >= self.commit_siblings
+        {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            // Woken early by the last expected record's arrival; spurious wake-ups
+            // just go round the loop.
+            std::thread::park_timeout(deadline - now);
+        }
+        self.drain(records, waiters)
     }
 
     fn commit(

@@ -113,6 +113,10 @@ impl Issuer {
     /// Handles one request end to end, auditing the outcome before returning.
     pub async fn issue(&self, req: IssueRequest) -> Result<Issued, CaError> {
         let started = Instant::now();
+        // Every path below records exactly one decision; announcing it now lets the
+        // audit writer hold a ready batch back (briefly, and only while others are
+        // on their way) so that one fsync covers this record too.
+        let audit = self.deps.audit.expect();
         let metrics = &self.deps.metrics;
         metrics.csr_count.inc();
         let mut record = AuditRecord::new(self.deps.clock.now(), Outcome::Refused);
@@ -129,7 +133,7 @@ impl Issuer {
         match result {
             Ok(issued) => {
                 record.outcome = Outcome::Issued;
-                if let Err(e) = self.deps.audit.record(record).await {
+                if let Err(e) = audit.record(record).await {
                     tracing::error!(identity = %issued.identity, error = %e, "audit write failed; certificate withheld");
                     metrics
                         .sign_errors
@@ -141,7 +145,13 @@ impl Issuer {
                 metrics
                     .issuance_seconds
                     .observe(started.elapsed().as_secs_f64());
-                tracing::info!(
+                // DEBUG, not INFO: the audit record just committed holds the same
+                // facts and more (identity, TTL, serial, key hash, caller, pod,
+                // node, peer; `meshid audit list`), and
+                // `citadel_server_success_cert_issuance_count` counts issuances.
+                // At INFO this line cost ~3 % of the CA's CPU under load (formatting
+                // plus one write(2) per certificate). Refusals stay at WARN below.
+                tracing::debug!(
                     identity = %issued.identity,
                     ttl_secs = issued.granted_ttl.as_secs(),
                     serial = %issued.serial_hex,
@@ -159,7 +169,7 @@ impl Issuer {
                     .inc();
                 record.reason = Some(e.to_string());
                 let caller = record.caller.clone().unwrap_or_default();
-                if let Err(audit_err) = self.deps.audit.record(record).await {
+                if let Err(audit_err) = audit.record(record).await {
                     tracing::error!(error = %audit_err, "audit write of a refusal failed");
                 }
                 tracing::warn!(caller = %caller, peer = ?req.peer, reason = %e, "certificate refused");

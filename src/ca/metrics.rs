@@ -1,7 +1,11 @@
 //! The CA's Prometheus metrics, under Istio's names where Istio has one, so
 //! existing dashboards and alerts keep working.
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+
+use crate::audit::AuditStats;
 
 /// Counters and gauges of the CA.
 #[derive(Debug, Clone)]
@@ -71,5 +75,106 @@ impl CaMetrics {
         registry.register(Box::new(m.issuance_seconds.clone()))?;
         registry.register(Box::new(m.overloaded.clone()))?;
         Ok(m)
+    }
+}
+
+/// Registers the audit writer's group-commit counters in `registry`, read from
+/// `stats` at each scrape: `meshid_audit_commits_total`,
+/// `meshid_audit_records_committed_total` (their ratio is the mean group-commit
+/// batch, i.e. how many decisions share one fsync) and
+/// `meshid_audit_commit_failures_total`.
+pub fn register_audit(registry: &Registry, stats: AuditStats) -> Result<(), prometheus::Error> {
+    registry.register(Box::new(AuditCollector::new(stats)?))
+}
+
+/// Reads [`AuditStats`] at scrape time (the counters live in the audit writer).
+struct AuditCollector {
+    stats: AuditStats,
+    /// Name and help of each counter; fresh counters carry the values per scrape.
+    opts: [Opts; 3],
+    descs: Vec<Desc>,
+}
+
+impl AuditCollector {
+    fn new(stats: AuditStats) -> Result<Self, prometheus::Error> {
+        let opts = [
+            Opts::new(
+                "meshid_audit_commits_total",
+                "Audit transactions committed (one fsync each).",
+            ),
+            Opts::new(
+                "meshid_audit_records_committed_total",
+                "Audit records (CA decisions) committed.",
+            ),
+            Opts::new(
+                "meshid_audit_commit_failures_total",
+                "Audit transactions that failed; none of their requests got a certificate.",
+            ),
+        ];
+        let mut descs = Vec::new();
+        for o in &opts {
+            descs.extend(
+                IntCounter::with_opts(o.clone())?
+                    .desc()
+                    .into_iter()
+                    .cloned(),
+            );
+        }
+        Ok(Self { stats, opts, descs })
+    }
+}
+
+impl Collector for AuditCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let values = [
+            self.stats.batches_committed(),
+            self.stats.records_committed(),
+            self.stats.batches_failed(),
+        ];
+        let mut out = Vec::new();
+        for (o, value) in self.opts.iter().zip(values) {
+            // The options were accepted in `new`, so this cannot fail.
+            if let Ok(counter) = IntCounter::with_opts(o.clone()) {
+                counter.inc_by(value);
+                out.extend(counter.collect());
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditLog, AuditRecord, GroupCommitConfig, Outcome, SqliteBackend};
+
+    #[tokio::test]
+    async fn audit_group_commit_counters_are_read_at_scrape_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = SqliteBackend::open(&dir.path().join("audit.db")).unwrap();
+        let log = AuditLog::start(Box::new(backend), GroupCommitConfig::default());
+        let registry = Registry::new();
+        register_audit(&registry, log.stats()).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        for _ in 0..3 {
+            log.record(AuditRecord::new(now, Outcome::Issued))
+                .await
+                .unwrap();
+        }
+        let value = |name: &str| {
+            registry
+                .gather()
+                .iter()
+                .find(|f| f.name() == name)
+                .map(|f| f.get_metric()[0].get_counter().get_value())
+        };
+        assert_eq!(value("meshid_audit_records_committed_total"), Some(3.0));
+        assert_eq!(value("meshid_audit_commits_total"), Some(3.0));
+        assert_eq!(value("meshid_audit_commit_failures_total"), Some(0.0));
+        log.shutdown().await;
     }
 }

@@ -93,6 +93,10 @@ impl CaServer {
         deps.metrics
             .root_expiry
             .set(deps.authority.root_not_after().unix_timestamp() as f64);
+        if let Err(e) = crate::ca::metrics::register_audit(&registry, deps.audit.stats()) {
+            // Observability only: the CA works without these counters.
+            tracing::warn!(error = %e, "audit group-commit metrics not registered");
+        }
 
         let metrics_addr = match config.metrics_listen {
             Some(maddr) => {

@@ -261,3 +261,107 @@ fn a_newer_schema_is_refused_by_writers_and_readers() {
         );
     }
 }
+
+/// `EXPLAIN QUERY PLAN` of the `SELECT` the backend runs for the query built by `f`,
+/// one line per plan step.
+fn plan(backend: &SqliteBackend, f: impl FnOnce(&mut AuditQuery)) -> String {
+    let mut q = AuditQuery::default();
+    f(&mut q);
+    let (sql, args) = select(&q);
+    let mut stmt = backend
+        .conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .unwrap();
+    let steps: Vec<String> = stmt
+        .query_map(params_from_iter(args), |row| row.get::<_, String>(3))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    steps.join("\n")
+}
+
+fn index_names(path: &Path) -> Vec<String> {
+    let conn = Connection::open(path).unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'index' \
+             AND tbl_name = 'audit_records' ORDER BY name",
+        )
+        .unwrap();
+    stmt.query_map([], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn every_audit_list_filter_but_a_lone_service_account_is_served_by_an_index() {
+    let (_dir, path) = temp_db();
+    let mut b = SqliteBackend::open(&path).unwrap();
+    b.append(&fixture()).unwrap();
+    type Case = (&'static str, fn(&mut AuditQuery));
+    let cases: [Case; 7] = [
+        ("audit_records_time", |_| {}),
+        ("audit_records_identity", |q| {
+            q.namespace = Some("shop".into())
+        }),
+        ("audit_records_identity", |q| {
+            q.namespace = Some("shop".into());
+            q.service_account = Some("cart".into());
+        }),
+        ("audit_records_time", |q| q.since = Some(T0)),
+        ("audit_records_refused", |q| {
+            q.outcome = Some(Outcome::Refused)
+        }),
+        ("audit_records_refused", |q| {
+            q.outcome = Some(Outcome::Refused);
+            q.limit = Some(20);
+        }),
+        ("audit_records_time", |q| q.limit = Some(20)),
+    ];
+    for (index, f) in cases {
+        let plan = plan(&b, f);
+        assert!(plan.contains(index), "expected {index}:\n{plan}");
+    }
+    // The refusal index holds refusals only: issued rows never write to it.
+    let in_refused: i64 = b
+        .conn
+        .query_row(
+            "SELECT COUNT(*) FROM audit_records INDEXED BY audit_records_refused \
+             WHERE outcome = 'refused'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(in_refused, 2);
+}
+
+#[test]
+fn the_old_outcome_index_is_replaced_on_open_and_records_stay_readable() {
+    let (_dir, path) = temp_db();
+    let mut b = SqliteBackend::open(&path).unwrap();
+    b.append(&fixture()).unwrap();
+    drop(b);
+    // Back to the index set of databases created before the partial refusal index.
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "DROP INDEX audit_records_refused;
+             CREATE INDEX audit_records_outcome ON audit_records (outcome, time_unix_nanos);",
+        )
+        .unwrap();
+    let mut b = SqliteBackend::open(&path).unwrap();
+    assert_eq!(
+        index_names(&path),
+        [
+            "audit_records_identity",
+            "audit_records_refused",
+            "audit_records_time"
+        ]
+    );
+    assert_eq!(
+        query(&mut b, |q| q.outcome = Some(Outcome::Refused)),
+        minutes(&[1, 4])
+    );
+    assert!(plan(&b, |q| q.outcome = Some(Outcome::Refused)).contains("audit_records_refused"));
+}

@@ -140,6 +140,7 @@ async fn max_batch_bounds_each_transaction() {
     let cfg = GroupCommitConfig {
         max_batch: 4,
         queue_capacity: 64,
+        ..GroupCommitConfig::default()
     };
     let log = AuditLog::start(Box::new(backend), cfg);
     let tasks: Vec<_> = (0..20)
@@ -226,6 +227,111 @@ async fn shutdown_of_the_last_handle_waits_for_the_writer_to_exit() {
         again.query(&AuditQuery::default()).unwrap(),
         vec![rec(0), rec(1)]
     );
+}
+
+/// A commit delay no test would sit through: a test that finishes (under its
+/// generous guard) proves the writer did not wait it out.
+const FOREVER: Duration = Duration::from_secs(3600);
+
+/// A guard against hanging, not a timing assertion.
+const GUARD: Duration = Duration::from_secs(60);
+
+/// Awaits `record` under [`GUARD`]: it must be committed without waiting out
+/// [`FOREVER`] (`why` says why it should not wait).
+async fn without_waiting(
+    record: impl std::future::Future<Output = Result<(), AuditError>>,
+    why: &str,
+) {
+    tokio::time::timeout(GUARD, record)
+        .await
+        .expect(why)
+        .unwrap();
+}
+
+fn waiting_log(path: &std::path::Path, siblings: usize) -> (AuditLog, Arc<AtomicUsize>) {
+    let backend = CountingBackend::new(path, Duration::ZERO);
+    let appends = Arc::clone(&backend.appends);
+    let cfg = GroupCommitConfig {
+        commit_delay: FOREVER,
+        commit_siblings: siblings,
+        ..GroupCommitConfig::default()
+    };
+    (AuditLog::start(Box::new(backend), cfg), appends)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_batch_waits_for_announced_records_and_shares_their_commit() {
+    let (_dir, path) = temp_db();
+    let (log, appends) = waiting_log(&path, 1);
+    let (first, second) = (log.expect(), log.expect());
+    let both = async {
+        // `first` is queued while `second` is still announced: the writer holds the
+        // batch until `second` arrives, then commits both at once.
+        let first = first.record(rec(0));
+        tokio::pin!(first);
+        tokio::select! {
+            biased;
+            _ = &mut first => panic!("committed without the announced record"),
+            _ = tokio::task::yield_now() => {}
+        }
+        let (a, b) = tokio::join!(first, second.record(rec(1)));
+        a.unwrap();
+        b.unwrap();
+    };
+    tokio::time::timeout(GUARD, both)
+        .await
+        .expect("the last arrival wakes the writer");
+    assert_eq!(
+        appends.load(Ordering::SeqCst),
+        1,
+        "one transaction for both"
+    );
+    assert_eq!(log.records_committed(), 2);
+    let stored = log.query(AuditQuery::default()).await.unwrap();
+    assert_eq!(stored, vec![rec(0), rec(1)]);
+    log.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_caller_alone_is_committed_without_waiting() {
+    let (_dir, path) = temp_db();
+    let (log, appends) = waiting_log(&path, 1);
+    without_waiting(
+        log.expect().record(rec(0)),
+        "nothing else announced: no wait",
+    )
+    .await;
+    without_waiting(log.record(rec(1)), "nothing announced: no wait").await;
+    assert_eq!(appends.load(Ordering::SeqCst), 2);
+    log.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_withdrawn_announcement_does_not_hold_a_batch_back() {
+    let (_dir, path) = temp_db();
+    let (log, _appends) = waiting_log(&path, 1);
+    let withdrawn = log.expect();
+    drop(withdrawn);
+    without_waiting(
+        log.expect().record(rec(0)),
+        "the dropped announcement is forgotten",
+    )
+    .await;
+    log.shutdown().await;
+}
+
+#[tokio::test]
+async fn fewer_announced_records_than_commit_siblings_do_not_hold_a_batch_back() {
+    let (_dir, path) = temp_db();
+    let (log, _appends) = waiting_log(&path, 2);
+    let on_its_way = log.expect();
+    without_waiting(
+        log.record(rec(0)),
+        "one sibling on its way, two needed to wait",
+    )
+    .await;
+    drop(on_its_way);
+    log.shutdown().await;
 }
 
 #[test]
