@@ -92,6 +92,9 @@ pub struct CaArgs {
     /// How long a client may take for the TLS handshake and its first bytes.
     #[arg(long, env = "MESHID_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = super::parse_duration)]
     pub handshake_timeout: Duration,
+    /// Longest the audit writer holds a commit back for requests already on their way, to fsync them together (0s: never wait; a lone request never waits).
+    #[arg(long, env = "MESHID_AUDIT_COMMIT_DELAY", default_value = "1ms", value_parser = super::parse_duration)]
+    pub audit_commit_delay: Duration,
     /// Where facts come from and how tokens are verified.
     #[command(flatten)]
     pub platform: PlatformArgs,
@@ -141,7 +144,13 @@ pub async fn start(args: CaArgs, shutdown: Shutdown) -> anyhow::Result<CaServer>
     let audit_path = args.data_dir.join("audit.db");
     let backend = SqliteBackend::open(&audit_path)
         .with_context(|| format!("opening the audit store {}", audit_path.display()))?;
-    let audit = AuditLog::start(Box::new(backend), GroupCommitConfig::default());
+    let audit = AuditLog::start(
+        Box::new(backend),
+        GroupCommitConfig {
+            commit_delay: args.audit_commit_delay,
+            ..GroupCommitConfig::default()
+        },
+    );
 
     let registry = prometheus::Registry::new();
     let metrics = CaMetrics::register(&registry).context("registering metrics")?;

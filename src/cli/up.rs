@@ -335,6 +335,7 @@ fn ca_args(data_dir: &Path, manifests: &Path, ports: Ports) -> anyhow::Result<Ca
         serving_cert_ttl: Duration::from_secs(24 * 3600),
         max_concurrent_requests: 256,
         handshake_timeout: Duration::from_secs(10),
+        audit_commit_delay: Duration::from_millis(1),
         platform: super::platform::PlatformArgs::default(),
         namespace: "meshid-system".to_owned(),
         pod_name: None,
