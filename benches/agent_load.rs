@@ -26,20 +26,12 @@ use anyhow::{bail, Context};
 use meshid::proto::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
 use meshid::proto::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use meshid::proto::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
-use meshid::test_helpers::{AgentProcess, CaProcess, TestEnv};
+use meshid::test_helpers::{cli_arg, cli_value, AgentProcess, CaProcess, TestEnv};
 use prost::Message;
 
 const SECRET_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 const NAMESPACE: &str = "bench";
 const NODE: &str = "node-a";
-
-fn arg(name: &str) -> Option<usize> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-}
 
 /// utime + stime of `pid`, in seconds.
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
@@ -299,9 +291,9 @@ fn write_pods(manifests: &Path, n: usize) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let identities = arg("--identities").unwrap_or(1000).max(1);
-    let concurrency = arg("--concurrency").unwrap_or(32).max(1);
-    let max_csrs = arg("--max-concurrent-csrs");
+    let identities = cli_arg::<usize>("--identities", 1000).max(1);
+    let concurrency = cli_arg::<usize>("--concurrency", 32).max(1);
+    let max_csrs = cli_value("--max-concurrent-csrs").and_then(|v| v.parse::<usize>().ok());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -357,7 +349,7 @@ fn main() -> anyhow::Result<()> {
     eprintln!("agent pid {agent_pid}, CA pid {ca_pid}");
     // `--pause S`: time to attach a profiler (`perf record -g -p <pid>`).
     std::thread::sleep(
-        Duration::from_millis(500) + Duration::from_secs(arg("--pause").unwrap_or(0) as u64),
+        Duration::from_millis(500) + Duration::from_secs(cli_arg::<u64>("--pause", 0)),
     );
     let (rss_start, _) = memory_kib(agent_pid)?;
     let metrics_start = http_get(agent.metrics_addr, "/metrics")?;

@@ -18,26 +18,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use meshid::test_helpers::{key_and_csr, request, CaProcess, TestEnv};
+use meshid::test_helpers::{cli_arg, cli_value, key_and_csr, request, CaProcess, TestEnv};
 use ring::rand::SystemRandom;
 use ring::signature::{
     EcdsaKeyPair, KeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_ASN1,
     ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING,
 };
-
-fn arg_str(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
-
-fn arg(name: &str, default: usize) -> usize {
-    arg_str(name)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// utime + stime of `pid`, in seconds.
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
@@ -138,9 +124,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() -> anyhow::Result<()> {
-    let total = arg("--requests", 5000);
+    let total = cli_arg::<usize>("--requests", 5000);
     let agent_mode = std::env::args().any(|a| a == "--agent");
-    let concurrency = arg("--concurrency", 16).max(1);
+    let concurrency = cli_arg::<usize>("--concurrency", 16).max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -182,7 +168,7 @@ fn main() -> anyhow::Result<()> {
     let (warmup, work) = work.split_at(200);
 
     std::env::set_var("MESHID_TEST_CA_LOG", "info");
-    let ca_bin = arg_str("--ca-bin").unwrap_or_else(|| env!("CARGO_BIN_EXE_meshid").to_owned());
+    let ca_bin = cli_value("--ca-bin").unwrap_or_else(|| env!("CARGO_BIN_EXE_meshid").to_owned());
     let ca = CaProcess::spawn(
         std::path::Path::new(&ca_bin),
         &env,

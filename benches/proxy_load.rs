@@ -24,7 +24,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use meshid::test_helpers::{AgentProcess, CaProcess, ProxyProcess, TestEnv};
+use meshid::test_helpers::{cli_arg, AgentProcess, CaProcess, ProxyProcess, TestEnv};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -43,15 +43,6 @@ fn response() -> Vec<u8> {
         BODY.len()
     )
     .into_bytes()
-}
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// utime + stime of `pid`, in seconds.
@@ -490,12 +481,12 @@ fn start_mesh(app: SocketAddr) -> anyhow::Result<Mesh> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let seconds = arg("--seconds", 5) as u64;
-    let connections = arg("--connections", 32).max(1);
-    let bulk_mib = arg("--bulk-mib", 256) as u64;
-    let hs_workers = arg("--handshake-workers", 8).max(1);
-    let hs_cap = arg("--handshake-cap", 12_000);
-    let mode_changes = arg("--mode-changes", 10);
+    let seconds = cli_arg::<usize>("--seconds", 5) as u64;
+    let connections = cli_arg::<usize>("--connections", 32).max(1);
+    let bulk_mib = cli_arg::<usize>("--bulk-mib", 256) as u64;
+    let hs_workers = cli_arg::<usize>("--handshake-workers", 8).max(1);
+    let hs_cap = cli_arg::<usize>("--handshake-cap", 12_000);
+    let mode_changes = cli_arg::<usize>("--mode-changes", 10);
     for (var, default) in [
         ("MESHID_TEST_CA_LOG", "warn"),
         ("MESHID_TEST_AGENT_LOG", "warn"),

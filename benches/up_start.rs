@@ -29,6 +29,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use meshid::test_helpers::cli_arg;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshid");
 const FRONTEND: &str = "spiffe://cluster.local/ns/default/sa/frontend";
@@ -36,15 +37,6 @@ const FRONTEND: &str = "spiffe://cluster.local/ns/default/sa/frontend";
 const POLL: Duration = Duration::from_millis(5);
 /// A run that has not seen its first call by then failed.
 const GIVE_UP: Duration = Duration::from_secs(30);
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// What one run saw, each from just before the spawn.
 struct Run {
@@ -223,8 +215,8 @@ fn main() -> anyhow::Result<()> {
     if !std::env::args().any(|a| a == "--bench") {
         return Ok(());
     }
-    let runs = arg("--runs", 10);
-    let port_base = u16::try_from(arg("--port-base", 17000)).context("--port-base")?;
+    let runs = cli_arg::<u64>("--runs", 10);
+    let port_base = u16::try_from(cli_arg::<u64>("--port-base", 17000)).context("--port-base")?;
     let root = tempfile::tempdir()?;
     println!("meshid up, {runs} runs per variant, ports {port_base}+, binary {BIN}");
 

@@ -486,6 +486,23 @@ pub async fn connect(
     Ok(IstioCertificateServiceClient::new(channel))
 }
 
+/// The value after flag `name` on this process's command line (the benches'
+/// `cargo bench --bench X -- --flag value`).
+pub fn cli_value(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// [`cli_value`] parsed, or `default` when absent or unparsable.
+pub fn cli_arg<T: std::str::FromStr>(name: &str, default: T) -> T {
+    cli_value(name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> std::io::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
