@@ -353,3 +353,73 @@ async fn ca_stays_ready_on_its_caches_when_the_api_server_goes_away() {
         "{reason}"
     );
 }
+
+/// `--token-verification jwks`: tokens are verified against the keys the API
+/// server publishes for its service-account issuer (OIDC discovery + JWKS),
+/// with no TokenReview at all; a token bound to a pod that no longer exists
+/// (same name, other uid) is refused by the pod cache.
+#[tokio::test]
+async fn ca_on_kube_with_jwks_verifies_tokens_locally_and_checks_the_bound_pod() {
+    let api = FakeApi::start();
+    seed_cluster(&api);
+    let env = TestEnv::new();
+    // The local issuer stands in for the API server's signing key: its
+    // tokens have the projected-token shape and its JWKS is what
+    // `/openid/v1/jwks` serves.
+    let jwks = serde_json::to_value(env.issuer().jwks()).unwrap();
+    api.set_oidc(meshid::platform::local::LOCAL_ISSUER, jwks);
+    let kubeconfig = api.kubeconfig(env.dir.path());
+    let ca = CaProcess::spawn_kube(
+        bin(),
+        &env,
+        &kubeconfig,
+        "ca-0",
+        &["--token-verification", "jwks"],
+    )
+    .unwrap();
+    eventually("/readyz 200", Duration::from_secs(30), || ready(&ca)).await;
+
+    let id = env.id("default", "web");
+    let (_key, csr) = key_and_csr(&id);
+    let mut client = ca.client(&env.root_pem()).await.unwrap();
+    let token = env.token("default", "web", Some(("web", "uid-web")), Some("node-a"));
+    let chain = client
+        .create_certificate(request(&csr, 3600, Some(&token), None))
+        .await
+        .unwrap()
+        .into_inner()
+        .cert_chain;
+    assert!(chain.len() >= 2, "{chain:?}");
+
+    // Bound to a pod `web` that was deleted and recreated with another uid.
+    let stale = env.token(
+        "default",
+        "web",
+        Some(("web", "uid-old-web")),
+        Some("node-a"),
+    );
+    let err = client
+        .create_certificate(request(&csr, 3600, Some(&stale), None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    let reason = last_refusal(&env).reason.unwrap_or_default();
+    assert!(reason.contains("uid-old-web"), "{reason}");
+
+    // A token signed by some other key (not the API server's) is refused.
+    let other = TestEnv::new();
+    let forged = other.token("default", "web", Some(("web", "uid-web")), Some("node-a"));
+    let err = client
+        .create_certificate(request(&csr, 3600, Some(&forged), None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+
+    assert!(
+        api.requests_to(&Method::POST, "/apis/authentication.k8s.io/v1/tokenreviews")
+            .is_empty(),
+        "jwks mode makes no TokenReview"
+    );
+    assert!(!api.requests_to(&Method::GET, "/openid/v1/jwks").is_empty());
+    api.assert_all_served();
+}

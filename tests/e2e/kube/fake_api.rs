@@ -75,6 +75,8 @@ struct Shared {
     /// Resources whose list and watch answer `503`.
     failing: Mutex<HashSet<&'static str>>,
     requests: Mutex<Vec<Recorded>>,
+    /// Service-account issuer discovery: `(issuer, JWKS)`; unset answers 404.
+    oidc: Mutex<Option<(String, Value)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -111,6 +113,7 @@ impl FakeApi {
             tokens: Mutex::new(HashMap::new()),
             failing: Mutex::new(HashSet::new()),
             requests: Mutex::new(Vec::new()),
+            oidc: Mutex::new(None),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -145,6 +148,13 @@ impl FakeApi {
     }
 
     /// TokenReview authenticates `token` as `identity`; any other token is refused.
+    /// Serves service-account issuer discovery as the API server does:
+    /// `/.well-known/openid-configuration` naming `issuer` and a `jwks_uri` on
+    /// the standard path, and `/openid/v1/jwks` with `jwks`.
+    pub(crate) fn set_oidc(&self, issuer: &str, jwks: Value) {
+        *lock(&self.shared.oidc) = Some((issuer.to_owned(), jwks));
+    }
+
     pub(crate) fn add_token(&self, token: &str, identity: TokenIdentity) {
         lock(&self.shared.tokens).insert(token.to_owned(), identity);
     }
@@ -286,6 +296,33 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
 fn respond(shared: &Arc<Shared>, r: &Recorded) -> (Response, bool) {
     if r.method == Method::POST && r.path == "/apis/authentication.k8s.io/v1/tokenreviews" {
         return (token_review(shared, r.body.clone()), true);
+    }
+    if r.method == Method::GET
+        && matches!(
+            r.path.as_str(),
+            "/.well-known/openid-configuration" | "/openid/v1/jwks"
+        )
+    {
+        let Some((issuer, jwks)) = lock(&shared.oidc).clone() else {
+            return (
+                status(404, "NotFound", "issuer discovery is not served"),
+                false,
+            );
+        };
+        let body = if r.path == "/openid/v1/jwks" {
+            jwks
+        } else {
+            // The API server's own answer names its external address; the
+            // standard path is what meshid fetches through its client.
+            json!({
+                "issuer": issuer,
+                "jwks_uri": "https://172.18.0.2:6443/openid/v1/jwks",
+                "response_types_supported": ["id_token"],
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["RS256", "ES256"],
+            })
+        };
+        return (json_response(200, body), true);
     }
     let Some(target) = route(&r.path) else {
         let answer = status(
