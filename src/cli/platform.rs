@@ -26,7 +26,7 @@ pub enum PlatformKind {
 }
 
 /// The platform flags of `meshid ca` and `meshid agent`.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct PlatformArgs {
     /// Where facts come from: `local` (a manifest directory) or `kube` (the Kubernetes API server).
     #[arg(long, env = "MESHID_PLATFORM", value_enum, default_value_t = PlatformKind::Local)]
@@ -34,15 +34,6 @@ pub struct PlatformArgs {
     /// With `--platform kube`: verify service-account tokens by `tokenreview` (ask the API server) or `jwks` (the issuer's keys, locally; bound pods checked against the pod cache).
     #[arg(long, env = "MESHID_TOKEN_VERIFICATION", value_enum, default_value_t = TokenVerification::TokenReview)]
     pub token_verification: TokenVerification,
-}
-
-impl Default for PlatformArgs {
-    fn default() -> Self {
-        Self {
-            platform: PlatformKind::Local,
-            token_verification: TokenVerification::TokenReview,
-        }
-    }
 }
 
 /// A client for the API server: the in-cluster service account, or the
