@@ -62,7 +62,11 @@ pub fn main() -> ExitCode {
         "info"
     };
     telemetry::init_tracing(cli.log_format, default_filter);
-    run_to_exit(async move {
+    let runtime = match &cli.command {
+        Command::Proxy(args) => args.runtime(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    run_on(runtime, async move {
         match cli.command {
             Command::Ca(args) => ca::run(args).await,
             Command::Agent(args) => agent::run(args).await,
@@ -92,15 +96,15 @@ pub struct ProxyCli {
 pub fn proxy_main() -> ExitCode {
     let cli = ProxyCli::parse();
     telemetry::init_tracing(cli.log_format, "info");
-    run_to_exit(proxy::run(cli.args))
+    run_on(cli.args.runtime(), proxy::run(cli.args))
 }
 
-/// Runs `job` on a multi-threaded runtime; an error prints its whole chain.
-fn run_to_exit(job: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+/// Runs `job` on the runtime `builder` makes; an error prints its whole chain.
+fn run_on(
+    mut builder: tokio::runtime::Builder,
+    job: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -45,3 +45,18 @@ pub mod tls;
 /// enough that bulk transfers fill whole TLS records (16 KiB) several at a
 /// time instead of one syscall and one record per 8 KiB.
 pub const COPY_BUFFER: usize = 64 * 1024;
+
+/// Bytes read from the socket at a time beneath TLS. rustls asks its
+/// transport for at most 4 KiB per read, so a full 16 KiB record would cost
+/// four or five `recvfrom` calls; a buffer under it turns those into one read
+/// of up to this many bytes (several records) and copies in memory.
+pub const TLS_READ_BUFFER: usize = 64 * 1024;
+
+/// A TCP stream with [`TLS_READ_BUFFER`] bytes of read buffering, the
+/// transport under both the inbound and the outbound TLS streams.
+pub type TlsTransport = tokio::io::BufReader<tokio::net::TcpStream>;
+
+/// Wraps `tcp` for use beneath TLS (see [`TLS_READ_BUFFER`]).
+pub fn tls_transport(tcp: tokio::net::TcpStream) -> TlsTransport {
+    tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, tcp)
+}

@@ -40,6 +40,26 @@ pub struct ProxyArgs {
     /// How long a live connection that a mode change no longer allows (plaintext after a switch to STRICT) may go on before it is closed.
     #[arg(long, env = "MESHID_MODE_CHANGE_DRAIN", value_parser = super::parse_duration, default_value = "0s")]
     pub mode_change_drain: Duration,
+    /// Threads that carry connections. 1 (the default) runs everything on one
+    /// thread: a sidecar serves one workload, and one thread spends the least
+    /// CPU and memory per connection (no wake-ups across threads); raise it
+    /// for a workload that needs more than one core of proxying.
+    #[arg(long, env = "MESHID_PROXY_THREADS", default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
+}
+
+impl ProxyArgs {
+    /// The runtime the proxy runs on: one thread, or `threads` workers.
+    pub fn runtime(&self) -> tokio::runtime::Builder {
+        if self.threads == 1 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(usize::from(self.threads));
+            builder
+        }
+    }
 }
 
 fn parse_inbound(s: &str) -> Result<InboundRoute, String> {
@@ -192,5 +212,25 @@ mod tests {
             .contains("two routes"));
         config.inbound = vec![route];
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn threads_default_to_one_and_zero_is_refused() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: ProxyArgs,
+        }
+        let one = Cli::try_parse_from(["meshid-proxy"]).unwrap();
+        assert_eq!(one.args.threads, 1);
+        let four = Cli::try_parse_from(["meshid-proxy", "--threads", "4"]).unwrap();
+        assert_eq!(four.args.threads, 4);
+        four.args.runtime().enable_all().build().unwrap();
+        let zero = Cli::try_parse_from(["meshid-proxy", "--threads", "0"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(zero.contains("--threads"), "{zero}");
     }
 }

@@ -173,12 +173,16 @@ impl Inbound {
                     ClientAuth::Required => &self.strict,
                     ClientAuth::Optional => &self.permissive,
                 };
-                let tls =
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => return self.handshake_failed(mode, peer, &e.to_string()),
-                        Err(_) => return self.handshake_failed(mode, peer, "timed out"),
-                    };
+                let tls = match tokio::time::timeout(
+                    HANDSHAKE_TIMEOUT,
+                    acceptor.accept(crate::proxy::tls_transport(stream)),
+                )
+                .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return self.handshake_failed(mode, peer, &e.to_string()),
+                    Err(_) => return self.handshake_failed(mode, peer, "timed out"),
+                };
                 let kind = match peer_spiffe_id(tls.get_ref().1) {
                     Ok(Some(id)) => ConnKind::Mtls { peer: id },
                     Ok(None) => ConnKind::TlsWithoutClientCert,

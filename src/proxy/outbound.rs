@@ -103,7 +103,10 @@ impl Outbound {
                 .map_err(|e| ("upstream_unreachable", e.to_string()))?;
             let _ = tcp.set_nodelay(true);
             self.connector
-                .connect(server_name_for(upstream.ip()), tcp)
+                .connect(
+                    server_name_for(upstream.ip()),
+                    crate::proxy::tls_transport(tcp),
+                )
                 .await
                 .map_err(|e| ("upstream_refused", e.to_string()))
         };
