@@ -125,7 +125,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn main() -> anyhow::Result<()> {
     let total = cli_arg::<usize>("--requests", 5000);
-    let agent_mode = std::env::args().any(|a| a == "--agent");
+    let agent_mode = meshid::test_helpers::cli_flag("--agent");
     let concurrency = cli_arg::<usize>("--concurrency", 16).max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

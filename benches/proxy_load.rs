@@ -13,7 +13,10 @@
 //!    served again for PERMISSIVE), polled every 20 ms.
 //!
 //! `cargo bench --bench proxy_load -- [--seconds 5] [--connections 32]
-//! [--bulk-mib 256] [--handshake-workers 8] [--mode-changes 10] [--all-in-one]`
+//! [--bulk-mib 256] [--handshake-workers 8] [--mode-changes 10] [--all-in-one] [--wrk]`
+//!
+//! `--wrk` adds the keep-alive phase with `wrk` against `nginx` (Debian's
+//! packages `wrk` and `nginx-light`), direct and through the pair.
 //!
 //! The proxies run as `meshid-proxy` (the sidecar binary); `--all-in-one`
 //! runs them as `meshid proxy` instead.
@@ -24,9 +27,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use meshid::test_helpers::{cli_arg, AgentProcess, CaProcess, ProxyProcess, TestEnv};
+#[path = "proxy_load/third_party.rs"]
+mod third_party;
+
+use meshid::test_helpers::{cli_arg, cli_flag, AgentProcess, CaProcess, ProxyProcess, TestEnv};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use third_party::{wrk, Nginx};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshid");
 /// The proxies run as this binary: `meshid-proxy` (the sidecar alone), or the
@@ -390,9 +398,9 @@ struct Mesh {
     frontend: ProxyProcess,
 }
 
-fn start_mesh(app: SocketAddr) -> anyhow::Result<Mesh> {
+fn start_mesh(app: SocketAddr, nginx: Option<SocketAddr>) -> anyhow::Result<Mesh> {
     let bin = Path::new(BIN);
-    let proxy_bin = if std::env::args().any(|a| a == "--all-in-one") {
+    let proxy_bin = if cli_flag("--all-in-one") {
         bin
     } else {
         Path::new(PROXY_BIN)
@@ -445,32 +453,30 @@ fn start_mesh(app: SocketAddr) -> anyhow::Result<Mesh> {
     };
     let (backend_token, frontend_token) = (token("backend"), token("frontend"));
     let dir = env.dir.path().to_owned();
-    let inbound = format!("127.0.0.1:0={app}");
-    let backend = ProxyProcess::spawn(
-        proxy_bin,
-        &dir,
-        "backend",
-        &agent.socket,
-        &[
-            "--inbound",
-            &inbound,
-            "--token-file",
-            backend_token.to_str().context("path")?,
-        ],
-    )?;
-    let route = format!("127.0.0.1:0={}@{BACKEND}", backend.inbound[0]);
-    let frontend = ProxyProcess::spawn(
-        proxy_bin,
-        &dir,
-        "frontend",
-        &agent.socket,
-        &[
-            "--outbound",
-            &route,
-            "--token-file",
-            frontend_token.to_str().context("path")?,
-        ],
-    )?;
+    // Inbound routes: the in-process backend, then nginx when there is one.
+    let mut backend_args = vec!["--inbound".to_owned(), format!("127.0.0.1:0={app}")];
+    if let Some(nginx) = nginx {
+        backend_args.extend(["--inbound".to_owned(), format!("127.0.0.1:0={nginx}")]);
+    }
+    backend_args.extend([
+        "--token-file".to_owned(),
+        backend_token.to_str().context("path")?.to_owned(),
+    ]);
+    let backend_args: Vec<&str> = backend_args.iter().map(String::as_str).collect();
+    let backend = ProxyProcess::spawn(proxy_bin, &dir, "backend", &agent.socket, &backend_args)?;
+    let mut frontend_args = Vec::new();
+    for inbound in &backend.inbound {
+        frontend_args.extend([
+            "--outbound".to_owned(),
+            format!("127.0.0.1:0={inbound}@{BACKEND}"),
+        ]);
+    }
+    frontend_args.extend([
+        "--token-file".to_owned(),
+        frontend_token.to_str().context("path")?.to_owned(),
+    ]);
+    let frontend_args: Vec<&str> = frontend_args.iter().map(String::as_str).collect();
+    let frontend = ProxyProcess::spawn(proxy_bin, &dir, "frontend", &agent.socket, &frontend_args)?;
     Ok(Mesh {
         env,
         _ca: ca,
@@ -500,8 +506,13 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let app = runtime.block_on(backend_server())?;
+    let nginx = if cli_flag("--wrk") {
+        Some(Nginx::start()?)
+    } else {
+        None
+    };
     eprintln!("starting CA, agent and two proxies…");
-    let mesh = start_mesh(app)?;
+    let mesh = start_mesh(app, nginx.as_ref().map(|n| n.addr))?;
     let via = mesh.frontend.outbound[0];
     let inbound = mesh.backend.inbound[0];
     let backend_pid = proxy_pid(mesh.backend.metrics_addr)?;
@@ -554,6 +565,22 @@ fn main() -> anyhow::Result<()> {
             cpu.0 * 1e6 / proxied.count.max(1) as f64,
             cpu.1 * 1e6 / proxied.count.max(1) as f64,
         ));
+
+        if let Some(nginx) = &nginx {
+            eprintln!("wrk against nginx, {connections} connections, {seconds} s each…");
+            let direct = wrk(nginx.addr, connections, seconds)?;
+            let proxied = wrk(mesh.frontend.outbound[1], connections, seconds)?;
+            report.push(format!(
+                "wrk (1 thread, {connections} connections, {seconds} s) against nginx (1 worker, `return 200`, no access log):"
+            ));
+            report.push(format!("  direct {direct}"));
+            report.push(format!("  pair   {proxied}"));
+            report.push(format!(
+                "  ratio {:.2}× (target ≥ 0.45×): {}",
+                proxied.rate / direct.rate,
+                if proxied.rate / direct.rate >= 0.45 { "met" } else { "MISSED" }
+            ));
+        }
 
         eprintln!("bulk upload, {bulk_mib} MiB…");
         let bytes = bulk_mib * 1024 * 1024;

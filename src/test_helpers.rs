@@ -496,6 +496,11 @@ pub fn cli_value(name: &str) -> Option<String> {
         .cloned()
 }
 
+/// Whether the flag `name` (without a value) is on the command line.
+pub fn cli_flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
 /// [`cli_value`] parsed, or `default` when absent or unparsable.
 pub fn cli_arg<T: std::str::FromStr>(name: &str, default: T) -> T {
     cli_value(name)
