@@ -23,8 +23,6 @@ use rcgen::{
 };
 use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
-use x509_parser::certificate::X509Certificate;
-use x509_parser::prelude::FromDer;
 use zeroize::Zeroizing;
 
 use super::bundle;
@@ -398,23 +396,14 @@ impl Authority {
             .map_err(AuthorityError::Sign)?;
         let der = cert.der().to_vec();
 
-        validate::check_issued(&der, &req.id, public_key_der, &self.signer.subject_raw)
+        // The re-parse and profile check of every leaf before it leaves
+        // (rule: re-parse and check every certificate after signing).
+        let facts = validate::check_issued(&der, &req.id, public_key_der, &self.signer.subject_raw)
             .map_err(AuthorityError::PostSignCheck)?;
-
-        let (serial_hex, not_before, not_after, public_key_sha256_hex) =
-            match X509Certificate::from_der(&der) {
-                Ok((_, parsed)) => (
-                    hex(parsed.raw_serial()),
-                    parsed.validity().not_before.to_datetime(),
-                    parsed.validity().not_after.to_datetime(),
-                    sha256_hex(parsed.public_key().raw),
-                ),
-                Err(e) => {
-                    return Err(AuthorityError::PostSignCheck(ValidateError::Unparseable {
-                        reason: e.to_string(),
-                    }))
-                }
-            };
+        // check_issued confirmed the certificate's key is `public_key_der`.
+        let public_key_sha256_hex = sha256_hex(public_key_der);
+        let (serial_hex, not_before, not_after) =
+            (hex(&facts.serial), facts.not_before, facts.not_after);
         Ok(IssuedCert {
             pem: bundle::cert_pem(&der),
             der,

@@ -146,12 +146,15 @@ pub fn uri_sans<'a>(
 /// by [`check_leaf`] on the authority's start-up probe rather than on every
 /// leaf: the signer and key cannot change in between, and a P-256 verify
 /// would add about half again to the crypto cost of an issuance.
+///
+/// Returns what the audit record needs from the certificate as signed, read
+/// in the same parse.
 pub fn check_issued(
     der: &[u8],
     expected: &SpiffeId,
     subject_spki_der: &[u8],
     issuer_subject_der: &[u8],
-) -> Result<(), ValidateError> {
+) -> Result<IssuedFacts, ValidateError> {
     let cert = parse(der)?;
     check_profile(&cert, expected)?;
     if cert.public_key().raw != subject_spki_der {
@@ -160,7 +163,22 @@ pub fn check_issued(
     if cert.issuer().as_raw() != issuer_subject_der {
         return Err(ValidateError::WrongIssuerName);
     }
-    Ok(())
+    Ok(IssuedFacts {
+        serial: cert.raw_serial().to_vec(),
+        not_before: cert.validity().not_before.to_datetime(),
+        not_after: cert.validity().not_after.to_datetime(),
+    })
+}
+
+/// Facts read from a certificate by [`check_issued`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedFacts {
+    /// The serial number's content octets, as encoded.
+    pub serial: Vec<u8>,
+    /// notBefore.
+    pub not_before: time::OffsetDateTime,
+    /// notAfter.
+    pub not_after: time::OffsetDateTime,
 }
 
 /// Checks that a signed certificate carries exactly `subject_spki_der` and

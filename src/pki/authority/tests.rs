@@ -2,6 +2,7 @@ use std::os::unix::fs::PermissionsExt as _;
 
 use rcgen::{CertificateParams, DnType, IsCa};
 use tempfile::TempDir;
+use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer as _;
 
 use super::*;

@@ -213,7 +213,11 @@ fn a_signature_by_another_key_fails() {
     );
 
     // The per-leaf check combines the profile and the binding.
-    assert_eq!(check_issued(cert.der(), &me(), &spki, &subject), Ok(()));
+    let facts = check_issued(cert.der(), &me(), &spki, &subject).unwrap();
+    let parsed = x509_parser::parse_x509_certificate(cert.der()).unwrap().1;
+    assert_eq!(facts.serial, parsed.raw_serial());
+    assert_eq!(facts.not_after, parsed.validity().not_after.to_datetime());
+    assert_eq!(facts.not_before, parsed.validity().not_before.to_datetime());
     assert_eq!(
         check_issued(cert.der(), &me(), &other, &subject),
         Err(ValidateError::WrongPublicKey)
