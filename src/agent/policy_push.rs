@@ -34,6 +34,7 @@
 //! to the platform's own change detection.
 
 mod follow;
+mod listing;
 #[cfg(test)]
 mod tests;
 
@@ -189,6 +190,8 @@ pub struct PolicyService {
     metrics: AgentMetrics,
     /// Ends open streams at shutdown.
     stop: CancellationToken,
+    /// This process's uid: may list every workload's policy (as may root).
+    own_uid: Option<u32>,
 }
 
 impl std::fmt::Debug for PolicyService {
@@ -221,6 +224,7 @@ impl PolicyService {
             audiences,
             metrics,
             stop: CancellationToken::new(),
+            own_uid: listing::own_uid(),
         }
     }
 
@@ -271,6 +275,25 @@ impl PolicyDiscovery for PolicyService {
         let follower = self.follower(workload);
         tokio::spawn(follower.run(tx, self.stop.clone()).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn list_workload_policies(
+        &self,
+        request: Request<proto::ListWorkloadPoliciesRequest>,
+    ) -> Result<Response<proto::ListWorkloadPoliciesResponse>, Status> {
+        let peer = request
+            .extensions()
+            .get::<UdsConnInfo>()
+            .and_then(|info| info.peer.as_ref());
+        if let Err(reason) = listing::may_list(peer, self.own_uid) {
+            self.metrics.attestation_failures.inc();
+            tracing::warn!(%reason, "policy listing refused");
+            return Err(Status::permission_denied(reason));
+        }
+        let namespace = &request.get_ref().namespace;
+        listing::list(&self.index, self.attestor.node(), namespace)
+            .map(Response::new)
+            .map_err(Status::from)
     }
 }
 

@@ -10,6 +10,7 @@
 //! the directory no longer loads afterwards; a manifest the platform refuses
 //! makes `status` fail with the platform's message (file, line, field).
 
+mod agent;
 mod cluster;
 mod scan;
 mod status;
@@ -83,6 +84,11 @@ pub struct StatusArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+    /// Ask this node agent (its Unix socket) instead of reading the policies:
+    /// the pods on its node, resolved as its proxies receive them. Needs uid 0
+    /// or the agent's uid.
+    #[arg(long, env = "MESHID_AGENT_SOCKET")]
+    pub agent_socket: Option<PathBuf>,
     /// Manifests and root namespace.
     #[command(flatten)]
     pub dir: PolicyDirArgs,
@@ -104,9 +110,10 @@ pub async fn run(cmd: MtlsCommand) -> anyhow::Result<()> {
             PlatformKind::Local => set_mode(args),
             PlatformKind::Kube => cluster::set_mode(args).await,
         },
-        MtlsCommand::Status(args) => match args.dir.platform {
-            PlatformKind::Local => status::status(args),
-            PlatformKind::Kube => cluster::status(args).await,
+        MtlsCommand::Status(args) => match (args.agent_socket.clone(), args.dir.platform) {
+            (Some(socket), _) => agent::status(args, &socket).await,
+            (None, PlatformKind::Local) => status::status(args),
+            (None, PlatformKind::Kube) => cluster::status(args).await,
         },
     }
 }

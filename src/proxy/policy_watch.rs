@@ -110,7 +110,7 @@ impl TryFrom<proto::MtlsMode> for MtlsMode {
 }
 
 /// A mode as it is on the wire (an `i32`), named `field` in errors.
-fn mode_from_wire(field: &str, value: i32) -> Result<MtlsMode, PolicyWatchError> {
+pub(crate) fn mode_from_wire(field: &str, value: i32) -> Result<MtlsMode, PolicyWatchError> {
     let mode = proto::MtlsMode::try_from(value)
         .map_err(|_| invalid(field, format!("unknown mode {value}")))?;
     MtlsMode::try_from(mode).map_err(|_| invalid(field, "MTLS_MODE_UNSPECIFIED"))

@@ -90,3 +90,133 @@ async fn an_unattested_caller_gets_no_policy() {
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     assert!(status.message().contains("not attested"), "{status:?}");
 }
+
+/// `meshid mtls status --agent-socket SOCK [extra…]` as the real binary.
+fn status_via_agent(socket: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["mtls", "status", "--agent-socket"])
+        .arg(socket)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn status_through_the_agent_shows_its_pods_and_follows_a_mode_change() {
+    let m = mesh("1h", true, &[]);
+    let out = status_via_agent(&m.agent.socket, &["-n", "default"]);
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("default"))
+        .unwrap_or_else(|| panic!("no default row in:\n{table}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cells[..5],
+        ["default", "web-1", "web", "node-a", "PERMISSIVE"],
+        "{row}"
+    );
+    // -n filters: the agent's own pod is in meshid-system.
+    assert!(!table.contains("agent-a"), "{table}");
+
+    let set = Command::new(BIN)
+        .args(["mtls", "set-mode", "-n", "default", "STRICT", "--manifests"])
+        .arg(&m.env.manifests)
+        .env_remove("MESHID_ROOT_NAMESPACE")
+        .output()
+        .unwrap();
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = status_via_agent(&m.agent.socket, &["-o", "json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let web = rows
+            .iter()
+            .find(|r| r["pod"] == "web-1")
+            .expect("web-1 listed");
+        if web["mode"] == "STRICT" {
+            assert_eq!(web["source"], "namespace default/default");
+            assert_eq!(web["node"], "node-a");
+            // Without -n the agent's own pod is listed too.
+            assert!(rows.iter().any(|r| r["pod"] == "agent-a"), "{rows:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "STRICT not listed within 10 s: {web}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn status_through_a_missing_agent_socket_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let out = status_via_agent(&socket, &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("agent.sock"), "{stderr}");
+    assert!(stderr.contains("meshid agent"), "{stderr}");
+}
+
+/// The listing is for the node's operator: a process of another uid (a
+/// workload) that reaches the socket is refused by the agent, by uid.
+#[tokio::test]
+async fn status_through_the_agent_is_refused_to_another_uid() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if my_unix_uid() != 0 {
+        eprintln!("not root: cannot run a process as another uid; the rule is unit-tested in agent::policy_push::listing");
+        return;
+    }
+    let m = mesh("1h", true, &[]);
+    // Let uid 65534 reach the socket (0666) through its directories.
+    let mut dir = m.agent.socket.parent();
+    while let Some(d) = dir {
+        if d == std::path::Path::new("/tmp") || d.parent().is_none() {
+            break;
+        }
+        let mode = std::fs::metadata(d).unwrap().permissions().mode();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode | 0o711)).unwrap();
+        dir = d.parent();
+    }
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            BIN,
+        ])
+        .args(["mtls", "status", "--agent-socket"])
+        .arg(&m.agent.socket)
+        .output()
+        .expect("setpriv (util-linux)");
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("refused"), "{stderr}");
+    assert!(stderr.contains("uid 65534"), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing listed");
+}

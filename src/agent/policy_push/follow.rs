@@ -20,7 +20,7 @@ use crate::policy::{Policies, PolicyWarning};
 /// Every PeerAuthentication sorted into scopes, rebuilt at most once per
 /// platform generation and shared by every stream.
 pub(super) struct PolicyIndex {
-    platform: Arc<dyn Platform>,
+    pub(super) platform: Arc<dyn Platform>,
     pub(super) root_namespace: String,
     /// Never held across an `.await`.
     state: Mutex<IndexState>,

@@ -329,3 +329,52 @@ fn policies_are_built_once_per_generation_and_never_go_back() {
         MtlsMode::Strict
     );
 }
+
+#[tokio::test]
+async fn the_listing_has_every_running_pod_on_this_node_resolved_and_filters_by_namespace() {
+    let f = Fixture::new();
+    f.env
+        .add_pod("bank", "teller-1", "uid-teller-1", "teller", NODE);
+    f.env
+        .add_pod("bank", "elsewhere-1", "uid-elsewhere-1", "teller", "node-b");
+    std::fs::write(
+        f.env.manifests.join("pod-done.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: done-1\n  namespace: bank\n  uid: uid-done-1\n\
+             spec:\n  nodeName: {NODE}\n  serviceAccountName: teller\nstatus:\n  phase: Succeeded\n"
+        ),
+    )
+    .unwrap();
+    assert!(f.platform.reload().unwrap());
+    f.write("pa-shop.yaml", &namespace_policy("shop", "STRICT"));
+    f.write("pa-cart.yaml", &workload_policy("cart", 8080, "DISABLE"));
+    let index = f.index();
+
+    let all = listing::list(&index, NODE, "").unwrap();
+    assert_eq!(all.node, NODE);
+    let names: Vec<_> = all
+        .workloads
+        .iter()
+        .map(|w| format!("{}/{}", w.namespace, w.pod))
+        .collect();
+    // Sorted; node-b's pod and the finished pod are not listed.
+    assert_eq!(names, ["bank/teller-1", "shop/cart-1"]);
+    let cart = &all.workloads[1];
+    assert_eq!(cart.mode(), proto::MtlsMode::Strict);
+    assert_eq!(cart.source, "namespace shop/default");
+    assert_eq!(
+        cart.port_modes,
+        BTreeMap::from([(8080, proto::MtlsMode::Disable as i32)])
+    );
+    assert_eq!(cart.ports_source, "workload shop/cart-ports");
+    assert_eq!(all.workloads[0].mode(), proto::MtlsMode::Permissive);
+    assert_eq!(all.workloads[0].ports_source, "");
+
+    let bank = listing::list(&index, NODE, "bank").unwrap();
+    assert_eq!(bank.workloads.len(), 1);
+    assert_eq!(bank.workloads[0].pod, "teller-1");
+    assert!(listing::list(&index, NODE, "nowhere")
+        .unwrap()
+        .workloads
+        .is_empty());
+}

@@ -17,14 +17,14 @@ use crate::policy::{MtlsMode, Policies, PolicyWarning, Scope};
 /// One row of `meshid mtls status`.
 #[derive(Debug, Serialize)]
 pub(super) struct StatusRow {
-    namespace: String,
-    pod: String,
-    service_account: String,
-    node: Option<String>,
-    mode: MtlsMode,
-    ports: BTreeMap<u32, MtlsMode>,
-    source: String,
-    ports_source: Option<String>,
+    pub(super) namespace: String,
+    pub(super) pod: String,
+    pub(super) service_account: String,
+    pub(super) node: Option<String>,
+    pub(super) mode: MtlsMode,
+    pub(super) ports: BTreeMap<u32, MtlsMode>,
+    pub(super) source: String,
+    pub(super) ports_source: Option<String>,
 }
 
 pub(super) fn status(args: StatusArgs) -> anyhow::Result<()> {

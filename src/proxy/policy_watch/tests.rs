@@ -174,6 +174,13 @@ impl PolicyDiscovery for ScriptedAgent {
         }
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+
+    async fn list_workload_policies(
+        &self,
+        _request: Request<proto::ListWorkloadPoliciesRequest>,
+    ) -> Result<Response<proto::ListWorkloadPoliciesResponse>, Status> {
+        Err(Status::unimplemented("the proxy never lists"))
+    }
 }
 
 /// Serves `agent` on `path` until the returned shutdown triggers.
