@@ -82,7 +82,10 @@ pub struct AuditRecord {
     /// The Kubernetes node the caller runs on (from its token), which bounds whose
     /// identities a node agent may obtain.
     pub node: Option<String>,
-    /// The pod the certificate is for, by name.
+    /// The pod the certificate is for, by name: the caller's own pod, or, when a
+    /// node agent impersonates, the requested service account's pod on the
+    /// agent's node (none when several run there; [`reason`](Self::reason)
+    /// then lists them).
     pub pod_name: Option<String>,
     /// The pod's UID: names are reused across pod restarts, UIDs are not.
     pub pod_uid: Option<String>,

@@ -92,6 +92,10 @@ pub struct Permit {
     pub node: Option<String>,
     /// Whether the identity is another's, obtained by a node agent.
     pub impersonated: bool,
+    /// With impersonation, the running pods of the requested service account
+    /// on the caller's node that justified it, as (name, uid), sorted by name:
+    /// the certificate is for one of them. Empty otherwise.
+    pub pods: Vec<(String, String)>,
 }
 
 /// Why an identity was refused. Messages name both identities.
@@ -185,6 +189,7 @@ pub fn check_authorized(input: &AuthzInput<'_>) -> Result<Permit, Unauthorized> 
             identity: caller_id.clone(),
             node,
             impersonated: false,
+            pods: Vec::new(),
         });
     };
 
@@ -219,13 +224,19 @@ pub fn check_authorized(input: &AuthzInput<'_>) -> Result<Permit, Unauthorized> 
             requested: requested.clone(),
         });
     };
-    let on_node = input.target_pods.iter().any(|pod| {
-        pod.is_running()
-            && pod.namespace == target.namespace
-            && pod.service_account == target.service_account
-            && pod.node_name.as_deref() == Some(node.as_str())
-    });
-    if !on_node {
+    let mut pods: Vec<(String, String)> = input
+        .target_pods
+        .iter()
+        .filter(|pod| {
+            pod.is_running()
+                && pod.namespace == target.namespace
+                && pod.service_account == target.service_account
+                && pod.node_name.as_deref() == Some(node.as_str())
+        })
+        .map(|pod| (pod.name.clone(), pod.uid.clone()))
+        .collect();
+    pods.sort();
+    if pods.is_empty() {
         return Err(Unauthorized::NoPodOnNode {
             caller: caller_id.clone(),
             requested: requested.clone(),
@@ -236,6 +247,7 @@ pub fn check_authorized(input: &AuthzInput<'_>) -> Result<Permit, Unauthorized> 
         identity: requested.clone(),
         node: Some(node),
         impersonated: true,
+        pods,
     })
 }
 

@@ -215,6 +215,9 @@ impl Issuer {
         if permit.node.is_some() {
             record.node = permit.node.clone();
         }
+        if permit.impersonated {
+            record_impersonated_pods(record, &permit);
+        }
 
         // 3. TTL.
         let ttl = resolve_ttl(req.validity_secs, self.default_ttl, self.max_ttl);
@@ -283,6 +286,35 @@ impl Issuer {
             target_pods: &target_pods,
         };
         Ok(check_authorized(&input)?)
+    }
+}
+
+/// The audit record's pod is the pod the certificate is for. A node agent's
+/// own pod is not that pod: with impersonation the record names the pod of
+/// the requested service account on the agent's node, or, when several such
+/// pods run there (the certificate is for their shared identity), none, and
+/// the note lists them. The caller and node still say which agent asked.
+fn record_impersonated_pods(record: &mut AuditRecord, permit: &Permit) {
+    match permit.pods.as_slice() {
+        [(name, uid)] => {
+            record.pod_name = Some(name.clone());
+            record.pod_uid = Some(uid.clone());
+        }
+        pods => {
+            record.pod_name = None;
+            record.pod_uid = None;
+            let listed: Vec<String> = pods
+                .iter()
+                .map(|(name, uid)| format!("{name} (uid {uid})"))
+                .collect();
+            record.reason = Some(format!(
+                "for one of {} pods of {} on node {}: {}",
+                pods.len(),
+                permit.identity,
+                permit.node.as_deref().unwrap_or("?"),
+                listed.join(", ")
+            ));
+        }
     }
 }
 

@@ -29,6 +29,13 @@ impl AuditBackend for BrokenDisk {
 
 fn issuer(env: &TestEnv, backend: Box<dyn AuditBackend>, max_concurrent: usize) -> Issuer {
     env.add_pod("default", "web-1", "uid-web-1", "web", "node-a");
+    env.add_pod(
+        "meshid-system",
+        "agent-a",
+        "uid-agent-a",
+        "meshid-agent",
+        "node-a",
+    );
     let clock = system_clock();
     let platform = LocalPlatform::open(LocalConfig::new(
         &env.manifests,
@@ -45,6 +52,7 @@ fn issuer(env: &TestEnv, backend: Box<dyn AuditBackend>, max_concurrent: usize) 
             .unwrap();
     let cfg = CaConfig {
         max_concurrent_requests: max_concurrent,
+        trusted_node_accounts: "meshid-system/meshid-agent".parse().unwrap(),
         ..CaConfig::default()
     };
     let deps = CaDeps {
@@ -120,6 +128,70 @@ async fn saturated_ca_refuses_with_resource_exhausted_instead_of_queueing() {
 
     drop(_busy);
     issuer.issue(web_request(&env)).await.unwrap();
+}
+
+/// The node agent of node-a asking for `default/<sa>`.
+fn agent_request(env: &TestEnv, sa: &str) -> IssueRequest {
+    let (_key, csr) = key_and_csr(&env.id("default", sa));
+    let token = env.token(
+        "meshid-system",
+        "meshid-agent",
+        Some(("agent-a", "uid-agent-a")),
+        Some("node-a"),
+    );
+    IssueRequest {
+        authorization: Some(format!("Bearer {token}")),
+        csr,
+        validity_secs: 600,
+        impersonate: Some(env.id("default", sa).to_string()),
+        ..IssueRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn an_impersonated_issuance_is_audited_with_the_workloads_pod_not_the_agents() {
+    let env = TestEnv::new();
+    // Two pods of `api` on node-a, one on node-b.
+    env.add_pod("default", "api-2", "uid-api-2", "api", "node-a");
+    env.add_pod("default", "api-1", "uid-api-1", "api", "node-a");
+    env.add_pod("default", "api-9", "uid-api-9", "api", "node-b");
+    let db = env.data_dir.join("audit.db");
+    let issuer = issuer(&env, Box::new(SqliteBackend::open(&db).unwrap()), 8);
+
+    issuer.issue(agent_request(&env, "web")).await.unwrap();
+    issuer.issue(agent_request(&env, "api")).await.unwrap();
+    let rows = issuer
+        .deps
+        .audit
+        .query(AuditQuery::default())
+        .await
+        .unwrap();
+    let row = |sa: &str| {
+        rows.iter()
+            .find(|r| r.service_account.as_deref() == Some(sa))
+            .unwrap_or_else(|| panic!("no row for {sa}: {rows:?}"))
+    };
+    let web = row("web");
+    assert_eq!(
+        web.caller.as_deref(),
+        Some("spiffe://cluster.local/ns/meshid-system/sa/meshid-agent")
+    );
+    assert_eq!(web.node.as_deref(), Some("node-a"));
+    assert_eq!(web.pod_name.as_deref(), Some("web-1"));
+    assert_eq!(web.pod_uid.as_deref(), Some("uid-web-1"));
+    assert_eq!(web.reason, None);
+
+    // Several candidates: no single pod is named; the note lists those on the node.
+    let api = row("api");
+    assert_eq!(api.pod_name, None);
+    assert_eq!(api.pod_uid, None);
+    let note = api.reason.as_deref().unwrap();
+    assert!(note.contains("2 pods"), "{note}");
+    assert!(
+        note.contains("api-1 (uid uid-api-1), api-2 (uid uid-api-2)"),
+        "{note}"
+    );
+    assert!(!note.contains("api-9"), "{note}");
 }
 
 #[test]
