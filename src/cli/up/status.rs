@@ -373,6 +373,10 @@ pub(crate) fn print_banner(mesh: &Mesh, default_dir: bool) {
         "  curl http://127.0.0.1:{via}/     # through the frontend's proxy: mTLS, still works"
     );
     println!("  meshid mtls status{manifests_flag}");
+    println!(
+        "  meshid mtls status --agent-socket {}   # the same, as the node agent resolved it",
+        mesh.socket.display()
+    );
     println!("  meshid audit list{data_flag}");
     println!(
         "  SPIFFE_ENDPOINT_SOCKET=unix://{} <a Workload API client>   # you are the pod default/client (annotated with your uid)",
