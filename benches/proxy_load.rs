@@ -13,7 +13,10 @@
 //!    served again for PERMISSIVE), polled every 20 ms.
 //!
 //! `cargo bench --bench proxy_load -- [--seconds 5] [--connections 32]
-//! [--bulk-mib 256] [--handshake-workers 8] [--mode-changes 10] [--all-in-one] [--wrk]`
+//! [--bulk-mib 256] [--handshake-workers 8] [--mode-changes 10] [--all-in-one] [--wrk]
+//! [--proxy-bin PATH]`
+//!
+//! `--proxy-bin` runs another build of `meshid-proxy` (A/B runs of two builds).
 //!
 //! `--wrk` adds the keep-alive phase with `wrk` against `nginx` (Debian's
 //! packages `wrk` and `nginx-light`), direct and through the pair.
@@ -30,7 +33,9 @@ use anyhow::{bail, Context};
 #[path = "proxy_load/third_party.rs"]
 mod third_party;
 
-use meshid::test_helpers::{cli_arg, cli_flag, AgentProcess, CaProcess, ProxyProcess, TestEnv};
+use meshid::test_helpers::{
+    cli_arg, cli_flag, cli_value, AgentProcess, CaProcess, ProxyProcess, TestEnv,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -400,10 +405,11 @@ struct Mesh {
 
 fn start_mesh(app: SocketAddr, nginx: Option<SocketAddr>) -> anyhow::Result<Mesh> {
     let bin = Path::new(BIN);
-    let proxy_bin = if cli_flag("--all-in-one") {
-        bin
-    } else {
-        Path::new(PROXY_BIN)
+    let other = cli_value("--proxy-bin").map(PathBuf::from);
+    let proxy_bin = match &other {
+        Some(path) => path.as_path(),
+        None if cli_flag("--all-in-one") => bin,
+        None => Path::new(PROXY_BIN),
     };
     let env = TestEnv::new();
     env.add_pod(

@@ -49,8 +49,9 @@ pub const COPY_BUFFER: usize = 64 * 1024;
 /// Bytes read from the socket at a time beneath TLS. rustls asks its
 /// transport for at most 4 KiB per read, so a full 16 KiB record would cost
 /// four or five `recvfrom` calls; a buffer under it turns those into one read
-/// of up to this many bytes (several records) and copies in memory.
-pub const TLS_READ_BUFFER: usize = 64 * 1024;
+/// of up to this many bytes (two full records) and copies in memory. It is
+/// allocated at accept, before the peer is authenticated, so it stays small.
+pub const TLS_READ_BUFFER: usize = 32 * 1024;
 
 /// A TCP stream with [`TLS_READ_BUFFER`] bytes of read buffering, the
 /// transport under both the inbound and the outbound TLS streams.

@@ -33,6 +33,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use self::cgroup::pod_uid_from_cgroup;
+pub(crate) use self::cgroup::pod_uids;
 pub use self::error::AttestError;
 pub use self::procfs::process_start_time;
 use crate::identity::{SpiffeId, TrustDomain};

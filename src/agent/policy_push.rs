@@ -192,6 +192,9 @@ pub struct PolicyService {
     stop: CancellationToken,
     /// This process's uid: may list every workload's policy (as may root).
     own_uid: Option<u32>,
+    /// The pods this process runs in: a caller inside them (`kubectl exec`
+    /// into the agent) may list; a caller inside any other pod may not.
+    own_pods: Vec<String>,
 }
 
 impl std::fmt::Debug for PolicyService {
@@ -225,6 +228,7 @@ impl PolicyService {
             metrics,
             stop: CancellationToken::new(),
             own_uid: listing::own_uid(),
+            own_pods: listing::own_pods(),
         }
     }
 
@@ -285,8 +289,11 @@ impl PolicyDiscovery for PolicyService {
             .extensions()
             .get::<UdsConnInfo>()
             .and_then(|info| info.peer.as_ref());
-        if let Err(reason) = listing::may_list(peer, self.own_uid) {
-            self.metrics.attestation_failures.inc();
+        let caller = listing::ListingCaller {
+            peer,
+            pods: listing::caller_pods(peer.and_then(|p| p.pid)),
+        };
+        if let Err(reason) = listing::may_list(&caller, self.own_uid, &self.own_pods) {
             tracing::warn!(%reason, "policy listing refused");
             return Err(Status::permission_denied(reason));
         }

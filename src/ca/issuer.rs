@@ -167,7 +167,12 @@ impl Issuer {
                     .sign_errors
                     .with_label_values(&[e.metric_label()])
                     .inc();
-                record.reason = Some(e.to_string());
+                // A note made on the way (the candidate pods of an
+                // impersonation) stays, after the reason for the refusal.
+                record.reason = Some(match record.reason.take() {
+                    Some(note) => format!("{e} ({note})"),
+                    None => e.to_string(),
+                });
                 let caller = record.caller.clone().unwrap_or_default();
                 if let Err(audit_err) = audit.record(record).await {
                     tracing::error!(error = %audit_err, "audit write of a refusal failed");

@@ -86,8 +86,8 @@ pub struct StatusArgs {
     pub output: OutputFormat,
     /// Ask this node agent (its Unix socket) instead of reading the policies:
     /// the pods on its node, resolved as its proxies receive them. Needs uid 0
-    /// or the agent's uid.
-    #[arg(long, env = "MESHID_AGENT_SOCKET")]
+    /// or the agent's uid, outside any workload's pod.
+    #[arg(long, env = "MESHID_MTLS_STATUS_AGENT_SOCKET", conflicts_with_all = ["manifests", "platform"])]
     pub agent_socket: Option<PathBuf>,
     /// Manifests and root namespace.
     #[command(flatten)]

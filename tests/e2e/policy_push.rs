@@ -175,6 +175,11 @@ async fn status_through_a_missing_agent_socket_names_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("agent.sock"), "{stderr}");
     assert!(stderr.contains("meshid agent"), "{stderr}");
+    // Asking the agent and reading manifests are two different answers: not both.
+    let both = status_via_agent(&socket, &["--manifests", "/tmp"]);
+    assert!(!both.status.success());
+    let stderr = String::from_utf8_lossy(&both.stderr);
+    assert!(stderr.contains("--manifests"), "{stderr}");
 }
 
 /// The listing is for the node's operator: a process of another uid (a

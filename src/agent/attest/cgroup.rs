@@ -36,7 +36,7 @@ pub fn pod_uid_from_cgroup(contents: &str) -> Option<String> {
 }
 
 /// Every distinct pod UID the lines of `contents` name, in order of appearance.
-pub(super) fn pod_uids(contents: &str) -> Vec<String> {
+pub(crate) fn pod_uids(contents: &str) -> Vec<String> {
     let mut uids: Vec<String> = Vec::new();
     for path in contents.lines().filter_map(cgroup_path) {
         if let Some(uid) = pod_uid_in_path(path) {

@@ -1,46 +1,104 @@
 //! `ListWorkloadPolicies`: the effective mode of every pod on this agent's
 //! node, for `meshid mtls status --agent-socket`.
 //!
-//! Rule enforced ([`may_list`]): the listing is for the node's operator. A
-//! caller whose peer credentials say uid 0 or the agent's own uid may list;
-//! anyone else — a workload's proxy, which may learn its own policy only,
-//! through `WatchPolicy` — is refused, and a caller without peer credentials
-//! is refused too (a bearer token attests a workload, not an operator).
+//! Rule enforced ([`may_list`]): the listing is for the node's operator, never
+//! for a workload (which may learn its own policy only, through
+//! `WatchPolicy`). The caller's peer credentials must say uid 0 or the
+//! agent's own uid, *and* the caller must not run inside a pod other than the
+//! agent's own: a container running as root shows uid 0 too, so uid alone
+//! would let any root workload list its neighbours and their modes. Where the
+//! caller runs comes from its pid's `/proc/<pid>/cgroup`; a caller whose pid
+//! the kernel does not give, or whose cgroup cannot be read, is refused (fail
+//! closed). A bearer token never helps: it attests a workload, not an
+//! operator.
 
 use super::follow::PolicyIndex;
 use super::{proto, PolicyPushError};
-use crate::agent::attest::PeerCredentials;
+use crate::agent::attest::{pod_uids, PeerCredentials};
 use crate::policy::MtlsMode;
 
-/// The effective uid of this process, from the owner of `/proc/self`
-/// (`None` when /proc cannot tell: then only uid 0 may list).
+/// This process's effective uid, from the `Uid:` line of
+/// `/proc/self/status` (real, effective, saved, filesystem); `None` when it
+/// cannot be read, and then only uid 0 may list.
 pub(super) fn own_uid() -> Option<u32> {
-    use std::os::unix::fs::MetadataExt as _;
-    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    effective_uid(&status)
 }
 
-/// Whether a caller with `peer` credentials may list every workload's policy
-/// on an agent running as `agent_uid`; the refusal says why.
+fn effective_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The pods this process runs in (empty outside Kubernetes).
+pub(super) fn own_pods() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/cgroup")
+        .map(|c| pod_uids(&c))
+        .unwrap_or_default()
+}
+
+/// The pods the process `pid` runs in, from its cgroup; an error says why
+/// that cannot be told.
+pub(super) fn caller_pods(pid: Option<i32>) -> Result<Vec<String>, String> {
+    let pid = match pid {
+        Some(pid) if pid > 0 => pid,
+        _ => return Err("the kernel gave no pid for the caller (another pid namespace?)".into()),
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map(|c| pod_uids(&c))
+        .map_err(|e| format!("cannot read /proc/{pid}/cgroup: {e}"))
+}
+
+/// What [`may_list`] decides on.
+pub(super) struct ListingCaller<'a> {
+    /// The connection's peer credentials, if the kernel gave them.
+    pub(super) peer: Option<&'a PeerCredentials>,
+    /// The pods the caller runs in ([`caller_pods`]).
+    pub(super) pods: Result<Vec<String>, String>,
+}
+
+/// Whether `caller` may list every workload's policy on an agent running as
+/// `agent_uid` inside `agent_pods`; the refusal says why.
 pub(super) fn may_list(
-    peer: Option<&PeerCredentials>,
+    caller: &ListingCaller<'_>,
     agent_uid: Option<u32>,
+    agent_pods: &[String],
 ) -> Result<(), String> {
-    let Some(peer) = peer else {
+    let Some(peer) = caller.peer else {
         return Err(
             "no peer credentials on this connection: listing every workload's \
                     policy is for the node's operator (uid 0 or the agent's uid)"
                 .to_owned(),
         );
     };
-    if peer.uid == 0 || Some(peer.uid) == agent_uid {
-        return Ok(());
+    if peer.uid != 0 && Some(peer.uid) != agent_uid {
+        return Err(format!(
+            "uid {} may not list every workload's policy: only uid 0{} may (a workload learns \
+             its own policy through WatchPolicy)",
+            peer.uid,
+            agent_uid.map_or_else(String::new, |uid| format!(" or the agent's uid {uid}")),
+        ));
     }
-    Err(format!(
-        "uid {} may not list every workload's policy: only uid 0{} may (a workload learns \
-         its own policy through WatchPolicy)",
-        peer.uid,
-        agent_uid.map_or_else(String::new, |uid| format!(" or the agent's uid {uid}")),
-    ))
+    match &caller.pods {
+        Err(why) => Err(format!(
+            "uid {} may list only from outside any workload's pod, and where it runs is \
+             unknown: {why}",
+            peer.uid
+        )),
+        Ok(pods) => match pods.iter().find(|pod| !agent_pods.contains(pod)) {
+            Some(pod) => Err(format!(
+                "the caller (uid {}) runs in pod {pod}, a workload: it learns its own policy \
+                 only, through WatchPolicy, even as root",
+                peer.uid
+            )),
+            None => Ok(()),
+        },
+    }
 }
 
 /// Every running pod on `node` (of `namespace`, when not empty), sorted by
@@ -76,12 +134,17 @@ pub(super) fn list(
                 .map(|w| format!("pod {}/{}: {w}", pod.namespace, pod.name)),
         );
         let effective = resolution.effective;
+        let unset = |e: PolicyPushError| {
+            tracing::error!(pod = %format_args!("{}/{}", pod.namespace, pod.name), error = %e,
+                "policy listing failed");
+            e
+        };
         workloads.push(proto::WorkloadPolicy {
-            mode: wire(effective.mode)?,
+            mode: wire(effective.mode).map_err(unset)?,
             port_modes: effective
                 .ports
                 .iter()
-                .map(|(port, mode)| Ok((*port, wire(*mode)?)))
+                .map(|(port, mode)| Ok((*port, wire(*mode).map_err(unset)?)))
                 .collect::<Result<_, PolicyPushError>>()?,
             source: effective.source.to_string(),
             ports_source: effective
@@ -112,32 +175,68 @@ mod tests {
         }
     }
 
+    fn on_host(peer: &PeerCredentials) -> ListingCaller<'_> {
+        ListingCaller {
+            peer: Some(peer),
+            pods: Ok(Vec::new()),
+        }
+    }
+
     #[test]
-    fn root_and_the_agents_own_uid_may_list() {
-        assert_eq!(may_list(Some(&peer(0)), Some(1000)), Ok(()));
-        assert_eq!(may_list(Some(&peer(1000)), Some(1000)), Ok(()));
-        assert_eq!(may_list(Some(&peer(0)), None), Ok(()));
+    fn root_and_the_agents_own_uid_may_list_from_outside_any_pod() {
+        assert_eq!(may_list(&on_host(&peer(0)), Some(1000), &[]), Ok(()));
+        assert_eq!(may_list(&on_host(&peer(1000)), Some(1000), &[]), Ok(()));
+        assert_eq!(may_list(&on_host(&peer(0)), None, &[]), Ok(()));
     }
 
     #[test]
     fn a_workloads_uid_or_no_credentials_may_not_list() {
-        let refused = may_list(Some(&peer(1001)), Some(1000)).unwrap_err();
+        let refused = may_list(&on_host(&peer(1001)), Some(1000), &[]).unwrap_err();
         assert!(refused.contains("uid 1001"), "{refused}");
         assert!(refused.contains("agent's uid 1000"), "{refused}");
         // /proc unreadable: only root.
-        assert!(may_list(Some(&peer(1000)), None).is_err());
-        let anonymous = may_list(None, Some(1000)).unwrap_err();
-        assert!(anonymous.contains("no peer credentials"), "{anonymous}");
+        assert!(may_list(&on_host(&peer(1000)), None, &[]).is_err());
+        let anonymous = ListingCaller {
+            peer: None,
+            pods: Ok(Vec::new()),
+        };
+        let refused = may_list(&anonymous, Some(1000), &[]).unwrap_err();
+        assert!(refused.contains("no peer credentials"), "{refused}");
     }
 
     #[test]
-    fn own_uid_is_this_process_owner() {
-        use std::os::unix::fs::MetadataExt as _;
-        let uid = own_uid().unwrap();
-        // A file we create is owned by our effective uid.
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("f");
-        std::fs::write(&file, b"").unwrap();
-        assert_eq!(std::fs::metadata(&file).unwrap().uid(), uid);
+    fn root_inside_a_workloads_pod_may_not_list() {
+        let root = peer(0);
+        let in_pod = ListingCaller {
+            peer: Some(&root),
+            pods: Ok(vec!["1111-2222".into()]),
+        };
+        let refused = may_list(&in_pod, Some(0), &["9999-0000".into()]).unwrap_err();
+        assert!(refused.contains("pod 1111-2222"), "{refused}");
+        // The agent's own pod (`kubectl exec` into the agent) may.
+        assert_eq!(may_list(&in_pod, Some(0), &["1111-2222".into()]), Ok(()));
+    }
+
+    #[test]
+    fn a_caller_whose_place_is_unknown_may_not_list() {
+        let root = peer(0);
+        let unknown = ListingCaller {
+            peer: Some(&root),
+            pods: caller_pods(None),
+        };
+        let refused = may_list(&unknown, Some(0), &[]).unwrap_err();
+        assert!(refused.contains("no pid"), "{refused}");
+        assert!(caller_pods(Some(0)).is_err());
+    }
+
+    #[test]
+    fn this_process_is_found_where_it_runs() {
+        assert_eq!(caller_pods(Some(std::process::id() as i32)), Ok(own_pods()));
+        assert!(own_uid().is_some());
+        assert_eq!(
+            effective_uid("Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t1\t1\t1\t1\n"),
+            Some(0)
+        );
+        assert_eq!(effective_uid("Name:\tx\n"), None);
     }
 }

@@ -43,11 +43,13 @@ async fn list(
     socket: &Path,
     namespace: Option<&str>,
 ) -> anyhow::Result<proto::ListWorkloadPoliciesResponse> {
-    if !socket.exists() {
-        bail!(
+    match std::fs::symlink_metadata(socket) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
             "no agent socket at {}: is `meshid agent` running on this node (--socket)?",
             socket.display()
-        );
+        ),
+        Err(e) => bail!("cannot reach the agent socket at {}: {e}", socket.display()),
     }
     let channel = uds_channel(socket)?;
     let request = proto::ListWorkloadPoliciesRequest {
