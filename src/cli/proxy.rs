@@ -47,7 +47,16 @@ pub struct ProxyArgs {
     #[arg(long, env = "MESHID_PROXY_THREADS", default_value_t = 1,
         value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: u16,
+    /// Connections at once, inbound and outbound together; beyond it new
+    /// connections wait in the listen backlog (each open connection holds
+    /// up to ~170 KiB of buffers).
+    #[arg(long, env = "MESHID_PROXY_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
 }
+
+/// `--max-connections` when not given.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
 
 impl ProxyArgs {
     /// The runtime the proxy runs on: one thread, or `threads` workers.
@@ -104,6 +113,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         token_file: args.token_file,
         metrics_listen: args.metrics_listen,
         mode_change_drain: args.mode_change_drain,
+        max_connections: args.max_connections as usize,
     };
     config.validate()?;
     tracing::info!(
@@ -198,6 +208,7 @@ mod tests {
             token_file: None,
             metrics_listen: None,
             mode_change_drain: Duration::ZERO,
+            max_connections: 1,
         };
         assert!(config
             .validate()
@@ -212,6 +223,12 @@ mod tests {
             .contains("two routes"));
         config.inbound = vec![route];
         assert!(config.validate().is_ok());
+        config.max_connections = 0;
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--max-connections"));
     }
 
     #[test]
@@ -232,5 +249,11 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(zero.contains("--threads"), "{zero}");
+        assert_eq!(one.args.max_connections, DEFAULT_MAX_CONNECTIONS);
+        let none = Cli::try_parse_from(["meshid-proxy", "--max-connections", "0"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(none.contains("--max-connections"), "{none}");
     }
 }

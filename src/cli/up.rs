@@ -264,6 +264,7 @@ async fn start(
             token_file: Some(token.clone()),
             metrics_listen: Some(ports.proxy_metrics(i)),
             mode_change_drain: Duration::ZERO,
+            max_connections: super::proxy::DEFAULT_MAX_CONNECTIONS as usize,
         };
         let registry = prometheus::Registry::new();
         let start = proxy_server::start(config, system_clock(), registry.clone(), shutdown.clone());

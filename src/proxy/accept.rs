@@ -2,22 +2,32 @@
 //! `TCP_NODELAY` (small writes such as TLS handshake flights must not wait
 //! for delayed ACKs), run each connection in a task tracked by `shutdown`,
 //! and cut connections still open [`CONNECTION_GRACE`] after shutdown began.
+//!
+//! Rule enforced: at most `limit` connections at once across the proxy's
+//! listeners (`--max-connections`). A slot is taken *before* accepting, so
+//! at the limit new connections wait in the kernel's listen backlog instead
+//! of each holding buffers (a TLS read buffer from accept, two copy buffers
+//! once forwarding) — the same backpressure as the CA's connection cap.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::shutdown::{Shutdown, CONNECTION_GRACE};
 
-/// Serves `listener` until `shutdown`; `handle` gets each connection and a
-/// token cancelled when the connection must end.
+/// Serves `listener` until `shutdown`, each connection holding one of
+/// `limit`'s permits; `handle` gets each connection and a token cancelled
+/// when the connection must end.
 pub(crate) async fn serve<F, Fut>(
     listener: TcpListener,
     direction: &'static str,
     shutdown: Shutdown,
+    limit: Arc<Semaphore>,
     handle: F,
 ) where
     F: Fn(TcpStream, SocketAddr, CancellationToken) -> Fut,
@@ -25,6 +35,19 @@ pub(crate) async fn serve<F, Fut>(
 {
     let cut = after_grace(&shutdown);
     loop {
+        let slot = match limit.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                tracing::warn!(direction, "connection limit reached (--max-connections); new connections wait in the listen backlog");
+                tokio::select! {
+                    () = shutdown.triggered() => return,
+                    slot = limit.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => return,
+                    },
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             () = shutdown.triggered() => return,
             accepted = listener.accept() => match accepted {
@@ -44,6 +67,7 @@ pub(crate) async fn serve<F, Fut>(
                 () = connection => {}
                 () = stop.cancelled() => {}
             }
+            drop(slot);
         });
     }
 }
@@ -58,4 +82,53 @@ pub(crate) fn after_grace(shutdown: &Shutdown) -> CancellationToken {
         token.cancel();
     });
     cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc;
+
+    /// With one slot, a second connection is not handled while the first is
+    /// open, and is handled as soon as the first ends.
+    #[tokio::test]
+    async fn at_the_limit_a_new_connection_waits_until_a_slot_frees() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let (started_tx, mut started) = mpsc::unbounded_channel();
+        let (release_tx, release) = tokio::sync::watch::channel(false);
+        tokio::spawn(serve(
+            listener,
+            "inbound",
+            shutdown.clone(),
+            Arc::new(Semaphore::new(1)),
+            move |_stream, peer, _stop| {
+                let started_tx = started_tx.clone();
+                let mut release = release.clone();
+                async move {
+                    started_tx.send(peer).unwrap();
+                    let _ = release.wait_for(|go| *go).await;
+                }
+            },
+        ));
+        let _first = TcpStream::connect(addr).await.unwrap();
+        let first_peer = started.recv().await.unwrap();
+        // The second connects (the kernel's backlog accepts it) but is not handled.
+        let second = TcpStream::connect(addr).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(300), started.recv()).await;
+        assert!(
+            waited.is_err(),
+            "a second connection was handled at the limit"
+        );
+        // The first ends: the second is handled now.
+        release_tx.send(true).unwrap();
+        let second_peer = tokio::time::timeout(Duration::from_secs(10), started.recv())
+            .await
+            .expect("the waiting connection is handled once a slot frees")
+            .unwrap();
+        assert_ne!(second_peer, first_peer);
+        assert_eq!(second_peer, second.local_addr().unwrap());
+        shutdown.trigger();
+    }
 }

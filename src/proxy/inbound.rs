@@ -113,13 +113,24 @@ impl Inbound {
     /// Serves `listener` until `shutdown`; applies each policy change to the
     /// live connections. Connections are tracked by `shutdown` and cut
     /// [`CONNECTION_GRACE`](crate::shutdown::CONNECTION_GRACE) after it triggers.
-    pub async fn run(self, listener: TcpListener, shutdown: Shutdown) {
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: Shutdown,
+        limit: Arc<tokio::sync::Semaphore>,
+    ) {
         let this = Arc::new(self);
         shutdown.spawn(this.clone().follow_policy(shutdown.clone()));
-        crate::proxy::accept::serve(listener, "inbound", shutdown, move |stream, peer, stop| {
-            let this = this.clone();
-            async move { this.handle(stream, peer, stop).await }
-        })
+        crate::proxy::accept::serve(
+            listener,
+            "inbound",
+            shutdown,
+            limit,
+            move |stream, peer, stop| {
+                let this = this.clone();
+                async move { this.handle(stream, peer, stop).await }
+            },
+        )
         .await;
     }
 

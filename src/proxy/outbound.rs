@@ -81,12 +81,18 @@ impl Outbound {
     /// Serves `listener` until `shutdown`; connections are tracked by
     /// `shutdown` and cut [`CONNECTION_GRACE`](crate::shutdown::CONNECTION_GRACE)
     /// after it triggers.
-    pub async fn run(self, listener: TcpListener, shutdown: Shutdown) {
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: Shutdown,
+        limit: Arc<tokio::sync::Semaphore>,
+    ) {
         let this = Arc::new(self);
         crate::proxy::accept::serve(
             listener,
             "outbound",
             shutdown,
+            limit,
             move |stream, peer, _stop| {
                 let this = this.clone();
                 async move { this.handle(stream, peer).await }

@@ -76,6 +76,8 @@ pub struct ProxyConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// How long a live connection that a mode change disallows may go on.
     pub mode_change_drain: Duration,
+    /// Connections at once across all listeners; more wait in the backlog.
+    pub max_connections: usize,
 }
 
 impl ProxyConfig {
@@ -84,6 +86,11 @@ impl ProxyConfig {
         if self.inbound.is_empty() && self.outbound.is_empty() {
             return Err(ProxyError::Config(
                 "give at least one --inbound or --outbound route".to_owned(),
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(ProxyError::Config(
+                "--max-connections must be at least 1".to_owned(),
             ));
         }
         let mut seen = std::collections::HashSet::new();
@@ -164,6 +171,7 @@ pub async fn start(
     }
     spawn_expiry_gauge(store.clone(), metrics.clone(), shutdown.clone());
 
+    let limit = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     let mut inbound = Vec::new();
     for route in &config.inbound {
         let listener = bind("--inbound", route.listen).await?;
@@ -176,14 +184,14 @@ pub async fn start(
             metrics.clone(),
             config.mode_change_drain,
         )?;
-        shutdown.spawn(side.run(listener, shutdown.clone()));
+        shutdown.spawn(side.run(listener, shutdown.clone(), limit.clone()));
     }
     let mut outbound = Vec::new();
     for route in &config.outbound {
         let listener = bind("--outbound", route.listen).await?;
         outbound.push(listener.local_addr().unwrap_or(route.listen));
         let side = Outbound::new(route.clone(), store.clone(), metrics.clone())?;
-        shutdown.spawn(side.run(listener, shutdown.clone()));
+        shutdown.spawn(side.run(listener, shutdown.clone(), limit.clone()));
     }
     Ok(RunningProxy {
         inbound,
