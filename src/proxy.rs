@@ -30,7 +30,7 @@
 //! `time`; never `ca`, `platform`, or `pki`'s signing (tests mint certificates
 //! with the real authority).
 
-mod accept;
+pub mod accept;
 pub mod enforce;
 pub mod inbound;
 pub mod metrics;

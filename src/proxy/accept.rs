@@ -20,19 +20,31 @@ use tokio_util::sync::CancellationToken;
 
 use crate::shutdown::{Shutdown, CONNECTION_GRACE};
 
-/// Serves `listener` until `shutdown`, each connection holding one of
-/// `limit`'s permits; `handle` gets each connection and a token cancelled
+/// A bound listener with what serving it needs: the proxy's shutdown and
+/// its connection limit (shared by all of the proxy's listeners).
+#[derive(Debug)]
+pub struct Listening {
+    /// The bound listener.
+    pub listener: TcpListener,
+    /// Stops accepting; live connections are cut a grace period later.
+    pub shutdown: Shutdown,
+    /// One permit per open connection (`--max-connections`).
+    pub limit: Arc<Semaphore>,
+}
+
+/// Serves `listening` until its shutdown, each connection holding one of
+/// its limit's permits; `handle` gets each connection and a token cancelled
 /// when the connection must end.
-pub(crate) async fn serve<F, Fut>(
-    listener: TcpListener,
-    direction: &'static str,
-    shutdown: Shutdown,
-    limit: Arc<Semaphore>,
-    handle: F,
-) where
+pub(crate) async fn serve<F, Fut>(listening: Listening, direction: &'static str, handle: F)
+where
     F: Fn(TcpStream, SocketAddr, CancellationToken) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let Listening {
+        listener,
+        shutdown,
+        limit,
+    } = listening;
     let cut = after_grace(&shutdown);
     loop {
         let slot = match limit.clone().try_acquire_owned() {
@@ -98,20 +110,19 @@ mod tests {
         let shutdown = Shutdown::new();
         let (started_tx, mut started) = mpsc::unbounded_channel();
         let (release_tx, release) = tokio::sync::watch::channel(false);
-        tokio::spawn(serve(
+        let listening = Listening {
             listener,
-            "inbound",
-            shutdown.clone(),
-            Arc::new(Semaphore::new(1)),
-            move |_stream, peer, _stop| {
-                let started_tx = started_tx.clone();
-                let mut release = release.clone();
-                async move {
-                    started_tx.send(peer).unwrap();
-                    let _ = release.wait_for(|go| *go).await;
-                }
-            },
-        ));
+            shutdown: shutdown.clone(),
+            limit: Arc::new(Semaphore::new(1)),
+        };
+        tokio::spawn(serve(listening, "inbound", move |_stream, peer, _stop| {
+            let started_tx = started_tx.clone();
+            let mut release = release.clone();
+            async move {
+                started_tx.send(peer).unwrap();
+                let _ = release.wait_for(|go| *go).await;
+            }
+        }));
         let _first = TcpStream::connect(addr).await.unwrap();
         let first_peer = started.recv().await.unwrap();
         // The second connects (the kernel's backlog accepts it) but is not handled.

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use self::live::LiveConns;
 use crate::identity::TrustDomain;
 use crate::policy::MtlsMode;
+use crate::proxy::accept::{serve, Listening};
 use crate::proxy::enforce::{decide, Action, ConnKind, Decision};
 use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::policy_watch::ProxyPolicy;
@@ -113,24 +114,14 @@ impl Inbound {
     /// Serves `listener` until `shutdown`; applies each policy change to the
     /// live connections. Connections are tracked by `shutdown` and cut
     /// [`CONNECTION_GRACE`](crate::shutdown::CONNECTION_GRACE) after it triggers.
-    pub async fn run(
-        self,
-        listener: TcpListener,
-        shutdown: Shutdown,
-        limit: Arc<tokio::sync::Semaphore>,
-    ) {
+    pub async fn run(self, listening: Listening) {
         let this = Arc::new(self);
+        let shutdown = &listening.shutdown;
         shutdown.spawn(this.clone().follow_policy(shutdown.clone()));
-        crate::proxy::accept::serve(
-            listener,
-            "inbound",
-            shutdown,
-            limit,
-            move |stream, peer, stop| {
-                let this = this.clone();
-                async move { this.handle(stream, peer, stop).await }
-            },
-        )
+        serve(listening, "inbound", move |stream, peer, stop| {
+            let this = this.clone();
+            async move { this.handle(stream, peer, stop).await }
+        })
         .await;
     }
 

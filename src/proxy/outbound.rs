@@ -16,16 +16,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::identity::SpiffeId;
+use crate::proxy::accept::{serve, Listening};
 use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::tls::{
     client_config, server_name_for, CertStore, PeerExpectation, ProxyTlsError,
 };
 use crate::proxy::COPY_BUFFER;
-use crate::shutdown::Shutdown;
 
 /// How long connecting to the upstream (TCP and TLS) may take.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,23 +81,12 @@ impl Outbound {
     /// Serves `listener` until `shutdown`; connections are tracked by
     /// `shutdown` and cut [`CONNECTION_GRACE`](crate::shutdown::CONNECTION_GRACE)
     /// after it triggers.
-    pub async fn run(
-        self,
-        listener: TcpListener,
-        shutdown: Shutdown,
-        limit: Arc<tokio::sync::Semaphore>,
-    ) {
+    pub async fn run(self, listening: Listening) {
         let this = Arc::new(self);
-        crate::proxy::accept::serve(
-            listener,
-            "outbound",
-            shutdown,
-            limit,
-            move |stream, peer, _stop| {
-                let this = this.clone();
-                async move { this.handle(stream, peer).await }
-            },
-        )
+        serve(listening, "outbound", move |stream, peer, _stop| {
+            let this = this.clone();
+            async move { this.handle(stream, peer).await }
+        })
         .await;
     }
 

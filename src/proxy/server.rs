@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::identity::SpiffeId;
+use crate::proxy::accept::Listening;
 use crate::proxy::inbound::{Inbound, InboundRoute};
 use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::outbound::{Outbound, OutboundRoute};
@@ -172,6 +173,11 @@ pub async fn start(
     spawn_expiry_gauge(store.clone(), metrics.clone(), shutdown.clone());
 
     let limit = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let listening = |listener| Listening {
+        listener,
+        shutdown: shutdown.clone(),
+        limit: limit.clone(),
+    };
     let mut inbound = Vec::new();
     for route in &config.inbound {
         let listener = bind("--inbound", route.listen).await?;
@@ -184,14 +190,14 @@ pub async fn start(
             metrics.clone(),
             config.mode_change_drain,
         )?;
-        shutdown.spawn(side.run(listener, shutdown.clone(), limit.clone()));
+        shutdown.spawn(side.run(listening(listener)));
     }
     let mut outbound = Vec::new();
     for route in &config.outbound {
         let listener = bind("--outbound", route.listen).await?;
         outbound.push(listener.local_addr().unwrap_or(route.listen));
         let side = Outbound::new(route.clone(), store.clone(), metrics.clone())?;
-        shutdown.spawn(side.run(listener, shutdown.clone(), limit.clone()));
+        shutdown.spawn(side.run(listening(listener)));
     }
     Ok(RunningProxy {
         inbound,
