@@ -180,6 +180,23 @@ impl Attestor {
         Ok(workload)
     }
 
+    /// The pods whose cgroups the process behind `creds` runs in (empty for a
+    /// process outside Kubernetes), read under the same start-time check as
+    /// [`Self::attest_peer`]: a pid reused during the read is an error, as
+    /// is a peer whose pid the kernel did not give.
+    pub fn peer_pod_uids(&self, creds: &PeerCredentials) -> Result<Vec<String>, AttestError> {
+        let Some(pid) = creds.pid.filter(|&pid| pid > 0) else {
+            return Err(AttestError::NoPid);
+        };
+        let before = process_start_time(&self.proc_root, pid)?;
+        let cgroup = procfs::read_cgroup(&self.proc_root, pid)?;
+        let after = process_start_time(&self.proc_root, pid)?;
+        if after != before {
+            return Err(AttestError::PidReused { pid, before, after });
+        }
+        Ok(cgroup::pod_uids(&cgroup))
+    }
+
     /// For SDS callers that send their own service-account token
     /// (`authorization: Bearer`, the Istio 1.1 node-agent way): the token
     /// must verify (`platform.verify_token` with `audiences`), must be bound to

@@ -291,7 +291,13 @@ impl PolicyDiscovery for PolicyService {
             .and_then(|info| info.peer.as_ref());
         let caller = listing::ListingCaller {
             peer,
-            pods: listing::caller_pods(peer.and_then(|p| p.pid)),
+            pods: match peer {
+                Some(creds) => self
+                    .attestor
+                    .peer_pod_uids(creds)
+                    .map_err(|e| e.to_string()),
+                None => Err("no peer credentials".to_owned()),
+            },
         };
         if let Err(reason) = listing::may_list(&caller, self.own_uid, &self.own_pods) {
             tracing::warn!(%reason, "policy listing refused");

@@ -15,6 +15,10 @@ use crate::platform::PlatformError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AttestError {
+    /// The kernel gave no pid for the peer (0: outside our pid namespace),
+    /// so where it runs cannot be told.
+    #[error("the kernel gave no pid for the caller (another pid namespace?), so where it runs cannot be told")]
+    NoPid,
     /// Neither the caller's cgroup nor its uid names a running pod on this node.
     #[error(
         "no pod on node {node} matches the caller (pid {}, uid {uid}): run it in a pod \

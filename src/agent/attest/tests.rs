@@ -529,3 +529,28 @@ fn platform_unavailability_is_not_a_refusal() {
     assert!(matches!(err, AttestError::Platform(_)));
     assert!(!err.is_refusal());
 }
+
+#[test]
+fn peer_pod_uids_names_the_pods_of_a_caller_and_none_for_a_host_process() {
+    let f = Fixture::new();
+    f.process(100, &in_pod(UID_A), 5000);
+    f.process(101, HOST_CGROUP, 5001);
+    let attestor = f.attestor();
+    // Whether or not the platform knows the pod: this is where it runs.
+    assert_eq!(
+        attestor.peer_pod_uids(&creds(Some(100), 0)).unwrap(),
+        [UID_A]
+    );
+    assert!(attestor
+        .peer_pod_uids(&creds(Some(101), 0))
+        .unwrap()
+        .is_empty());
+    for no_pid in [None, Some(0)] {
+        assert!(matches!(
+            attestor.peer_pod_uids(&creds(no_pid, 0)),
+            Err(AttestError::NoPid)
+        ));
+    }
+    // A pid that is gone cannot be placed.
+    assert!(attestor.peer_pod_uids(&creds(Some(999), 0)).is_err());
+}

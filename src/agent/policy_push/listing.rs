@@ -7,9 +7,10 @@
 //! agent's own uid, *and* the caller must not run inside a pod other than the
 //! agent's own: a container running as root shows uid 0 too, so uid alone
 //! would let any root workload list its neighbours and their modes. Where the
-//! caller runs comes from its pid's `/proc/<pid>/cgroup`; a caller whose pid
-//! the kernel does not give, or whose cgroup cannot be read, is refused (fail
-//! closed). A bearer token never helps: it attests a workload, not an
+//! caller runs comes from its pid's `/proc/<pid>/cgroup`, read under the
+//! attestor's start-time check; a caller whose pid the kernel does not give,
+//! whose cgroup cannot be read, or whose pid was reused meanwhile, is refused
+//! (fail closed). A bearer token never helps: it attests a workload, not an
 //! operator.
 
 use super::follow::PolicyIndex;
@@ -42,23 +43,12 @@ pub(super) fn own_pods() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The pods the process `pid` runs in, from its cgroup; an error says why
-/// that cannot be told.
-pub(super) fn caller_pods(pid: Option<i32>) -> Result<Vec<String>, String> {
-    let pid = match pid {
-        Some(pid) if pid > 0 => pid,
-        _ => return Err("the kernel gave no pid for the caller (another pid namespace?)".into()),
-    };
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .map(|c| pod_uids(&c))
-        .map_err(|e| format!("cannot read /proc/{pid}/cgroup: {e}"))
-}
-
 /// What [`may_list`] decides on.
 pub(super) struct ListingCaller<'a> {
     /// The connection's peer credentials, if the kernel gave them.
     pub(super) peer: Option<&'a PeerCredentials>,
-    /// The pods the caller runs in ([`caller_pods`]).
+    /// The pods the caller runs in ([`crate::agent::attest::Attestor::peer_pod_uids`]), or why
+    /// that cannot be told.
     pub(super) pods: Result<Vec<String>, String>,
 }
 
@@ -222,16 +212,14 @@ mod tests {
         let root = peer(0);
         let unknown = ListingCaller {
             peer: Some(&root),
-            pods: caller_pods(None),
+            pods: Err(crate::agent::attest::AttestError::NoPid.to_string()),
         };
         let refused = may_list(&unknown, Some(0), &[]).unwrap_err();
         assert!(refused.contains("no pid"), "{refused}");
-        assert!(caller_pods(Some(0)).is_err());
     }
 
     #[test]
     fn this_process_is_found_where_it_runs() {
-        assert_eq!(caller_pods(Some(std::process::id() as i32)), Ok(own_pods()));
         assert!(own_uid().is_some());
         assert_eq!(
             effective_uid("Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t1\t1\t1\t1\n"),
