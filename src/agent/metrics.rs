@@ -17,6 +17,8 @@ pub struct AgentMetrics {
     pub time_to_first_cert: Histogram,
     /// Callers on the socket that could not be attested.
     pub attestation_failures: IntCounter,
+    /// `ListWorkloadPolicies` calls refused (not the node's operator).
+    pub listings_refused: IntCounter,
 }
 
 impl AgentMetrics {
@@ -55,6 +57,10 @@ impl AgentMetrics {
                 "meshid_agent_attestation_failures_total",
                 "Callers on the agent socket that could not be attested.",
             )?,
+            listings_refused: IntCounter::new(
+                "meshid_agent_policy_listings_refused_total",
+                "ListWorkloadPolicies calls refused: the caller is not the node's operator.",
+            )?,
         };
         registry.register(Box::new(m.cert_expiry.clone()))?;
         registry.register(Box::new(m.rotations.clone()))?;
@@ -62,6 +68,7 @@ impl AgentMetrics {
         registry.register(Box::new(m.cache_size.clone()))?;
         registry.register(Box::new(m.time_to_first_cert.clone()))?;
         registry.register(Box::new(m.attestation_failures.clone()))?;
+        registry.register(Box::new(m.listings_refused.clone()))?;
         Ok(m)
     }
 }

@@ -300,6 +300,7 @@ impl PolicyDiscovery for PolicyService {
             },
         };
         if let Err(reason) = listing::may_list(&caller, self.own_uid, &self.own_pods) {
+            self.metrics.listings_refused.inc();
             tracing::warn!(%reason, "policy listing refused");
             return Err(Status::permission_denied(reason));
         }

@@ -224,4 +224,10 @@ async fn status_through_the_agent_is_refused_to_another_uid() {
     assert!(stderr.contains("refused"), "{stderr}");
     assert!(stderr.contains("uid 65534"), "{stderr}");
     assert!(out.stdout.is_empty(), "nothing listed");
+    let (code, metrics) = http_get(m.agent.metrics_addr, "/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("meshid_agent_policy_listings_refused_total 1"),
+        "{metrics}"
+    );
 }
