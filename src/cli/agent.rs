@@ -123,6 +123,16 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
 /// Builds the agent's dependencies from flags and starts it.
 pub async fn start(args: AgentArgs, shutdown: Shutdown) -> anyhow::Result<server::RunningAgent> {
+    start_on(args, shutdown, None).await
+}
+
+/// As [`start`], on a local platform that is already open and running when
+/// `local` is given (see [`super::ca::start_on`]).
+pub async fn start_on(
+    args: AgentArgs,
+    shutdown: Shutdown,
+    local: Option<Arc<dyn Platform>>,
+) -> anyhow::Result<server::RunningAgent> {
     let clock = system_clock();
     let root_pem = std::fs::read_to_string(&args.ca_root)
         .with_context(|| format!("reading --ca-root {}", args.ca_root.display()))?;
@@ -137,9 +147,10 @@ pub async fn start(args: AgentArgs, shutdown: Shutdown) -> anyhow::Result<server
         root_pem,
         token_file: args.token_file.clone(),
     })?;
-    let platform: Arc<dyn Platform> = match args.platform.platform {
-        PlatformKind::Local => local_platform(&args, &clock, &shutdown)?,
-        PlatformKind::Kube => kube_platform(&args, &clock, &shutdown).await?,
+    let platform: Arc<dyn Platform> = match (args.platform.platform, local) {
+        (PlatformKind::Local, Some(shared)) => shared,
+        (PlatformKind::Local, None) => local_platform(&args, &clock, &shutdown)?,
+        (PlatformKind::Kube, _) => kube_platform(&args, &clock, &shutdown).await?,
     };
 
     // Printed and used as SPIFFE_ENDPOINT_SOCKET, which needs an absolute path.

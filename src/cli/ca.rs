@@ -126,6 +126,17 @@ pub async fn run(args: CaArgs) -> anyhow::Result<()> {
 
 /// Builds every dependency from the flags and starts the CA.
 pub async fn start(args: CaArgs, shutdown: Shutdown) -> anyhow::Result<CaServer> {
+    start_on(args, shutdown, None).await
+}
+
+/// As [`start`], on a local platform that is already open and running when
+/// `local` is given (`meshid up` shares one among the CA, the agent and
+/// itself, so the manifests are watched once and their warnings logged once).
+pub async fn start_on(
+    args: CaArgs,
+    shutdown: Shutdown,
+    local: Option<Arc<dyn Platform>>,
+) -> anyhow::Result<CaServer> {
     let clock = system_clock();
     ensure_dir(&args.data_dir)?;
     let authority_cfg = AuthorityConfig {
@@ -134,7 +145,7 @@ pub async fn start(args: CaArgs, shutdown: Shutdown) -> anyhow::Result<CaServer>
         clock_skew: time::Duration::seconds(60),
     };
     let (authority, platform): (Authority, Arc<dyn Platform>) = match args.platform.platform {
-        PlatformKind::Local => local_parts(&args, &authority_cfg, &clock, &shutdown)?,
+        PlatformKind::Local => local_parts(&args, &authority_cfg, &clock, &shutdown, local)?,
         PlatformKind::Kube => kube_parts(&args, &authority_cfg, &clock, &shutdown).await?,
     };
     let bundle_path = args.data_dir.join("root-cert.pem");
@@ -197,6 +208,7 @@ fn local_parts(
     authority_cfg: &AuthorityConfig,
     clock: &SharedClock,
     shutdown: &Shutdown,
+    shared: Option<Arc<dyn Platform>>,
 ) -> anyhow::Result<(Authority, Arc<dyn Platform>)> {
     let authority = match &args.plugin_ca_dir {
         Some(dir) => Authority::load_plugin(dir, authority_cfg, clock.as_ref())
@@ -206,6 +218,9 @@ fn local_parts(
                 .with_context(|| format!("loading the CA from {}", args.data_dir.display()))?
         }
     };
+    if let Some(platform) = shared {
+        return Ok((authority, platform));
+    }
     let manifests = match &args.manifests {
         Some(dir) => dir.clone(),
         None => {

@@ -183,10 +183,8 @@ async fn start(
         tracing::info!(file = %file.display(), "wrote demo manifest");
     }
 
-    let ca = super::ca::start(ca_args(data_dir, &manifests, ports)?, shutdown.clone())
-        .await
-        .context("starting the CA")?;
-
+    // One local platform for the CA, the agent and `up` itself: the
+    // manifests are watched once and their warnings logged once.
     let issuer = TokenIssuer::load_or_create(data_dir)
         .with_context(|| format!("loading the token issuer from {}", data_dir.display()))?;
     let platform = LocalPlatform::open(LocalConfig::new(
@@ -196,6 +194,14 @@ async fn start(
     ))
     .with_context(|| format!("reading manifests from {}", manifests.display()))?;
     shutdown.spawn(platform.clone().run(shutdown.token().clone()));
+
+    let ca = super::ca::start_on(
+        ca_args(data_dir, &manifests, ports)?,
+        shutdown.clone(),
+        Some(platform.clone()),
+    )
+    .await
+    .context("starting the CA")?;
     let tokens_dir = data_dir.join("tokens");
     std::fs::create_dir_all(&tokens_dir)
         .with_context(|| format!("cannot create {}", tokens_dir.display()))?;
@@ -215,10 +221,10 @@ async fn start(
         demo::write_token(&issuer, platform.as_ref(), ns, sa, path)?;
     }
     let token_paths: Vec<PathBuf> = tokens.iter().map(|t| t.2.clone()).collect();
-    demo::keep_tokens_fresh(issuer, platform, tokens, shutdown.clone());
+    demo::keep_tokens_fresh(issuer, platform.clone(), tokens, shutdown.clone());
 
     let socket = data_dir.join("agent.sock");
-    let agent = super::agent::start(
+    let agent = super::agent::start_on(
         AgentArgs {
             node: demo::NODE.to_owned(),
             ca_address: format!("https://{}", ca.addr),
@@ -237,6 +243,7 @@ async fn start(
             platform: super::platform::PlatformArgs::default(),
         },
         shutdown.clone(),
+        Some(platform.clone()),
     )
     .await
     .context("starting the node agent")?;
