@@ -215,7 +215,8 @@ async fn kube_platform(
 ) -> anyhow::Result<Arc<dyn Platform>> {
     let (client, api_server) = super::platform::kube_client().await?;
     let mode = args.platform.token_verification;
-    let verifier = super::platform::token_verifier(mode, client.clone(), api_server, clock.clone());
+    let verifier =
+        super::platform::token_verifier(mode, client.clone(), api_server, clock.clone(), shutdown);
     let config = KubeConfig {
         node_name: Some(args.node.clone()),
         check_bound_pod: mode.needs_bound_pod_check(),

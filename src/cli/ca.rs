@@ -283,7 +283,8 @@ async fn kube_parts(
     tracing::info!(source = ?loaded.source, namespace = %args.namespace, "CA loaded from the cluster");
 
     let mode = args.platform.token_verification;
-    let verifier = super::platform::token_verifier(mode, client.clone(), api_server, clock.clone());
+    let verifier =
+        super::platform::token_verifier(mode, client.clone(), api_server, clock.clone(), shutdown);
     let config = KubeConfig {
         node_name: None,
         check_bound_pod: mode.needs_bound_pod_check(),

@@ -49,13 +49,15 @@ pub async fn kube_client() -> anyhow::Result<(::kube::Client, http::Uri)> {
 }
 
 /// The token verifier `mode` asks for. The JWKS verifier starts fetching
-/// the issuer's keys in the background, so an API server that is down at
-/// start only delays it.
+/// the issuer's keys in the background (a task of `shutdown`, so it ends
+/// with the process's other work), so an API server that is down at start
+/// only delays it.
 pub fn token_verifier(
     mode: TokenVerification,
     client: ::kube::Client,
     api_server: http::Uri,
     clock: SharedClock,
+    shutdown: &crate::shutdown::Shutdown,
 ) -> Arc<dyn TokenVerifier> {
     match mode {
         TokenVerification::TokenReview => Arc::new(TokenReviewer::new(client)),
@@ -69,9 +71,13 @@ pub fn token_verifier(
                 clock,
             ));
             let warm = jwks.clone();
-            tokio::spawn(async move {
-                if let Err(e) = warm.load().await {
-                    tracing::warn!(error = %e, "cannot load the service-account issuer's keys yet; will retry on the first token");
+            let stop = shutdown.token().clone();
+            shutdown.spawn(async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    loaded = warm.load() => if let Err(e) = loaded {
+                        tracing::warn!(error = %e, "cannot load the service-account issuer's keys yet; will retry on the first token");
+                    },
                 }
             });
             jwks
