@@ -37,17 +37,7 @@ async fn a_mode_change_and_a_port_override_reach_an_open_stream() {
     assert_eq!(first.trust_domain, "cluster.local");
     assert!(first.port_modes.is_empty());
 
-    let out = Command::new(BIN)
-        .args(["mtls", "set-mode", "-n", "default", "STRICT", "--manifests"])
-        .arg(&m.env.manifests)
-        .env_remove("MESHID_ROOT_NAMESPACE")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    set_mode(&m.env.manifests, "default", "STRICT");
     let written = Instant::now();
     let strict = next(&mut stream).await;
     let latency = written.elapsed();
@@ -124,17 +114,7 @@ async fn status_through_the_agent_shows_its_pods_and_follows_a_mode_change() {
     // -n filters: the agent's own pod is in meshid-system.
     assert!(!table.contains("agent-a"), "{table}");
 
-    let set = Command::new(BIN)
-        .args(["mtls", "set-mode", "-n", "default", "STRICT", "--manifests"])
-        .arg(&m.env.manifests)
-        .env_remove("MESHID_ROOT_NAMESPACE")
-        .output()
-        .unwrap();
-    assert!(
-        set.status.success(),
-        "{}",
-        String::from_utf8_lossy(&set.stderr)
-    );
+    set_mode(&m.env.manifests, "default", "STRICT");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let out = status_via_agent(&m.agent.socket, &["-o", "json"]);

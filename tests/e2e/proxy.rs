@@ -52,17 +52,7 @@ impl Pair {
         self.backend.inbound[0]
     }
     fn set_mode(&self, mode: &str) {
-        let out = Command::new(BIN)
-            .args(["mtls", "set-mode", "-n", "default", mode, "--manifests"])
-            .arg(&self.env.manifests)
-            .env_remove("MESHID_ROOT_NAMESPACE")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crate::support::set_mode(&self.env.manifests, "default", mode);
     }
 }
 

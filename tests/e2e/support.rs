@@ -119,3 +119,19 @@ pub(crate) async fn uds_channel(path: &Path) -> tonic::transport::Channel {
         .await
         .unwrap()
 }
+
+/// `meshid mtls set-mode -n <namespace> <mode> --manifests <manifests>`,
+/// which must succeed.
+pub(crate) fn set_mode(manifests: &Path, namespace: &str, mode: &str) {
+    let out = std::process::Command::new(BIN)
+        .args(["mtls", "set-mode", "-n", namespace, mode, "--manifests"])
+        .arg(manifests)
+        .env_remove("MESHID_ROOT_NAMESPACE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "set-mode {namespace} {mode}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -188,16 +188,7 @@ fn running_up_takes_strict_from_another_process_and_stops_on_sigterm() {
     assert!(err.contains("agent socket"), "{err}");
     assert!(err.contains(&format!("pid {pid} (")), "{err}");
 
-    let out = Command::new(BIN)
-        .args(["mtls", "set-mode", "-n", "default", "STRICT", "--manifests"])
-        .arg(data.join("manifests"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::support::set_mode(&data.join("manifests"), "default", "STRICT");
     eventually("plaintext refused", || get(backend).is_err());
     assert!(get(via).is_ok_and(|b| b.starts_with("backend:")));
 

@@ -66,17 +66,25 @@ fn issuer(env: &TestEnv, backend: Box<dyn AuditBackend>, max_concurrent: usize) 
 }
 
 fn web_request(env: &TestEnv) -> IssueRequest {
-    let (_key, csr) = key_and_csr(&env.id("default", "web"));
     let token = env.token(
         "default",
         "web",
         Some(("web-1", "uid-web-1")),
         Some("node-a"),
     );
+    request(env, &token, "web", false)
+}
+
+/// A request for `default/<sa>` with `token`, naming `default/<sa>` in
+/// `ImpersonatedIdentity` when `impersonate`.
+fn request(env: &TestEnv, token: &str, sa: &str, impersonate: bool) -> IssueRequest {
+    let id = env.id("default", sa);
+    let (_key, csr) = key_and_csr(&id);
     IssueRequest {
         authorization: Some(format!("Bearer {token}")),
         csr,
         validity_secs: 600,
+        impersonate: impersonate.then(|| id.to_string()),
         ..IssueRequest::default()
     }
 }
@@ -132,20 +140,13 @@ async fn saturated_ca_refuses_with_resource_exhausted_instead_of_queueing() {
 
 /// The node agent of node-a asking for `default/<sa>`.
 fn agent_request(env: &TestEnv, sa: &str) -> IssueRequest {
-    let (_key, csr) = key_and_csr(&env.id("default", sa));
     let token = env.token(
         "meshid-system",
         "meshid-agent",
         Some(("agent-a", "uid-agent-a")),
         Some("node-a"),
     );
-    IssueRequest {
-        authorization: Some(format!("Bearer {token}")),
-        csr,
-        validity_secs: 600,
-        impersonate: Some(env.id("default", sa).to_string()),
-        ..IssueRequest::default()
-    }
+    request(env, &token, sa, true)
 }
 
 #[tokio::test]
