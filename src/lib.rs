@@ -6,6 +6,7 @@
 //!
 //! - [`identity`], [`time`]: SPIFFE IDs and the injectable clock; use nothing else.
 //! - [`secret_file`]: 0600 write-then-rename for key material.
+//! - [`h2_authority`]: serves the HTTP/2 `:authority` values real gRPC clients send (under every gRPC server).
 //! - [`pki`]: keys, CSR validation, leaf templates, signing authority, trust bundles.
 //! - [`audit`]: the audit record and its stores (SQLite, group commit).
 //! - [`policy`]: PeerAuthentication types and their resolution (pure).
@@ -23,6 +24,7 @@ pub mod agent;
 pub mod audit;
 pub mod ca;
 pub mod cli;
+pub mod h2_authority;
 pub mod identity;
 pub mod pki;
 pub mod platform;

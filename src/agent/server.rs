@@ -20,6 +20,7 @@ use crate::agent::policy_push::PolicyService;
 use crate::agent::sds::SdsService;
 use crate::agent::socket::{self, SocketError, UdsStream};
 use crate::agent::workload_api::WorkloadApiService;
+use crate::h2_authority::AuthorityRepair;
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::platform::Platform;
 use crate::shutdown::Shutdown;
@@ -163,7 +164,8 @@ pub async fn start(
     )
     .with_shutdown(&shutdown);
 
-    let (conn_tx, conn_rx) = mpsc::channel::<Result<UdsStream, std::io::Error>>(1024);
+    let (conn_tx, conn_rx) =
+        mpsc::channel::<Result<AuthorityRepair<UdsStream>, std::io::Error>>(1024);
     shutdown.spawn(accept_loop(listener, conn_tx, shutdown.clone()));
     shutdown.spawn_server(
         "agent gRPC",
@@ -183,7 +185,7 @@ pub async fn start(
 
 async fn accept_loop(
     listener: UnixListener,
-    conns: mpsc::Sender<Result<UdsStream, std::io::Error>>,
+    conns: mpsc::Sender<Result<AuthorityRepair<UdsStream>, std::io::Error>>,
     shutdown: Shutdown,
 ) {
     loop {
@@ -191,7 +193,9 @@ async fn accept_loop(
             _ = shutdown.triggered() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    if conns.send(Ok(UdsStream::new(stream))).await.is_err() {
+                    // gRPC C-core sends the socket path as :authority (see h2_authority).
+                    let conn = AuthorityRepair::new(UdsStream::new(stream));
+                    if conns.send(Ok(conn)).await.is_err() {
                         return;
                     }
                 }

@@ -22,6 +22,7 @@ use crate::ca::config::{CaConfig, ConfigError};
 use crate::ca::issuer::{CaDeps, Issuer};
 use crate::ca::service::CaService;
 use crate::ca::tls::{server_config, CaTlsStream, ServingCert, ServingIdentity, TlsError};
+use crate::h2_authority::AuthorityRepair;
 use crate::shutdown::Shutdown;
 use crate::telemetry;
 
@@ -116,7 +117,8 @@ impl CaServer {
         };
 
         let issuer = Arc::new(Issuer::new(&config, deps.clone()));
-        let (conn_tx, conn_rx) = mpsc::channel::<Result<CaTlsStream, std::io::Error>>(256);
+        let (conn_tx, conn_rx) =
+            mpsc::channel::<Result<AuthorityRepair<CaTlsStream>, std::io::Error>>(256);
         shutdown.spawn(accept_loop(
             listener,
             TlsAcceptor::from(tls),
@@ -148,7 +150,7 @@ impl CaServer {
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    conns: mpsc::Sender<Result<CaTlsStream, std::io::Error>>,
+    conns: mpsc::Sender<Result<AuthorityRepair<CaTlsStream>, std::io::Error>>,
     limit: Arc<Semaphore>,
     deadline: Duration,
     shutdown: Shutdown,
@@ -179,7 +181,8 @@ async fn accept_loop(
         tokio::spawn(async move {
             match handshake(acceptor, tcp, remote, deadline, permit).await {
                 Ok(stream) => {
-                    let _ = conns.send(Ok(stream)).await;
+                    // Any :authority a gRPC client sends is served (see h2_authority).
+                    let _ = conns.send(Ok(AuthorityRepair::new(stream))).await;
                 }
                 Err(reason) => {
                     tracing::debug!(%remote, %reason, "connection dropped before any request")

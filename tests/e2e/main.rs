@@ -9,6 +9,7 @@ mod agent_sds;
 mod ca_issue;
 mod ca_refusals;
 mod ca_transport;
+mod grpc_interop;
 mod kube;
 mod mtls_cli;
 mod policy_push;

@@ -379,7 +379,7 @@ pub(crate) fn print_banner(mesh: &Mesh, default_dir: bool) {
     );
     println!("  meshid audit list{data_flag}");
     println!(
-        "  SPIFFE_ENDPOINT_SOCKET=unix://{} <a Workload API client>   # you are the pod default/client (annotated with your uid)",
+        "  SPIFFE_ENDPOINT_SOCKET=unix://{} python3 -c 'from spiffe import WorkloadApiClient; print(WorkloadApiClient().fetch_x509_context().default_svid.spiffe_id)'   # py-spiffe (pip install spiffe); you are the pod default/client",
         mesh.socket.display()
     );
     if let Some((_, addr)) = mesh.metrics.first() {
