@@ -69,8 +69,8 @@ pub enum IdentityError {
         "SPIFFE ID path {0:?} is not of the Kubernetes form /ns/<namespace>/sa/<service-account>"
     )]
     NotKubernetes(String),
-    /// A namespace or service-account name that cannot be a path segment.
-    #[error("{what} {value:?} is not a valid Kubernetes name for a SPIFFE ID segment")]
+    /// A namespace or service-account name Kubernetes would refuse.
+    #[error("{what} {value:?} is not a valid Kubernetes name (a namespace is a DNS-1123 label, a service account a DNS-1123 subdomain: lower-case letters, digits, '-' and, for accounts, '.')")]
     BadKubernetesName {
         /// "namespace" or "service account".
         what: &'static str,
@@ -298,14 +298,27 @@ fn validate_path(path: &str) -> Result<(), IdentityError> {
 
 /// Kubernetes names (RFC 1123 labels / subdomains) are a subset of valid
 /// segments; we only insist on what makes the ID valid and unambiguous.
+/// Kubernetes' own rules for the names in an identity: a namespace is a
+/// DNS-1123 label (at most 63 of `a-z 0-9 -`, alphanumeric at both ends); a
+/// service account is a DNS-1123 subdomain (at most 253, dot-separated
+/// labels of that kind). Rule enforced: no identity is formed from a name
+/// Kubernetes would refuse (`Default`, `a_b`), so one account never has two
+/// spellings.
 fn check_kube_name(what: &'static str, value: &str) -> Result<(), IdentityError> {
-    let ok = !value.is_empty()
-        && value != "."
-        && value != ".."
-        && value.len() <= 253
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    fn label(l: &str) -> bool {
+        let b = l.as_bytes();
+        !b.is_empty()
+            && b.len() <= 63
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+            && b[0] != b'-'
+            && b[b.len() - 1] != b'-'
+    }
+    let ok = if what == "namespace" {
+        label(value)
+    } else {
+        value.len() <= 253 && value.split('.').all(label)
+    };
     if ok {
         Ok(())
     } else {
@@ -323,6 +336,33 @@ mod tests {
 
     fn td() -> TrustDomain {
         TrustDomain::new("cluster.local").unwrap()
+    }
+
+    #[test]
+    fn names_kubernetes_would_refuse_form_no_identity() {
+        for (ns, sa) in [
+            ("Default", "web"),
+            ("default", "Web"),
+            ("a_b", "web"),
+            ("default", "we_b"),
+            ("-x", "web"),
+            ("x-", "web"),
+            ("default", "a..b"),
+            ("default", ".web"),
+            (&"n".repeat(64) as &str, "web"),
+        ] {
+            let err = SpiffeId::for_service_account(&td(), ns, sa).unwrap_err();
+            assert!(
+                matches!(err, IdentityError::BadKubernetesName { .. }),
+                "{ns}/{sa}"
+            );
+        }
+        for (ns, sa) in [("default", "web"), ("kube-system", "a.b-c"), ("x1", "9")] {
+            assert!(
+                SpiffeId::for_service_account(&td(), ns, sa).is_ok(),
+                "{ns}/{sa}"
+            );
+        }
     }
 
     #[test]

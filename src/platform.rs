@@ -71,10 +71,57 @@ impl Pod {
         )
     }
 
+    /// The one rule, for the CA and the agent alike, for "this pod may hold
+    /// the identity `namespace/service_account` now": the pod is in that
+    /// namespace, runs under that service account, and [is running](Self::is_running)
+    /// (which counts `Pending`, for native sidecars and early issuance).
+    pub fn may_hold(&self, namespace: &str, service_account: &str) -> Result<(), PodRefusal> {
+        let pod = || format!("{}/{}", self.namespace, self.name);
+        if self.namespace != namespace || self.service_account != service_account {
+            return Err(PodRefusal::OtherAccount {
+                pod: pod(),
+                runs_as: format!("{}/{}", self.namespace, self.service_account),
+                wanted: format!("{namespace}/{service_account}"),
+            });
+        }
+        if !self.is_running() {
+            return Err(PodRefusal::NotRunning {
+                pod: pod(),
+                phase: self.phase.clone().unwrap_or_default(),
+            });
+        }
+        Ok(())
+    }
+
     /// The pod's SPIFFE ID, `spiffe://<td>/ns/<namespace>/sa/<service account>`.
     pub fn identity(&self, td: &TrustDomain) -> Result<SpiffeId, IdentityError> {
         SpiffeId::for_service_account(td, &self.namespace, &self.service_account)
     }
+}
+
+/// Why a pod may not hold an identity ([`Pod::may_hold`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PodRefusal {
+    /// The pod runs under another service account (or namespace).
+    #[error("pod {pod} runs as {runs_as}, not {wanted}")]
+    OtherAccount {
+        /// `namespace/name`.
+        pod: String,
+        /// Its `namespace/serviceAccountName`.
+        runs_as: String,
+        /// The account asked for.
+        wanted: String,
+    },
+    /// The pod has finished (`Succeeded`, `Failed`) or its node stopped
+    /// reporting (`Unknown`).
+    #[error("pod {pod} is {phase}, not running")]
+    NotRunning {
+        /// `namespace/name`.
+        pod: String,
+        /// `status.phase`.
+        phase: String,
+    },
 }
 
 /// A namespace and its labels.

@@ -37,7 +37,7 @@ pub(crate) use self::cgroup::pod_uids;
 pub use self::error::AttestError;
 pub use self::procfs::process_start_time;
 use crate::identity::{SpiffeId, TrustDomain};
-use crate::platform::{Platform, Pod};
+use crate::platform::{Platform, Pod, PodRefusal};
 
 /// The annotation naming the Unix uid a pod's processes run as (local platform).
 pub const UNIX_UID_ANNOTATION: &str = "meshid.io/unix-uid";
@@ -232,12 +232,12 @@ impl Attestor {
         if &pod.uid != pod_uid {
             return Err(mismatch("uid", pod_uid, &pod.uid));
         }
-        if pod.service_account != claims.service_account {
-            return Err(mismatch(
-                "service account",
-                &claims.service_account,
-                &pod.service_account,
-            ));
+        // Rule (shared with the CA): the pod may hold the token's identity.
+        if let Err(PodRefusal::OtherAccount {
+            runs_as, wanted, ..
+        }) = pod.may_hold(&claims.namespace, &claims.service_account)
+        {
+            return Err(mismatch("service account", &wanted, &runs_as));
         }
         if let Some(token_node) = &claims.node_name {
             let pod_node = pod.node_name.as_deref().unwrap_or("(none)");
@@ -329,11 +329,14 @@ impl Attestor {
                 this_node: self.node.clone(),
             });
         }
-        // Rule: a finished pod (or one whose node stopped reporting) never attests.
-        if !pod.is_running() {
+        // Rule (shared with the CA, `Pod::may_hold`): a finished pod (or one
+        // whose node stopped reporting) never attests.
+        if let Err(PodRefusal::NotRunning { phase, .. }) =
+            pod.may_hold(&pod.namespace, &pod.service_account)
+        {
             return Err(AttestError::PodNotRunning {
                 pod: pod_ref(&pod),
-                phase: pod.phase.unwrap_or_default(),
+                phase,
             });
         }
         let identity =

@@ -25,6 +25,9 @@ pub struct AuditQuery {
     pub since: Option<OffsetDateTime>,
     /// Only records with this outcome.
     pub outcome: Option<Outcome>,
+    /// Only records of the certificate with this serial (lower-case hex, as
+    /// recorded): how the CA finds the pod a renewed certificate was issued to.
+    pub serial: Option<String>,
     /// At most this many records: the newest ones.
     pub limit: Option<usize>,
 }
@@ -40,6 +43,7 @@ impl AuditQuery {
             && eq(&self.service_account, &rec.service_account)
             && self.since.is_none_or(|since| rec.time >= since)
             && self.outcome.is_none_or(|o| rec.outcome == o)
+            && eq(&self.serial, &rec.serial)
     }
 }
 

@@ -71,6 +71,10 @@ CREATE TABLE audit_records (
 ///   wrote to; databases created before are migrated by [`SqliteBackend::open`]
 ///   (same table, so older builds still read and write them).
 ///
+/// - `audit_records_serial`: the CA's renewal check (which pod was this serial
+///   issued to?). Every issued row writes to it; without it each renewal would scan
+///   the whole table.
+///
 /// `--service-account` without `-n` scans: an account name alone is rarely asked
 /// for, and an index for it would cost every row another b-tree.
 const INDEXES: &str = "
@@ -80,6 +84,8 @@ CREATE INDEX IF NOT EXISTS audit_records_identity
     ON audit_records (namespace, service_account, time_unix_nanos);
 CREATE INDEX IF NOT EXISTS audit_records_refused
     ON audit_records (time_unix_nanos) WHERE outcome = 'refused';
+CREATE INDEX IF NOT EXISTS audit_records_serial
+    ON audit_records (serial) WHERE serial IS NOT NULL;
 ";
 
 const COLUMNS: &str = "id, time_unix_nanos, caller, requested_identity, granted_identity, \
@@ -271,6 +277,9 @@ fn select(q: &AuditQuery) -> (String, Vec<Value>) {
         // Before the storable range: every row matches.
         let since = nanos("since", since).unwrap_or(i64::MIN);
         filter("time_unix_nanos >=", Value::Integer(since));
+    }
+    if let Some(serial) = &q.serial {
+        filter("serial =", Value::Text(serial.clone()));
     }
     if let Some(outcome) = q.outcome {
         // A literal, not a parameter: SQLite uses the partial index

@@ -32,6 +32,11 @@ pub enum Caller {
     Certificate {
         /// The identity in the certificate.
         identity: SpiffeId,
+        /// Its serial, lower-case hex as the audit store records it: the key to
+        /// the pod it was issued to.
+        serial_hex: String,
+        /// Its lifetime (notAfter − notBefore): a renewal never gets longer.
+        lifetime: std::time::Duration,
     },
 }
 
@@ -49,7 +54,7 @@ impl Caller {
     pub fn identity(&self) -> &SpiffeId {
         match self {
             Caller::Token(t) => &t.identity,
-            Caller::Certificate { identity } => identity,
+            Caller::Certificate { identity, .. } => identity,
         }
     }
 }
@@ -121,8 +126,7 @@ impl Authenticator {
         client_chain: Option<&[CertificateDer<'static>]>,
     ) -> Result<Caller, AuthnError> {
         if let Some(leaf) = client_chain.and_then(|c| c.first()) {
-            let identity = identity_from_certificate(leaf, &self.trust_domain)?;
-            return Ok(Caller::Certificate { identity });
+            return renewal_caller(leaf, &self.trust_domain);
         }
         let Some(header) = authorization else {
             return Err(AuthnError::NoCredential);
@@ -204,6 +208,25 @@ pub fn identity_from_certificate(
         )));
     }
     Ok(id)
+}
+
+/// The caller of a renewal: the certificate's identity, serial and lifetime.
+fn renewal_caller(
+    leaf: &CertificateDer<'_>,
+    trust_domain: &TrustDomain,
+) -> Result<Caller, AuthnError> {
+    let identity = identity_from_certificate(leaf, trust_domain)?;
+    // identity_from_certificate parsed it already; this cannot fail now.
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| AuthnError::Certificate(format!("unparsable: {e}")))?;
+    let validity = cert.validity();
+    let secs = validity.not_after.timestamp() - validity.not_before.timestamp();
+    let lifetime = std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    Ok(Caller::Certificate {
+        identity,
+        serial_hex: crate::pki::csr::hex(cert.raw_serial()),
+        lifetime,
+    })
 }
 
 fn token_hash(token: &str) -> [u8; 32] {

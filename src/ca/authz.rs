@@ -10,6 +10,14 @@
 //!    running pod on the caller's own node. A stolen node-agent token therefore
 //!    yields the identities of that node's pods, nothing else.
 //! 4. Identities outside our trust domain are never granted.
+//! 5. A renewal (client certificate, no token) is honoured only while the
+//!    platform has a pod that may hold the identity ([`Pod::may_hold`]), and,
+//!    when the presented certificate was issued to a pod, while that very pod
+//!    (same UID) still may. Its lifetime is capped by the issuer
+//!    ([`renewal_ttl`](crate::ca::issuer::renewal_ttl)).
+//!
+//! Every pod check is [`Pod::may_hold`], the rule the agent applies too: the
+//! pod is in the namespace, runs the service account, and is running.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -17,7 +25,7 @@ use std::str::FromStr;
 
 use crate::ca::authn::Caller;
 use crate::identity::{SpiffeId, TrustDomain};
-use crate::platform::Pod;
+use crate::platform::{Pod, PodRefusal};
 
 /// Node-agent service accounts allowed to impersonate (`ns/sa` pairs).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -79,8 +87,12 @@ pub struct AuthzInput<'a> {
     /// The pod the caller's token names, as the platform knows it now
     /// (None when the token names no pod, or the pod does not exist).
     pub caller_pod: Option<&'a Pod>,
-    /// The platform's pods of the impersonated service account (any node).
+    /// The platform's pods of the impersonated service account (any node), or,
+    /// for a renewal, of the certificate's own service account.
     pub target_pods: &'a [Pod],
+    /// For a renewal: the pod (name, UID) the presented certificate was
+    /// issued to, as the audit store recorded it (None: issued to no one pod).
+    pub issued_to: Option<(&'a str, &'a str)>,
 }
 
 /// A granted identity, with the facts that justified it (for the audit record).
@@ -94,7 +106,8 @@ pub struct Permit {
     pub impersonated: bool,
     /// With impersonation, the running pods of the requested service account
     /// on the caller's node that justified it, as (name, uid), sorted by name:
-    /// the certificate is for one of them. Empty otherwise.
+    /// the certificate is for one of them. For a renewal of a certificate
+    /// issued to a pod, that pod. Empty otherwise.
     pub pods: Vec<(String, String)>,
 }
 
@@ -125,6 +138,33 @@ pub enum Unauthorized {
         pod_uid: String,
     },
     /// The token's node claim disagrees with the node the pod runs on.
+    /// The token's pod exists but may not hold the token's identity: it has
+    /// finished, or runs another service account ([`Pod::may_hold`]).
+    #[error("the token of {caller} is bound to a pod that may not hold it: {refusal}")]
+    PodMayNotHold {
+        /// The caller.
+        caller: SpiffeId,
+        /// Why not.
+        refusal: PodRefusal,
+    },
+    /// A renewal for a service account with no pod that may hold it.
+    #[error(
+        "{caller} renews with a certificate, but no running pod of that service account exists"
+    )]
+    RenewalNoPod {
+        /// The certificate's identity.
+        caller: SpiffeId,
+    },
+    /// A renewal of a certificate issued to a pod that is gone (or finished).
+    #[error("{caller} renews a certificate issued to pod {pod} (uid {uid}), which no longer may hold it")]
+    RenewalPodGone {
+        /// The certificate's identity.
+        caller: SpiffeId,
+        /// `namespace/name` of the pod it was issued to.
+        pod: String,
+        /// That pod's UID.
+        uid: String,
+    },
     #[error("the token of {caller} says node {token_node}, but its pod runs on node {pod_node}")]
     NodeMismatch {
         /// The caller.
@@ -185,6 +225,9 @@ pub fn check_authorized(input: &AuthzInput<'_>) -> Result<Permit, Unauthorized> 
         Some(requested) => Some(requested),
     };
     let Some(requested) = requested else {
+        if let Caller::Certificate { .. } = input.caller {
+            return renewal(input, caller_id);
+        }
         return Ok(Permit {
             identity: caller_id.clone(),
             node,
@@ -228,9 +271,8 @@ pub fn check_authorized(input: &AuthzInput<'_>) -> Result<Permit, Unauthorized> 
         .target_pods
         .iter()
         .filter(|pod| {
-            pod.is_running()
-                && pod.namespace == target.namespace
-                && pod.service_account == target.service_account
+            pod.may_hold(target.namespace, target.service_account)
+                .is_ok()
                 && pod.node_name.as_deref() == Some(node.as_str())
         })
         .map(|pod| (pod.name.clone(), pod.uid.clone()))
@@ -253,6 +295,46 @@ pub fn check_authorized(input: &AuthzInput<'_>) -> Result<Permit, Unauthorized> 
 
 /// Rule 2, and where the caller runs: the live pod's node (a server-side
 /// fact) wins; the token's node claim is used only when it names no pod.
+/// Rule 5: a renewal by client certificate.
+fn renewal(input: &AuthzInput<'_>, caller: &SpiffeId) -> Result<Permit, Unauthorized> {
+    let Ok(k) = caller.kubernetes() else {
+        return Err(Unauthorized::RenewalNoPod {
+            caller: caller.clone(),
+        });
+    };
+    let holders: Vec<&Pod> = input
+        .target_pods
+        .iter()
+        .filter(|pod| pod.may_hold(k.namespace, k.service_account).is_ok())
+        .collect();
+    if holders.is_empty() {
+        return Err(Unauthorized::RenewalNoPod {
+            caller: caller.clone(),
+        });
+    }
+    let Some((name, uid)) = input.issued_to else {
+        return Ok(Permit {
+            identity: caller.clone(),
+            node: None,
+            impersonated: false,
+            pods: Vec::new(),
+        });
+    };
+    let Some(pod) = holders.iter().find(|pod| pod.uid == uid) else {
+        return Err(Unauthorized::RenewalPodGone {
+            caller: caller.clone(),
+            pod: format!("{}/{name}", k.namespace),
+            uid: uid.to_owned(),
+        });
+    };
+    Ok(Permit {
+        identity: caller.clone(),
+        node: pod.node_name.clone(),
+        impersonated: false,
+        pods: vec![(pod.name.clone(), pod.uid.clone())],
+    })
+}
+
 fn caller_node(input: &AuthzInput<'_>) -> Result<Option<String>, Unauthorized> {
     let Caller::Token(token) = input.caller else {
         return Ok(None);
@@ -279,6 +361,13 @@ fn caller_node(input: &AuthzInput<'_>) -> Result<Option<String>, Unauthorized> {
             });
         }
     }
+    // Rule 2: the token's pod must still be one that may hold its identity
+    // (not finished; running the account the token names).
+    pod.may_hold(&claims.namespace, &claims.service_account)
+        .map_err(|refusal| Unauthorized::PodMayNotHold {
+            caller: caller(),
+            refusal,
+        })?;
     match (&claims.node_name, &pod.node_name) {
         (Some(token_node), Some(pod_node)) if token_node != pod_node => {
             Err(Unauthorized::NodeMismatch {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::Semaphore;
 
-use crate::audit::{AuditLog, AuditRecord, Outcome};
+use crate::audit::{AuditLog, AuditQuery, AuditRecord, Outcome};
 use crate::ca::authn::{Authenticator, Caller};
 use crate::ca::authz::{check_authorized, AuthzInput, Permit, TrustedNodeAccounts};
 use crate::ca::config::CaConfig;
@@ -214,18 +214,29 @@ impl Issuer {
             .unwrap_or_else(|| caller.identity().clone());
         record.requested_identity = Some(requested.to_string());
         set_kubernetes_fields(record, &requested);
-        let permit = self.authorize(&caller, impersonate.as_ref())?;
+        let issuance = self.issuance_of(&caller).await?;
+        let issued_to = issuance
+            .as_ref()
+            .and_then(|r| Some((r.pod_name.clone()?, r.pod_uid.clone()?)));
+        let permit = self.authorize(&caller, impersonate.as_ref(), issued_to)?;
         record.granted_identity = Some(permit.identity.to_string());
         set_kubernetes_fields(record, &permit.identity);
         if permit.node.is_some() {
             record.node = permit.node.clone();
         }
-        if permit.impersonated {
-            record_impersonated_pods(record, &permit);
+        if permit.impersonated || !permit.pods.is_empty() {
+            record_permit_pods(record, &permit);
         }
 
-        // 3. TTL.
-        let ttl = resolve_ttl(req.validity_secs, self.default_ttl, self.max_ttl);
+        // 3. TTL (a renewal never outlives the certificate it renews).
+        let mut ttl = resolve_ttl(req.validity_secs, self.default_ttl, self.max_ttl);
+        if let Caller::Certificate { lifetime, .. } = &caller {
+            let granted = issuance
+                .as_ref()
+                .and_then(|r| u64::try_from(r.granted_ttl_secs?).ok())
+                .map(Duration::from_secs);
+            ttl = renewal_ttl(ttl, presented_ttl(*lifetime, granted), self.default_ttl);
+        }
         record.granted_ttl_secs = i64::try_from(ttl.as_secs()).ok();
 
         // 4. CSR: only its public key is used, for the permitted identity.
@@ -264,10 +275,34 @@ impl Issuer {
         })
     }
 
+    /// For a renewal: what the audit store recorded when the presented
+    /// certificate was issued (its pod and granted TTL). None for a token
+    /// caller, and for a certificate the store does not know (issued before
+    /// it, or by a replica with its own store).
+    async fn issuance_of(&self, caller: &Caller) -> Result<Option<AuditRecord>, CaError> {
+        let Caller::Certificate { serial_hex, .. } = caller else {
+            return Ok(None);
+        };
+        let query = AuditQuery {
+            serial: Some(serial_hex.clone()),
+            outcome: Some(Outcome::Issued),
+            limit: Some(1),
+            ..AuditQuery::default()
+        };
+        let records = self
+            .deps
+            .audit
+            .query(query)
+            .await
+            .map_err(CaError::AuditUnavailable)?;
+        Ok(records.into_iter().next())
+    }
+
     fn authorize(
         &self,
         caller: &Caller,
         impersonate: Option<&SpiffeId>,
+        issued_to: Option<(String, String)>,
     ) -> Result<Permit, CaError> {
         let platform = &self.deps.platform;
         let caller_pod = match caller {
@@ -278,7 +313,14 @@ impl Issuer {
                 .and_then(|name| platform.pod(&t.claims.namespace, name)),
             Caller::Certificate { .. } => None,
         };
-        let target_pods = match impersonate.map(SpiffeId::kubernetes) {
+        // The pods of the impersonated account or, for a renewal, of the
+        // certificate's own account.
+        let account = match (impersonate, caller) {
+            (Some(id), _) => Some(id),
+            (None, Caller::Certificate { identity, .. }) => Some(identity),
+            (None, Caller::Token(_)) => None,
+        };
+        let target_pods = match account.map(SpiffeId::kubernetes) {
             Some(Ok(k)) => platform.pods_for_service_account(k.namespace, k.service_account),
             _ => Vec::new(),
         };
@@ -289,6 +331,7 @@ impl Issuer {
             trusted: &self.trusted,
             caller_pod: caller_pod.as_ref(),
             target_pods: &target_pods,
+            issued_to: issued_to.as_ref().map(|(n, u)| (n.as_str(), u.as_str())),
         };
         Ok(check_authorized(&input)?)
     }
@@ -299,7 +342,7 @@ impl Issuer {
 /// the requested service account on the agent's node, or, when several such
 /// pods run there (the certificate is for their shared identity), none, and
 /// the note lists them. The caller and node still say which agent asked.
-fn record_impersonated_pods(record: &mut AuditRecord, permit: &Permit) {
+fn record_permit_pods(record: &mut AuditRecord, permit: &Permit) {
     match permit.pods.as_slice() {
         [(name, uid)] => {
             record.pod_name = Some(name.clone());
@@ -332,6 +375,22 @@ fn set_kubernetes_fields(record: &mut AuditRecord, id: &SpiffeId) {
 
 /// The TTL granted for a requested `validity_duration` (seconds): <= 0 means
 /// the default; anything above the maximum is clamped to it.
+/// The lifetime of a renewal: what was asked for (already capped by
+/// `--max-ttl`), but never longer than the certificate presented, nor than
+/// `--default-ttl`. Rule enforced: a stolen short-lived certificate cannot
+/// be renewed into a longer one.
+/// The TTL the presented certificate was granted: as recorded at its
+/// issuance, or, unknown to the store, its lifetime less the largest backdate
+/// the template adds (a tenth of the TTL, `pki::template::backdate`), so that
+/// renewing never lengthens it.
+pub fn presented_ttl(lifetime: Duration, recorded: Option<Duration>) -> Duration {
+    recorded.unwrap_or(lifetime * 10 / 11).min(lifetime)
+}
+
+pub fn renewal_ttl(resolved: Duration, presented: Duration, default: Duration) -> Duration {
+    resolved.min(presented).min(default)
+}
+
 pub fn resolve_ttl(requested_secs: i64, default: Duration, max: Duration) -> Duration {
     match u64::try_from(requested_secs) {
         Ok(0) | Err(_) => default.min(max),

@@ -42,6 +42,9 @@ pub struct ListArgs {
     /// Only this outcome.
     #[arg(long, env = "MESHID_AUDIT_OUTCOME", value_parser = parse_outcome)]
     pub outcome: Option<Outcome>,
+    /// Only the certificate with this serial (hex, as `-o json` prints it; any case).
+    #[arg(long, env = "MESHID_AUDIT_SERIAL")]
+    pub serial: Option<String>,
     /// At most this many (the newest).
     #[arg(long, env = "MESHID_AUDIT_LIMIT")]
     pub limit: Option<usize>,
@@ -78,6 +81,7 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
         service_account: args.service_account,
         since,
         outcome: args.outcome,
+        serial: args.serial.map(|s| s.to_ascii_lowercase()),
         limit: args.limit,
     };
     let records = store.query(&query)?;

@@ -444,3 +444,143 @@ async fn token_cli_writes_a_projected_token_without_newline_that_the_ca_accepts(
         "spiffe://cluster.local/ns/default/sa/web"
     );
 }
+
+/// Lifetime in seconds of the leaf at the head of `chain`.
+fn lifetime_secs(chain: &[String]) -> i64 {
+    let der = pem_to_der(&chain[0]).remove(0);
+    let (_, cert) = parse_x509_certificate(&der).unwrap();
+    cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()
+}
+
+/// Renews with the leaf+key of `chain`/`key`, asking for `validity` seconds.
+async fn renew(
+    ca: &CaProcess,
+    env: &meshid::test_helpers::TestEnv,
+    chain: &[String],
+    key: &meshid::pki::key::PrivateKey,
+    validity: i64,
+) -> Result<(Vec<String>, meshid::pki::key::PrivateKey), tonic::Status> {
+    let id = env.id("default", "web");
+    let cert_pem: String = chain[..chain.len() - 1].concat();
+    let mut client = connect(
+        ca.addr,
+        &env.root_pem(),
+        Some((&cert_pem, &key.secret_pkcs8_pem())),
+    )
+    .await
+    .unwrap();
+    let (key2, csr2) = key_and_csr(&id);
+    let renewed = client
+        .create_certificate(request(&csr2, validity, None, None))
+        .await?
+        .into_inner()
+        .cert_chain;
+    Ok((renewed, key2))
+}
+
+/// The attack of issue 12: a 60 s certificate, renewed with
+/// `validity_duration = 10 years`, used to come back as a 90-day one, and kept
+/// renewing after its pod was deleted.
+#[tokio::test]
+async fn a_renewal_never_outlives_the_certificate_it_renews_nor_its_pod() {
+    let (env, ca) = ca_with_web_pod(&[]);
+    env.add_pod("default", "web-2", "uid-web-2", "web", "node-b");
+    let id = env.id("default", "web");
+    let token = env.token(
+        "default",
+        "web",
+        Some(("web-1", "uid-web-1")),
+        Some("node-a"),
+    );
+    let (key, csr) = key_and_csr(&id);
+    let mut client = ca.client(&env.root_pem()).await.unwrap();
+    let chain = client
+        .create_certificate(request(&csr, 60, Some(&token), None))
+        .await
+        .unwrap()
+        .into_inner()
+        .cert_chain;
+    // 60 s, plus a backdate of at most a tenth of it.
+    let first = lifetime_secs(&chain);
+    assert!((60..=66).contains(&first), "{first}");
+
+    // Asking for ten years gets no more than the presented certificate had,
+    // however often it renews.
+    let (renewed, key2) = renew(&ca, &env, &chain, &key, 315_360_000).await.unwrap();
+    assert!(
+        lifetime_secs(&renewed) <= first,
+        "{}",
+        lifetime_secs(&renewed)
+    );
+    let (again, key3) = renew(&ca, &env, &renewed, &key2, 315_360_000)
+        .await
+        .unwrap();
+    assert!(lifetime_secs(&again) <= first);
+    // The renewal is recorded for the pod the first certificate was issued to.
+    let row = audit_rows(&env)
+        .into_iter()
+        .rev()
+        .find(|r| r.outcome == Outcome::Issued)
+        .unwrap();
+    assert_eq!(row.pod_uid.as_deref(), Some("uid-web-1"));
+
+    // The pod goes; another pod of the account still runs, but the
+    // certificate was for web-1: renewal stops.
+    env.remove_pod("default", "web-1");
+    let mut status = None;
+    for _ in 0..50 {
+        match renew(&ca, &env, &again, &key3, 60).await {
+            Err(s) => {
+                status = Some(s);
+                break;
+            }
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    let status = status.expect("renewal refused once the pod is gone");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("web-1"), "{}", status.message());
+    let refusal = last_refusal(&env);
+    assert!(
+        refusal
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("no longer may hold"),
+        "{refusal:?}"
+    );
+}
+
+/// A certificate issued without a pod binding renews only while a pod of its
+/// service account runs.
+#[tokio::test]
+async fn a_renewal_stops_when_no_pod_of_the_account_runs() {
+    let (env, ca) = ca_with_web_pod(&[]);
+    let id = env.id("default", "web");
+    let token = env.token("default", "web", None, None);
+    let (key, csr) = key_and_csr(&id);
+    let mut client = ca.client(&env.root_pem()).await.unwrap();
+    let chain = client
+        .create_certificate(request(&csr, 600, Some(&token), None))
+        .await
+        .unwrap()
+        .into_inner()
+        .cert_chain;
+    renew(&ca, &env, &chain, &key, 600).await.unwrap();
+    env.remove_pod("default", "web-1");
+    let mut refused = None;
+    for _ in 0..50 {
+        if let Err(s) = renew(&ca, &env, &chain, &key, 600).await {
+            refused = Some(s);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let status = refused.expect("refused once no pod of default/web runs");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(
+        status.message().contains("no running pod"),
+        "{}",
+        status.message()
+    );
+}

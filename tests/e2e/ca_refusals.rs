@@ -231,6 +231,12 @@ async fn bad_tokens_are_unauthenticated_with_an_opaque_message() {
         now + hour,
     );
     let other_audience = env.token_with("default", "web", None, None, &["vault"], hour, now);
+    // Correctly signed by the issuer, for a namespace Kubernetes would never
+    // create (our own issuer refuses to make one, so it is signed here).
+    let upper_case = resign(&env, &good, |claims| {
+        claims["sub"] = "system:serviceaccount:Default:web".into();
+        claims["kubernetes.io"]["namespace"] = "Default".into();
+    });
     let foreign = TestEnv::new().token("default", "web", None, None);
     let alg_none = forge(&good, r#"{"alg":"none","typ":"JWT"}"#, |_| Vec::new());
     let hs256 = forge(&good, r#"{"alg":"HS256","typ":"JWT"}"#, |input| {
@@ -246,6 +252,11 @@ async fn bad_tokens_are_unauthenticated_with_an_opaque_message() {
         ("alg none", Some(alg_none), "token refused"),
         ("HS256", Some(hs256), "token refused"),
         ("other audience", Some(other_audience), "token refused"),
+        (
+            "upper-case namespace",
+            Some(upper_case),
+            "not a valid Kubernetes name",
+        ),
     ];
     for (what, token, reason) in cases {
         let req = request(&csr, 600, token.as_deref(), None);
@@ -267,6 +278,30 @@ async fn bad_tokens_are_unauthenticated_with_an_opaque_message() {
         ca.log_text().contains("token refused"),
         "the full reason is logged"
     );
+}
+
+/// `token` with its claims edited by `edit`, signed again with the local
+/// issuer's real key (as a compromised or careless issuer would).
+fn resign(env: &TestEnv, token: &str, edit: impl Fn(&mut serde_json::Value)) -> String {
+    let mut parts = token.split('.');
+    let header = parts.next().unwrap();
+    let mut claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts.next().unwrap()).unwrap()).unwrap();
+    edit(&mut claims);
+    let signing_input = format!(
+        "{header}.{}",
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap())
+    );
+    let pem = std::fs::read_to_string(env.data_dir.join("token-issuer-key.pem")).unwrap();
+    let rng = ring::rand::SystemRandom::new();
+    let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &pem_decode(&pem),
+        &rng,
+    )
+    .unwrap();
+    let sig = key.sign(&rng, signing_input.as_bytes()).unwrap();
+    format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
 }
 
 /// Re-signs `token`'s claims under another header.

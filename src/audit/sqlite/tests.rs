@@ -25,7 +25,11 @@ fn fixture() -> Vec<AuditRecord> {
     ]
     .into_iter()
     .enumerate()
-    .map(|(i, (ns, sa, outcome))| full_record(T0 + Duration::minutes(i as i64), ns, sa, outcome))
+    .map(|(i, (ns, sa, outcome))| {
+        let mut r = full_record(T0 + Duration::minutes(i as i64), ns, sa, outcome);
+        r.serial = Some(format!("5f{i:02x}"));
+        r
+    })
     .collect()
 }
 
@@ -127,6 +131,27 @@ fn filters_by_since_inclusively() {
     );
     let before_storable = datetime!(1500-01-01 00:00 UTC);
     assert_eq!(query(&mut b, |q| q.since = Some(before_storable)).len(), 6);
+}
+
+#[test]
+fn filters_by_serial() {
+    let (_dir, path) = temp_db();
+    let mut b = SqliteBackend::open(&path).unwrap();
+    b.append(&fixture()).unwrap();
+    assert_eq!(
+        query(&mut b, |q| q.serial = Some("5f03".into())),
+        minutes(&[3])
+    );
+    assert!(query(&mut b, |q| q.serial = Some("5F03".into())).is_empty());
+    let plan: String = b
+        .conn
+        .query_row(
+            "EXPLAIN QUERY PLAN SELECT id FROM audit_records WHERE serial = ?1",
+            ["5f03"],
+            |r| r.get(3),
+        )
+        .unwrap();
+    assert!(plan.contains("audit_records_serial"), "{plan}");
 }
 
 #[test]
@@ -356,6 +381,7 @@ fn the_old_outcome_index_is_replaced_on_open_and_records_stay_readable() {
         [
             "audit_records_identity",
             "audit_records_refused",
+            "audit_records_serial",
             "audit_records_time"
         ]
     );

@@ -61,7 +61,37 @@ fn decide(
         trusted: &trusted(),
         caller_pod,
         target_pods,
+        issued_to: None,
     })
+}
+
+fn cert_caller(ns: &str, sa: &str) -> Caller {
+    Caller::Certificate {
+        identity: id(ns, sa),
+        serial_hex: "0abc".into(),
+        lifetime: std::time::Duration::from_secs(60),
+    }
+}
+
+fn renew(
+    caller: &Caller,
+    pods: &[Pod],
+    issued_to: Option<(&str, &str)>,
+) -> Result<Permit, Unauthorized> {
+    check_authorized(&AuthzInput {
+        caller,
+        impersonate: None,
+        trust_domain: &td(),
+        trusted: &trusted(),
+        caller_pod: None,
+        target_pods: pods,
+        issued_to,
+    })
+}
+
+fn with_phase(mut p: Pod, phase: &str) -> Pod {
+    p.phase = Some(phase.into());
+    p
 }
 
 #[test]
@@ -150,9 +180,7 @@ fn untrusted_caller_cannot_impersonate_and_both_identities_are_named() {
 
 #[test]
 fn certificate_caller_cannot_impersonate_even_as_a_trusted_account() {
-    let caller = Caller::Certificate {
-        identity: id("meshid-system", "meshid-agent"),
-    };
+    let caller = cert_caller("meshid-system", "meshid-agent");
     let target = id("shop", "cart");
     let pods = [pod("shop", "cart-1", "c-uid", "cart", "node-a")];
     assert!(matches!(
@@ -250,4 +278,109 @@ fn trusted_node_accounts_parse_and_reject_bad_entries() {
     assert!("ztunnel".parse::<TrustedNodeAccounts>().is_err());
     assert!("a/b/c".parse::<TrustedNodeAccounts>().is_err());
     assert!("".parse::<TrustedNodeAccounts>().unwrap().is_empty());
+}
+
+#[test]
+fn renewal_needs_a_running_pod_of_the_account() {
+    let caller = cert_caller("default", "web");
+    // The attack: the pod's manifest was deleted; the certificate still renews.
+    assert!(matches!(
+        renew(&caller, &[], None),
+        Err(Unauthorized::RenewalNoPod { .. })
+    ));
+    for phase in ["Succeeded", "Failed", "Unknown"] {
+        let done = with_phase(pod("default", "web-1", "u1", "web", "node-a"), phase);
+        assert!(
+            matches!(
+                renew(&caller, &[done], None),
+                Err(Unauthorized::RenewalNoPod { .. })
+            ),
+            "{phase}"
+        );
+    }
+    let other_account = pod("default", "web-1", "u1", "api", "node-a");
+    assert!(renew(&caller, &[other_account], None).is_err());
+    let running = pod("default", "web-1", "u1", "web", "node-a");
+    let permit = renew(&caller, std::slice::from_ref(&running), None).unwrap();
+    assert_eq!(permit.identity, id("default", "web"));
+    assert!(permit.pods.is_empty(), "issued to no one pod");
+    // Pending counts (native sidecars get their certificate before they run).
+    assert!(renew(&caller, &[with_phase(running, "Pending")], None).is_ok());
+}
+
+#[test]
+fn renewal_of_a_certificate_issued_to_a_pod_stops_when_that_pod_is_gone() {
+    let caller = cert_caller("default", "web");
+    let successor = pod("default", "web-2", "u2", "web", "node-b");
+    // Another pod of the account runs, but the one the certificate was for is gone.
+    let err = renew(
+        &caller,
+        std::slice::from_ref(&successor),
+        Some(("web-1", "u1")),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Unauthorized::RenewalPodGone { .. }), "{err}");
+    assert!(err.to_string().contains("default/web-1"), "{err}");
+    // A pod recreated under the same name has a new UID: still gone.
+    let recreated = pod("default", "web-1", "u9", "web", "node-a");
+    assert!(renew(&caller, &[recreated], Some(("web-1", "u1"))).is_err());
+    // While the pod runs, the renewal is for it, on its node.
+    let original = pod("default", "web-1", "u1", "web", "node-a");
+    let permit = renew(&caller, &[successor, original], Some(("web-1", "u1"))).unwrap();
+    assert_eq!(permit.pods, vec![("web-1".to_owned(), "u1".to_owned())]);
+    assert_eq!(permit.node.as_deref(), Some("node-a"));
+}
+
+#[test]
+fn a_token_bound_to_a_finished_pod_is_refused() {
+    for phase in ["Succeeded", "Failed", "Unknown"] {
+        let workload = with_phase(pod("default", "web-1", "uid-1", "web", "node-a"), phase);
+        let caller = token_caller("default", "web", Some(("web-1", "uid-1")), Some("node-a"));
+        let err = decide(&caller, None, Some(&workload), &[]).unwrap_err();
+        assert!(
+            matches!(err, Unauthorized::PodMayNotHold { .. }),
+            "{phase}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_failed_node_agent_cannot_impersonate() {
+    let agent_pod = with_phase(
+        pod(
+            "meshid-system",
+            "agent-a",
+            "a-uid",
+            "meshid-agent",
+            "node-a",
+        ),
+        "Failed",
+    );
+    let caller = token_caller(
+        "meshid-system",
+        "meshid-agent",
+        Some(("agent-a", "a-uid")),
+        Some("node-a"),
+    );
+    let pods = [pod("shop", "cart-1", "c-uid", "cart", "node-a")];
+    let err = decide(&caller, Some(&id("shop", "cart")), Some(&agent_pod), &pods).unwrap_err();
+    assert!(matches!(err, Unauthorized::PodMayNotHold { .. }), "{err}");
+}
+
+#[test]
+fn a_token_bound_to_a_pod_of_another_service_account_is_refused() {
+    // The pod runs as `api`; the token says `web`.
+    let workload = pod("default", "web-1", "uid-1", "api", "node-a");
+    let caller = token_caller("default", "web", Some(("web-1", "uid-1")), Some("node-a"));
+    let err = decide(&caller, None, Some(&workload), &[]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Unauthorized::PodMayNotHold {
+                refusal: PodRefusal::OtherAccount { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
 }

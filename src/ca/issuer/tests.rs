@@ -206,3 +206,29 @@ fn ttl_defaults_and_clamps() {
     assert_eq!(resolve_ttl(i64::MAX, day, max), max);
     assert_eq!(resolve_ttl(91 * 86_400, day, max), max);
 }
+
+#[test]
+fn a_renewal_is_never_longer_than_the_presented_certificate_or_the_default() {
+    let s = Duration::from_secs;
+    // Asked (and allowed by --max-ttl) for 90 days; presented 60 s.
+    assert_eq!(renewal_ttl(s(7_776_000), s(60), s(86_400)), s(60));
+    // Presented longer than the default: the default.
+    assert_eq!(
+        renewal_ttl(s(7_776_000), s(7_776_000), s(86_400)),
+        s(86_400)
+    );
+    // Asked for less: what was asked.
+    assert_eq!(renewal_ttl(s(30), s(60), s(86_400)), s(30));
+}
+
+#[test]
+fn the_presented_ttl_excludes_the_backdate() {
+    let s = Duration::from_secs;
+    // Recorded at issuance: exact.
+    assert_eq!(presented_ttl(s(66), Some(s(60))), s(60));
+    // Unknown to the store: 60 s granted with the largest backdate (6 s) is
+    // 66 s of lifetime; renewing from that must not exceed 60.
+    assert!(presented_ttl(s(66), None) <= s(60));
+    // A record can never claim more than the certificate itself shows.
+    assert_eq!(presented_ttl(s(66), Some(s(9_999))), s(66));
+}
