@@ -144,6 +144,10 @@ pub enum CsrError {
         /// What the key is, e.g. "RSA-1024" or "EC key on secp256k1".
         key: String,
     },
+    /// The SubjectPublicKeyInfo is not canonical DER (a non-minimal length or
+    /// integer): the certificate could not carry the same bytes.
+    #[error("CSR public key is not in canonical DER (a non-minimal length or integer encoding); re-encode the key")]
+    NonCanonicalKey,
     /// The signature algorithm is weak (SHA-1) or unknown.
     #[error("CSR is signed with {algorithm}; sign it with SHA-256 or stronger (or Ed25519)")]
     UnsupportedSignatureAlgorithm {
@@ -240,6 +244,13 @@ pub fn validate_csr(input: &[u8], expected: &SpiffeId) -> Result<ValidatedCsr, C
     let kind = classify(&info.subject_pki).map_err(|key| CsrError::UnsupportedKey { key })?;
     // The leaf is built by rcgen from these exact SPKI bytes: refuse an
     // encoding it cannot reproduce (e.g. RSA parameters other than NULL).
+    // Rule: the key must be canonical DER, byte for byte as the certificate
+    // will carry it; otherwise the CA would sign and then fail its post-sign
+    // check (a way for any caller to make it sign at will).
+    let rsa = matches!(kind, PublicKeyKind::Rsa { .. });
+    if !der::is_canonical(info.subject_pki.raw, rsa) {
+        return Err(CsrError::NonCanonicalKey);
+    }
     if rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw).is_err() {
         return Err(CsrError::UnsupportedKey {
             key: format!("{kind} with a non-standard SubjectPublicKeyInfo encoding"),
@@ -249,7 +260,11 @@ pub fn validate_csr(input: &[u8], expected: &SpiffeId) -> Result<ValidatedCsr, C
     // Rule 4: proof of possession. SHA-1 is refused even though ring would
     // verify it for RSA ("nothing weaker" than SHA-256 anywhere).
     check_signature_algorithm(&csr)?;
-    csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
+    if csr.signature_algorithm.algorithm == oids::OID_SIG_ECDSA_WITH_SHA512 {
+        verify_ecdsa_sha512(&csr, kind)?;
+    } else {
+        csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
+    }
 
     // Rules 5 and 6: what the CSR asks for. The subject DN is ignored (never
     // copied); every other requested extension is ignored too, because the
@@ -343,6 +358,7 @@ fn check_signature_algorithm(csr: &X509CertificationRequest<'_>) -> Result<(), C
     let accepted = [
         &oids::OID_SIG_ECDSA_WITH_SHA256,
         &oids::OID_SIG_ECDSA_WITH_SHA384,
+        &oids::OID_SIG_ECDSA_WITH_SHA512,
         &oids::OID_SIG_ED25519,
         &oids::OID_PKCS1_SHA256WITHRSA,
         &oids::OID_PKCS1_SHA384WITHRSA,
@@ -360,6 +376,42 @@ fn check_signature_algorithm(csr: &X509CertificationRequest<'_>) -> Result<(), C
         other => format!("signature algorithm {other}"),
     };
     Err(CsrError::UnsupportedSignatureAlgorithm { algorithm })
+}
+
+/// ecdsa-with-SHA512, which ring does not verify: the SHA-512 digest (from
+/// ring) checked against the key with RustCrypto's prehash verifier, which
+/// truncates it to the curve's size as ECDSA prescribes.
+fn verify_ecdsa_sha512(
+    csr: &X509CertificationRequest<'_>,
+    kind: PublicKeyKind,
+) -> Result<(), CsrError> {
+    use p256::ecdsa::signature::hazmat::PrehashVerifier;
+    let digest = ring::digest::digest(&ring::digest::SHA512, csr.certification_request_info.raw);
+    let point = csr
+        .certification_request_info
+        .subject_pki
+        .subject_public_key
+        .data
+        .as_ref();
+    let sig = csr.signature_value.data.as_ref();
+    let verified = match kind {
+        PublicKeyKind::EcdsaP256 => {
+            let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(point);
+            let sig = p256::ecdsa::Signature::from_der(sig);
+            matches!((key, sig), (Ok(k), Ok(s)) if k.verify_prehash(digest.as_ref(), &s).is_ok())
+        }
+        PublicKeyKind::EcdsaP384 => {
+            let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(point);
+            let sig = p384::ecdsa::Signature::from_der(sig);
+            matches!((key, sig), (Ok(k), Ok(s)) if k.verify_prehash(digest.as_ref(), &s).is_ok())
+        }
+        _ => false,
+    };
+    if verified {
+        Ok(())
+    } else {
+        Err(CsrError::BadSignature)
+    }
 }
 
 /// Classifies SubjectPublicKeyInfo DER; the error describes the refused key.

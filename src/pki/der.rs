@@ -5,7 +5,6 @@
 /// Tag of an ASN.1 INTEGER.
 pub(crate) const INTEGER: u8 = 0x02;
 /// Tag of an ASN.1 BIT STRING.
-#[cfg(test)]
 pub(crate) const BIT_STRING: u8 = 0x03;
 /// Tag of an ASN.1 OCTET STRING.
 pub(crate) const OCTET_STRING: u8 = 0x04;
@@ -74,6 +73,36 @@ pub(crate) fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     }
     let (content, rest) = rest.split_at(len);
     Some((tag, content, rest))
+}
+
+/// Whether `input` is a sequence of TLVs in canonical DER: minimal lengths
+/// ([`read_tlv`]), minimal INTEGERs, constructed contents canonical too, and,
+/// with `bit_string_der`, BIT STRING contents (after the unused-bits byte,
+/// which must be 0) canonical DER as well (PKCS#1 keys inside an SPKI).
+pub(crate) fn is_canonical(mut input: &[u8], bit_string_der: bool) -> bool {
+    while !input.is_empty() {
+        let Some((tag, content, rest)) = read_tlv(input) else {
+            return false;
+        };
+        let ok = match tag {
+            INTEGER => match content {
+                [] => false,
+                [0x00, next, ..] => next & 0x80 != 0,
+                [0xff, next, ..] => next & 0x80 == 0,
+                _ => true,
+            },
+            BIT_STRING if bit_string_der => {
+                matches!(content.split_first(), Some((0, inner)) if is_canonical(inner, false))
+            }
+            t if t & 0x20 != 0 => is_canonical(content, bit_string_der),
+            _ => true,
+        };
+        if !ok {
+            return false;
+        }
+        input = rest;
+    }
+    true
 }
 
 /// Reads one TLV that must have `tag`: `(content, rest)`.

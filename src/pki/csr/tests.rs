@@ -302,3 +302,92 @@ fn counts_rsa_modulus_bits_exactly() {
     assert_eq!(rsa_modulus_bits(&[0x01, 0x00]), 9);
     assert_eq!(rsa_modulus_bits(&[0x00]), 0);
 }
+
+/// AlgorithmIdentifier for ecdsa-with-SHA512 (1.2.840.10045.4.3.4) or,
+/// with `last = 2`, ecdsa-with-SHA256.
+fn ecdsa_alg(last: u8) -> Vec<u8> {
+    tlv(
+        der::SEQUENCE,
+        &tlv(der::OID, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, last]),
+    )
+}
+
+/// A P-256 signing key and its SPKI DER.
+fn p256_signer() -> (p256::ecdsa::SigningKey, Vec<u8>) {
+    use p256::pkcs8::DecodePrivateKey;
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let signer = p256::ecdsa::SigningKey::from_pkcs8_der(key.secret_pkcs8_der()).unwrap();
+    (signer, key.public_key_der())
+}
+
+fn sign_prehash(
+    signer: &p256::ecdsa::SigningKey,
+    digest: &'static ring::digest::Algorithm,
+    info: &[u8],
+) -> Vec<u8> {
+    use p256::ecdsa::signature::hazmat::PrehashSigner;
+    let d = ring::digest::digest(digest, info);
+    let sig: p256::ecdsa::Signature = signer.sign_prehash(d.as_ref()).unwrap();
+    sig.to_der().as_bytes().to_vec()
+}
+
+#[test]
+fn accepts_ecdsa_with_sha512_and_verifies_it() {
+    let (signer, spki) = p256_signer();
+    let csr = raw_csr(&spki, &ecdsa_alg(4), &|info| {
+        sign_prehash(&signer, &ring::digest::SHA512, info)
+    });
+    assert!(validate_csr(&csr, &me()).is_ok());
+    // Signed over SHA-256 but labelled SHA-512: the signature does not verify.
+    let mislabelled = raw_csr(&spki, &ecdsa_alg(4), &|info| {
+        sign_prehash(&signer, &ring::digest::SHA256, info)
+    });
+    assert_eq!(
+        validate_csr(&mislabelled, &me()).unwrap_err(),
+        CsrError::BadSignature
+    );
+}
+
+#[test]
+fn refuses_a_correctly_signed_key_in_non_minimal_der() {
+    // The attack: the SPKI's outer length in long form (0x81 0x59 for 0x59),
+    // correctly self-signed. It used to pass, be signed, fail the post-sign
+    // check and answer INTERNAL: now it never reaches the signer.
+    let (signer, spki) = p256_signer();
+    assert_eq!(spki[1], 0x59);
+    let mut padded = vec![spki[0], 0x81];
+    padded.extend_from_slice(&spki[1..]);
+    let csr = raw_csr(&padded, &ecdsa_alg(2), &|info| {
+        sign_prehash(&signer, &ring::digest::SHA256, info)
+    });
+    assert_eq!(
+        validate_csr(&csr, &me()).unwrap_err(),
+        CsrError::NonCanonicalKey
+    );
+    // The same key, canonical: accepted.
+    let csr = raw_csr(&spki, &ecdsa_alg(2), &|info| {
+        sign_prehash(&signer, &ring::digest::SHA256, info)
+    });
+    assert!(validate_csr(&csr, &me()).is_ok());
+}
+
+#[test]
+fn canonical_der_refuses_padded_integers_and_lengths() {
+    assert!(der::is_canonical(&[0x30, 0x03, 0x02, 0x01, 0x05], false));
+    // 0x00 0x05: a leading zero the integer does not need.
+    assert!(!der::is_canonical(
+        &[0x30, 0x04, 0x02, 0x02, 0x00, 0x05],
+        false
+    ));
+    // 0x00 0x80: needed (positive 128).
+    assert!(der::is_canonical(&[0x02, 0x02, 0x00, 0x80], false));
+    // Long-form length for a short value.
+    assert!(!der::is_canonical(&[0x04, 0x81, 0x01, 0x00], false));
+    // A PKCS#1 key inside a BIT STRING is checked too.
+    let inner_bad = [0x03, 0x06, 0x00, 0x30, 0x03, 0x02, 0x81, 0x01];
+    assert!(!der::is_canonical(&inner_bad, true));
+    assert!(
+        der::is_canonical(&inner_bad, false),
+        "an EC point is not DER"
+    );
+}
