@@ -41,6 +41,9 @@ impl TestEnv {
         let manifests = dir.path().join("manifests");
         std::fs::create_dir_all(&data_dir).unwrap();
         std::fs::create_dir_all(&manifests).unwrap();
+        // The local token issuer (key and JWKS), as `meshid token issue`
+        // would make it: the CA only reads its JWKS.
+        TokenIssuer::load_or_create(&data_dir).unwrap();
         Self {
             dir,
             data_dir,

@@ -20,7 +20,7 @@ use crate::identity::TrustDomain;
 use crate::pki::authority::{Authority, AuthorityConfig};
 use crate::pki::key::KeyAlgorithm;
 use crate::platform::kube::{KubeConfig, KubePlatform};
-use crate::platform::local::{LocalConfig, LocalPlatform, TokenIssuer};
+use crate::platform::local::{load_verifier, LocalConfig, LocalPlatform};
 use crate::platform::Platform;
 use crate::shutdown::Shutdown;
 use crate::time::system_clock;
@@ -229,15 +229,20 @@ fn local_parts(
             dir
         }
     };
-    let issuer = TokenIssuer::load_or_create(&args.data_dir).with_context(|| {
+    // Rule: the CA reads only the issuer's public JWKS; it never creates or
+    // reads the issuer's private key (`meshid token issue` and `meshid up` do).
+    let verifier = load_verifier(&args.data_dir).with_context(|| {
         format!(
-            "loading the token issuer key from {}",
+            "reading the token issuer's public keys ({}) from {}: create the local issuer first \
+             with `meshid token issue --data-dir {}` (or run `meshid up`)",
+            crate::platform::local::JWKS_FILE,
+            args.data_dir.display(),
             args.data_dir.display()
         )
     })?;
     let platform = LocalPlatform::open(LocalConfig {
         manifest_dir: manifests.clone(),
-        verifier: issuer.verifier(),
+        verifier,
         clock: clock.clone(),
         poll_interval: crate::platform::local::DEFAULT_POLL_INTERVAL,
     })

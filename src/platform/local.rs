@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use self::issuer::{load_verifier, TokenIssuer, TokenRequest, LOCAL_ISSUER};
+pub use self::issuer::{
+    load_verifier, TokenIssuer, TokenRequest, JWKS_FILE, KEY_FILE, LOCAL_ISSUER,
+};
 use self::manifest::Fingerprint;
 use self::snapshot::Snapshot;
 use super::jwt::JwtVerifier;

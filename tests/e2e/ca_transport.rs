@@ -311,3 +311,36 @@ fn unwritable_data_dir_and_busy_port_fail_with_clear_messages() {
         "{stderr}"
     );
 }
+
+/// Issue 12 part 7: given a data directory holding only the issuer's JWKS,
+/// the CA used to create a new issuer key and rewrite the JWKS, after which
+/// every real token was refused. It reads the JWKS and writes neither.
+#[tokio::test]
+async fn the_ca_reads_the_issuers_jwks_and_never_creates_its_key() {
+    let env = TestEnv::new();
+    env.add_pod("default", "web-1", "uid-web-1", "web", "node-a");
+    let token = env.token("default", "web", None, None);
+    let key = env.data_dir.join(meshid::platform::local::KEY_FILE);
+    let jwks = env.data_dir.join(meshid::platform::local::JWKS_FILE);
+    std::fs::remove_file(&key).unwrap();
+    let jwks_before = std::fs::read(&jwks).unwrap();
+
+    let ca = CaProcess::spawn(bin(), &env, &[]).unwrap();
+    let (_k, csr) = key_and_csr(&env.id("default", "web"));
+    let mut client = ca.client(&env.root_pem()).await.unwrap();
+    client
+        .create_certificate(request(&csr, 600, Some(&token), None))
+        .await
+        .expect("the real issuer's token is still honoured");
+    assert!(!key.exists(), "the CA created {}", key.display());
+    assert_eq!(std::fs::read(&jwks).unwrap(), jwks_before, "JWKS rewritten");
+
+    // Without the JWKS, the CA does not start, and says what to do.
+    drop(ca);
+    std::fs::remove_file(&jwks).unwrap();
+    let err = CaProcess::spawn(bin(), &env, &[]).unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("token-issuer-jwks.json"), "{text}");
+    assert!(text.contains("meshid token issue"), "{text}");
+    assert!(!key.exists() && !jwks.exists());
+}
