@@ -4,10 +4,16 @@
 //!
 //! Rule enforced: key material on disk is readable by its owner only, and a
 //! crash never leaves a truncated key under the real name.
+//!
+//! Also the directories that hold keys, the audit store and policy
+//! ([`ensure_private_dir`]: 0700 whatever the umask, tightened with a warning
+//! when looser), and the check that a file we take instructions from (a
+//! manifest) could not have been written by another local user
+//! ([`check_trusted`]).
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` with the given Unix `mode`, atomically.
@@ -64,6 +70,78 @@ pub fn write_public(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_atomic(path, bytes, 0o644)
 }
 
+/// This process's effective uid, from `/proc/self/status` (`None` if unreadable).
+pub fn effective_uid() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    uids.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether `path` (with its metadata `meta`) could only have been written by
+/// this process's user or root: not group- or world-writable, owned by us or
+/// by root. The error says which, and what to do.
+pub fn check_trusted(path: &Path, meta: &fs::Metadata) -> Result<(), String> {
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+            (true, true) => "its group and every local user",
+            (true, false) => "its group",
+            _ => "every local user",
+        };
+        return Err(format!(
+            "{} is writable by {who} (mode {mode:04o}); run `chmod go-w {}`",
+            path.display(),
+            path.display()
+        ));
+    }
+    let owner = meta.uid();
+    match effective_uid() {
+        Some(me) if owner != me && owner != 0 => Err(format!(
+            "{} is owned by uid {owner}, not by this process's user (uid {me}) or root",
+            path.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Creates `dir` (and missing parents) with mode 0700, whatever the umask.
+/// An existing directory looser than 0700 is tightened, with a warning; one
+/// owned by another user is refused. Rule enforced: the data directory,
+/// `manifests/` and `--write-certs` directories are the owner's alone.
+pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = fs::metadata(dir)?;
+    let owner = meta.uid();
+    if let Some(me) = effective_uid().filter(|me| *me != owner && owner != 0) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is owned by uid {owner}, not by this process's user (uid {me}) or root",
+                dir.display()
+            ),
+        ));
+    }
+    tighten(dir, &meta, 0o700)
+}
+
+/// Sets `path` to `mode` if its permissions are looser, warning once.
+pub fn tighten(path: &Path, meta: &fs::Metadata, mode: u32) -> std::io::Result<()> {
+    let current = meta.mode() & 0o777;
+    if current & !mode != 0 {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+        tracing::warn!(
+            path = %path.display(),
+            was = %format!("{current:04o}"),
+            now = %format!("{mode:04o}"),
+            "tightened permissions: it was readable or writable by other local users"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +171,54 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("missing").join("key.pem");
         assert!(write_secret(&path, b"x").is_err());
+    }
+}
+
+#[cfg(test)]
+mod dir_tests {
+    use super::*;
+
+    #[test]
+    fn private_dirs_are_0700_whatever_the_umask_and_looser_ones_are_tightened() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("data").join("manifests");
+        ensure_private_dir(&dir).unwrap();
+        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        // As a umask of 000 would leave it.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        ensure_private_dir(&dir).unwrap();
+        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_file_owned_by_another_user_is_not_trusted() {
+        if effective_uid() != Some(0) {
+            eprintln!("skipped: changing a file's owner needs root");
+            return;
+        }
+        let base = tempfile::tempdir().unwrap();
+        let file = base.path().join("pod.yaml");
+        fs::write(&file, "x").unwrap();
+        std::os::unix::fs::chown(&file, Some(65534), None).unwrap();
+        let err = check_trusted(&file, &fs::metadata(&file).unwrap()).unwrap_err();
+        assert!(err.contains("owned by uid 65534"), "{err}");
+    }
+
+    #[test]
+    fn files_writable_by_others_are_not_trusted_and_the_error_says_why() {
+        let base = tempfile::tempdir().unwrap();
+        let file = base.path().join("pod.yaml");
+        fs::write(&file, "x").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(check_trusted(&file, &fs::metadata(&file).unwrap()).is_ok());
+        for (mode, who) in [
+            (0o666, "its group and every local user"),
+            (0o664, "its group"),
+            (0o646, "every local user"),
+        ] {
+            fs::set_permissions(&file, fs::Permissions::from_mode(mode)).unwrap();
+            let err = check_trusted(&file, &fs::metadata(&file).unwrap()).unwrap_err();
+            assert!(err.contains(who) && err.contains("chmod go-w"), "{err}");
+        }
     }
 }

@@ -22,7 +22,8 @@ pub const ROOT_FILE: &str = "root-cert.pem";
 
 /// Writes the three files for `svid` and `bundle` into `dir`.
 pub fn write_files(dir: &Path, svid: &Svid, bundle: &TrustBundle) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    // The directory of a private key: the owner's alone (issue 12).
+    crate::secret_file::ensure_private_dir(dir)?;
     // Key first: a reader that sees a new chain can always find its key.
     write_secret(&dir.join(KEY_FILE), svid.key.secret_pkcs8_pem().as_bytes())?;
     write_public(&dir.join(CHAIN_FILE), svid.chain_pem.as_bytes())?;

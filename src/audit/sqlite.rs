@@ -112,6 +112,7 @@ impl SqliteBackend {
     /// needed (the parent directory must exist). Refuses a database with a newer
     /// schema version than [`SCHEMA_VERSION`].
     pub fn open(path: &Path) -> Result<Self, AuditError> {
+        owner_only(path)?;
         let conn = Connection::open(path).map_err(sqlite_err(path, "opening"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(sqlite_err(path, "setting the busy timeout"))?;
@@ -256,6 +257,34 @@ impl AuditBackend for SqliteBackend {
         }
         Ok(out)
     }
+}
+
+/// Creates the database file 0600 before SQLite opens it (SQLite gives its
+/// `-wal` and `-shm` files the database's mode), and tightens an existing
+/// database and its companions looser than that, with a warning. Rule
+/// enforced: who got which identity is readable by the CA's user only.
+fn owner_only(path: &Path) -> Result<(), AuditError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source: std::io::Error| AuditError::Io {
+        path: path.to_owned(),
+        context: "setting owner-only permissions",
+        source,
+    };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = Path::new(&name);
+        if let Ok(meta) = std::fs::metadata(file) {
+            crate::secret_file::tighten(file, &meta, 0o600).map_err(io)?;
+        }
+    }
+    Ok(())
 }
 
 /// The `SELECT` for `q` and its parameters (see [`INDEXES`] for which index serves

@@ -309,7 +309,7 @@ async fn kube_parts(
 }
 
 fn ensure_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)
+    crate::secret_file::ensure_private_dir(dir)
         .with_context(|| format!("cannot create directory {}", dir.display()))?;
     // Fail now, with the path, rather than at the first key or audit write.
     let probe = dir.join(".meshid-write-probe");

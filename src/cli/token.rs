@@ -67,7 +67,7 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
 }
 
 fn issue(args: IssueArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
+    crate::secret_file::ensure_private_dir(&args.data_dir)
         .with_context(|| format!("cannot create directory {}", args.data_dir.display()))?;
     let issuer = TokenIssuer::load_or_create(&args.data_dir)
         .with_context(|| format!("loading the token issuer from {}", args.data_dir.display()))?;

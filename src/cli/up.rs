@@ -172,7 +172,7 @@ async fn start(
     shutdown: &Shutdown,
 ) -> anyhow::Result<Mesh> {
     let started_at = time::OffsetDateTime::now_utc();
-    std::fs::create_dir_all(data_dir)
+    crate::secret_file::ensure_private_dir(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let probe = data_dir.join(".meshid-write-probe");
     std::fs::write(&probe, b"")
@@ -203,7 +203,7 @@ async fn start(
     .await
     .context("starting the CA")?;
     let tokens_dir = data_dir.join("tokens");
-    std::fs::create_dir_all(&tokens_dir)
+    crate::secret_file::ensure_private_dir(&tokens_dir)
         .with_context(|| format!("cannot create {}", tokens_dir.display()))?;
     let mut tokens = vec![(
         demo::AGENT_NS.to_owned(),

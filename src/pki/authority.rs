@@ -15,7 +15,6 @@
 //!   is returned; a failure there is an internal error and no certificate.
 
 use std::fmt;
-use std::fs;
 use std::path::Path;
 
 use rcgen::{
@@ -242,7 +241,7 @@ impl Authority {
             let path = path.to_owned();
             move |source| AuthorityError::Write { path, source }
         };
-        fs::create_dir_all(data_dir).map_err(write_err(data_dir))?;
+        crate::secret_file::ensure_private_dir(data_dir).map_err(write_err(data_dir))?;
         // Key first: a crash in between leaves a key without a certificate,
         // which the next start reports instead of overwriting.
         crate::secret_file::write_secret(key_path, key.secret_pkcs8_pem().as_bytes())

@@ -391,3 +391,24 @@ fn the_old_outcome_index_is_replaced_on_open_and_records_stay_readable() {
     );
     assert!(plan(&b, |q| q.outcome = Some(Outcome::Refused)).contains("audit_records_refused"));
 }
+
+#[test]
+fn the_database_and_its_wal_are_owner_only_and_looser_ones_are_tightened() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, path) = temp_db();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let mut b = SqliteBackend::open(&path).unwrap();
+    b.append(&fixture()).unwrap();
+    assert_eq!(mode(&path), 0o600);
+    let wal = dir.path().join("audit.db-wal");
+    assert_eq!(
+        mode(&wal),
+        0o600,
+        "SQLite gives the WAL the database's mode"
+    );
+    drop(b);
+    // As an older build under a 022 umask left it.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let _b = SqliteBackend::open(&path).unwrap();
+    assert_eq!(mode(&path), 0o600);
+}

@@ -98,7 +98,7 @@ fn peer_authentication_yaml(ns: &str) -> String {
 
 /// Writes the demo manifests that are missing from `dir`; returns the files written.
 pub(crate) fn write_manifests(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir)
+    crate::secret_file::ensure_private_dir(dir)
         .with_context(|| format!("cannot create the manifest directory {}", dir.display()))?;
     let mut files: Vec<(String, String)> = Vec::new();
     let mut namespaces = String::new();

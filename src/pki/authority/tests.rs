@@ -10,6 +10,7 @@ use crate::pki::csr::validate_csr;
 use crate::pki::fixtures::{clock, id, now, rsa_2048, TestCa};
 use crate::pki::key::csr_pem;
 use crate::time::TestClock;
+use std::fs;
 
 fn cfg() -> AuthorityConfig {
     AuthorityConfig::default()

@@ -95,7 +95,8 @@ impl TokenIssuer {
     /// Loads the issuer key from `data_dir`, or creates it (and the directory)
     /// on first use. The JWKS file is (re)written whenever it does not match the key.
     pub fn load_or_create(data_dir: &Path) -> Result<Self, PlatformError> {
-        fs::create_dir_all(data_dir).map_err(|e| PlatformError::io(data_dir, e))?;
+        crate::secret_file::ensure_private_dir(data_dir)
+            .map_err(|e| PlatformError::io(data_dir, e))?;
         let key_path = data_dir.join(KEY_FILE);
         let rng = SystemRandom::new();
         let pkcs8 = match read_secret(&key_path) {

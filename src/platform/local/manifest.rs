@@ -62,6 +62,13 @@ pub(crate) const SETTLE: std::time::Duration = std::time::Duration::from_secs(2)
 /// Lists `*.yaml` / `*.yml` regular files (symlinks followed, as in a mounted
 /// ConfigMap; hidden files such as editors' and our own temporaries skipped).
 pub(crate) fn fingerprint(dir: &Path) -> Result<Fingerprint, PlatformError> {
+    // Rule: manifests decide who gets which identity and which mTLS mode, so
+    // neither the directory nor a file in it may be writable by another local
+    // user (issue 12: under umask 000 anyone could add a Pod and obtain
+    // kube-system/admin from the agent).
+    let dir_meta = fs::metadata(dir).map_err(|e| PlatformError::io(dir, e))?;
+    crate::secret_file::check_trusted(dir, &dir_meta)
+        .map_err(|reason| manifest_error(dir, None, format!("refused: {reason}")))?;
     let entries = fs::read_dir(dir).map_err(|e| PlatformError::io(dir, e))?;
     let mut files = Vec::new();
     for entry in entries {
@@ -114,6 +121,8 @@ pub(crate) fn read_all(fingerprint: &Fingerprint) -> Result<Objects, PlatformErr
     for file in &fingerprint.files {
         let path = &file.path;
         let meta = fs::metadata(path).map_err(|e| PlatformError::io(path, e))?;
+        crate::secret_file::check_trusted(path, &meta)
+            .map_err(|reason| manifest_error(path, None, format!("refused: {reason}")))?;
         if meta.len() > MAX_FILE_LEN {
             return Err(manifest_error(
                 path,

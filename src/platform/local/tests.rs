@@ -472,3 +472,25 @@ async fn verify_token_checks_expiry_against_the_injected_clock() {
     env.clock.set(NOW);
     assert!(platform.verify_token(&token, &other).await.is_err());
 }
+
+#[test]
+fn manifests_writable_by_other_users_are_refused_naming_the_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    env.write("pods.yaml", BARE_POD);
+    let file = env.manifests.path().join("pods.yaml");
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o666)).unwrap();
+    let (path, _, message) = manifest_error(env.open().unwrap_err());
+    assert_eq!(path, file);
+    assert!(
+        message.contains("writable by its group and every local user"),
+        "{message}"
+    );
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(env.open().is_ok());
+    // The directory itself: anyone could add a Pod to it.
+    fs::set_permissions(env.manifests.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let (path, _, message) = manifest_error(env.open().unwrap_err());
+    assert_eq!(path, env.manifests.path());
+    assert!(message.contains("chmod go-w"), "{message}");
+}

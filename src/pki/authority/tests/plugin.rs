@@ -2,6 +2,7 @@
 //! Istio `cacerts` or cert-manager layout, then broken one rule at a time.
 
 use super::*;
+use std::fs;
 
 /// root → intermediate (the signing CA).
 struct Pki {
