@@ -56,6 +56,10 @@ pub struct IssueRequest {
     pub validity_secs: i64,
     /// Metadata `ImpersonatedIdentity`, as sent.
     pub impersonate: Option<String>,
+    /// Why the request's metadata could not be read (e.g. `ImpersonatedIdentity`
+    /// a number): refused inside the pipeline, so that it is audited like
+    /// every other decision.
+    pub metadata_error: Option<String>,
 }
 
 /// A certificate ready to return.
@@ -174,8 +178,11 @@ impl Issuer {
                     None => e.to_string(),
                 });
                 let caller = record.caller.clone().unwrap_or_default();
+                // Rule: no answer leaves unaudited, a refusal included: if the
+                // record cannot be written the caller is told to retry.
                 if let Err(audit_err) = audit.record(record).await {
-                    tracing::error!(error = %audit_err, "audit write of a refusal failed");
+                    tracing::error!(error = %audit_err, refusal = %e, "audit write of a refusal failed; answering UNAVAILABLE");
+                    return Err(CaError::AuditUnavailable(audit_err));
                 }
                 tracing::warn!(caller = %caller, peer = ?req.peer, reason = %e, "certificate refused");
                 Err(e)
@@ -194,6 +201,9 @@ impl Issuer {
             .authenticate(req.authorization.as_deref(), req.client_chain.as_deref())
             .await?;
         record.caller = Some(caller.identity().to_string());
+        if let Some(reason) = &req.metadata_error {
+            return Err(CaError::InvalidRequest(reason.clone()));
+        }
         if let Caller::Token(t) = &caller {
             record.pod_name = t.claims.pod_name.clone();
             record.pod_uid = t.claims.pod_uid.clone();

@@ -55,7 +55,12 @@ impl IstioCertificateService for CaService {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let message = request.into_inner();
-        let impersonate = impersonated_identity(message.metadata.as_ref()).map_err(Status::from)?;
+        // A bad value is refused by the issuer, after authentication, so that
+        // the refusal is audited.
+        let (impersonate, metadata_error) = match impersonated_identity(message.metadata.as_ref()) {
+            Ok(v) => (v, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
         let issue = IssueRequest {
             authorization,
             client_chain: conn.as_ref().and_then(|c| c.client_chain.clone()),
@@ -63,6 +68,7 @@ impl IstioCertificateService for CaService {
             csr: message.csr,
             validity_secs: message.validity_duration,
             impersonate,
+            metadata_error,
         };
         let issued = self.issuer.issue(issue).await?;
         Ok(Response::new(IstioCertificateResponse {

@@ -425,3 +425,36 @@ fn pem_decode(pem: &str) -> Vec<u8> {
         .decode(body)
         .unwrap()
 }
+
+/// Issue 12 part 4: `ImpersonatedIdentity` as a number, list or bool used to
+/// be refused before the pipeline ran, leaving no audit record.
+#[tokio::test]
+async fn impersonated_identity_that_is_not_a_string_is_audited() {
+    use prost_types::value::Kind;
+    let (env, ca) = ca_with_web_pod(&[]);
+    let mut client = ca.client(&env.root_pem()).await.unwrap();
+    let (_k, csr) = key_and_csr(&env.id("default", "web"));
+    for kind in [
+        Kind::NumberValue(42.0),
+        Kind::BoolValue(true),
+        Kind::ListValue(prost_types::ListValue { values: vec![] }),
+    ] {
+        let mut req = request(&csr, 600, Some(&web_token(&env)), None);
+        req.get_mut().metadata = Some(prost_types::Struct {
+            fields: [(
+                "ImpersonatedIdentity".to_owned(),
+                prost_types::Value { kind: Some(kind) },
+            )]
+            .into(),
+        });
+        refused(
+            &env,
+            &mut client,
+            req,
+            Code::InvalidArgument,
+            "must be a string",
+            "must be a string",
+        )
+        .await;
+    }
+}

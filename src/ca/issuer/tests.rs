@@ -105,6 +105,47 @@ async fn no_certificate_leaves_when_the_audit_write_fails() {
 }
 
 #[tokio::test]
+async fn a_refusal_whose_audit_write_fails_answers_unavailable() {
+    let env = TestEnv::new();
+    let issuer = issuer(&env, Box::new(BrokenDisk), 8);
+    // A request that would be refused (garbage token).
+    let mut req = web_request(&env);
+    req.authorization = Some("Bearer garbage".into());
+    let err = issuer.issue(req).await.unwrap_err();
+    assert!(matches!(err, CaError::AuditUnavailable(_)), "{err}");
+    assert_eq!(tonic::Status::from(err).code(), tonic::Code::Unavailable);
+}
+
+#[tokio::test]
+async fn impersonated_identity_that_is_not_a_string_is_refused_and_audited() {
+    let env = TestEnv::new();
+    let db = env.data_dir.join("audit.db");
+    let issuer = issuer(&env, Box::new(SqliteBackend::open(&db).unwrap()), 8);
+    let mut req = agent_request(&env, "web");
+    req.impersonate = None;
+    req.metadata_error = Some("metadata ImpersonatedIdentity must be a string".into());
+    let err = issuer.issue(req).await.unwrap_err();
+    assert!(matches!(err, CaError::InvalidRequest(_)), "{err}");
+    let rows = issuer
+        .deps
+        .audit
+        .query(AuditQuery::default())
+        .await
+        .unwrap();
+    let row = rows.last().expect("the refusal is audited");
+    assert_eq!(row.outcome, Outcome::Refused);
+    assert!(row
+        .reason
+        .as_deref()
+        .unwrap_or("")
+        .contains("must be a string"));
+    assert_eq!(
+        row.caller.as_deref(),
+        Some("spiffe://cluster.local/ns/meshid-system/sa/meshid-agent")
+    );
+}
+
+#[tokio::test]
 async fn saturated_ca_refuses_with_resource_exhausted_instead_of_queueing() {
     let env = TestEnv::new();
     let db = env.data_dir.join("audit.db");
