@@ -86,6 +86,19 @@ pub enum AuditError {
         path: PathBuf,
     },
 
+    /// The database file at the path is no longer the one the CA opened
+    /// (deleted, or replaced): writing on would "audit" into an unlinked file.
+    #[error(
+        "audit database {} was {what} while the CA had it open: nothing is issued until the original file is back at that path (or the CA restarts)",
+        path.display()
+    )]
+    FileReplaced {
+        /// The database path.
+        path: PathBuf,
+        /// "deleted" or "replaced by another file".
+        what: &'static str,
+    },
+
     /// The database was written by a newer meshid; refusing to read or write it.
     #[error(
         "audit database {} has schema version {found}; this meshid supports up to {supported} (upgrade meshid)",

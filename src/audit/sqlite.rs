@@ -105,6 +105,44 @@ const INSERT: &str = "INSERT INTO audit_records (time_unix_nanos, caller, reques
 pub struct SqliteBackend {
     conn: Connection,
     path: PathBuf,
+    /// Which file was opened (set for writers), so that a database deleted or
+    /// replaced under the CA is noticed.
+    probe: Option<FileProbe>,
+}
+
+/// The identity (device, inode) of the database file a writer opened.
+#[derive(Debug, Clone)]
+pub struct FileProbe {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl FileProbe {
+    fn of(path: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// Whether the file at the path is still the one opened. Rule enforced:
+    /// no record goes to a database nobody can read back.
+    pub fn check(&self) -> Result<(), AuditError> {
+        use std::os::unix::fs::MetadataExt;
+        let what = match std::fs::metadata(&self.path) {
+            Ok(m) if m.dev() == self.dev && m.ino() == self.ino => return Ok(()),
+            Ok(_) => "replaced by another file",
+            Err(_) => "deleted",
+        };
+        Err(AuditError::FileReplaced {
+            path: self.path.clone(),
+            what,
+        })
+    }
 }
 
 impl SqliteBackend {
@@ -127,9 +165,15 @@ impl SqliteBackend {
         }
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sqlite_err(path, "setting synchronous=FULL"))?;
+        let probe = FileProbe::of(path).map_err(|source| AuditError::Io {
+            path: path.to_owned(),
+            context: "reading the database file's identity",
+            source,
+        })?;
         let mut backend = Self {
             conn,
             path: path.to_owned(),
+            probe: Some(probe),
         };
         backend.init_schema()?;
         Ok(backend)
@@ -162,6 +206,7 @@ impl SqliteBackend {
         let backend = Self {
             conn,
             path: path.to_owned(),
+            probe: None,
         };
         match backend.schema_version()? {
             None => Err(AuditError::NotAnAuditDatabase {
@@ -209,7 +254,14 @@ impl SqliteBackend {
 }
 
 impl AuditBackend for SqliteBackend {
+    fn probe(&self) -> Option<FileProbe> {
+        self.probe.clone()
+    }
+
     fn append(&mut self, batch: &[AuditRecord]) -> Result<(), AuditError> {
+        if let Some(probe) = &self.probe {
+            probe.check()?;
+        }
         let path = self.path.clone();
         let err = || sqlite_err(&path, "appending a batch");
         let tx = self

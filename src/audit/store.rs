@@ -42,7 +42,18 @@ pub trait AuditBackend: Send + 'static {
 
     /// The records matching `q`, oldest first (see [`AuditQuery`] for the limit).
     fn query(&mut self, q: &AuditQuery) -> Result<Vec<AuditRecord>, AuditError>;
+
+    /// A check, callable from any thread, that the store's file is still the one
+    /// opened (None: nothing to check).
+    fn probe(&self) -> Option<super::sqlite::FileProbe> {
+        None
+    }
 }
+
+/// How long after a failed commit the log reports itself unhealthy (unless a
+/// commit succeeds first): long enough for a readiness probe to see it, short
+/// enough that traffic comes back to try again once the cause is fixed.
+const UNHEALTHY_AFTER_FAILURE: Duration = Duration::from_secs(10);
 
 /// Tuning for [`AuditLog`]'s group commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +95,8 @@ pub struct AuditLog {
     tx: mpsc::Sender<Command>,
     stats: Arc<Stats>,
     expected: Arc<ExpectedCount>,
+    /// The backend's file check, run from any thread by [`AuditLog::healthy`].
+    probe: Option<super::sqlite::FileProbe>,
     exited: Arc<oneshot::Receiver<()>>,
 }
 
@@ -182,6 +195,8 @@ struct Stats {
     batches_committed: AtomicU64,
     records_committed: AtomicU64,
     batches_failed: AtomicU64,
+    /// When the last batch failed, if it was the last batch.
+    failing_since: std::sync::Mutex<Option<Instant>>,
 }
 
 impl AuditLog {
@@ -191,6 +206,7 @@ impl AuditLog {
         let (exited_tx, exited_rx) = oneshot::channel();
         let stats = Arc::new(Stats::default());
         let expected = Arc::new(ExpectedCount::default());
+        let probe = backend.probe();
         let writer = Writer {
             backend,
             rx,
@@ -218,6 +234,7 @@ impl AuditLog {
             tx,
             stats,
             expected,
+            probe,
             exited: Arc::new(exited_rx),
         }
     }
@@ -231,6 +248,26 @@ impl AuditLog {
         Expected {
             log: self,
             counted: true,
+        }
+    }
+
+    /// Whether the store can take records now: its file is the one opened, and
+    /// no commit has failed in the last 10 s without one succeeding since. The
+    /// CA's `/readyz` answers 503 while this is an error.
+    pub fn healthy(&self) -> Result<(), String> {
+        if let Some(probe) = &self.probe {
+            probe.check().map_err(|e| e.to_string())?;
+        }
+        let since = *self
+            .stats
+            .failing_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match since {
+            Some(t) if t.elapsed() < UNHEALTHY_AFTER_FAILURE => {
+                Err("the last audit commit failed".to_owned())
+            }
+            _ => Ok(()),
         }
     }
 
@@ -280,6 +317,7 @@ impl AuditLog {
             tx,
             stats,
             expected,
+            probe: _,
             exited,
         } = self;
         drop(tx);
@@ -407,6 +445,11 @@ impl Writer {
         let batch_len = records.len();
         match self.backend.append(records) {
             Ok(()) => {
+                *self
+                    .stats
+                    .failing_since
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
                 self.stats.batches_committed.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .records_committed
@@ -417,6 +460,11 @@ impl Writer {
                 }
             }
             Err(e) => {
+                *self
+                    .stats
+                    .failing_since
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
                 self.stats.batches_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
                     error = %error_chain(&e),

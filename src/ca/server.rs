@@ -103,8 +103,12 @@ impl CaServer {
             Some(maddr) => {
                 let ready_shutdown = shutdown.clone();
                 let platform = deps.platform.clone();
-                let ready: telemetry::ReadinessCheck =
-                    Arc::new(move || !ready_shutdown.is_triggered() && platform.is_ready());
+                let audit = deps.audit.clone();
+                // Ready only while the audit store can take records: a CA
+                // whose every answer would be UNAVAILABLE takes no traffic.
+                let ready: telemetry::ReadinessCheck = Arc::new(move || {
+                    !ready_shutdown.is_triggered() && platform.is_ready() && audit.healthy().is_ok()
+                });
                 let bound = telemetry::serve(maddr, registry, ready, shutdown.clone())
                     .await
                     .map_err(|source| ServerError::Bind {

@@ -584,3 +584,47 @@ async fn a_renewal_stops_when_no_pod_of_the_account_runs() {
         status.message()
     );
 }
+
+/// Issue 12 part 4: the audit database deleted under a running CA used to
+/// leave `/readyz` at 200 while the CA went on "auditing" into the unlinked
+/// file. Now it is unready and issues nothing until the file is back.
+#[tokio::test]
+async fn a_ca_whose_audit_database_was_deleted_is_unready_and_issues_nothing() {
+    let (env, ca) = ca_with_web_pod(&[]);
+    let token = env.token("default", "web", None, None);
+    let id = env.id("default", "web");
+    let mut client = ca.client(&env.root_pem()).await.unwrap();
+    let (_k, csr) = key_and_csr(&id);
+    client
+        .create_certificate(request(&csr, 600, Some(&token), None))
+        .await
+        .unwrap();
+    assert_eq!(http_get(ca.metrics_addr, "/readyz").0, 200);
+
+    let db = env.data_dir.join("audit.db");
+    let aside = env.dir.path().join("audit.db.aside");
+    std::fs::rename(&db, &aside).unwrap();
+    assert_eq!(http_get(ca.metrics_addr, "/readyz").0, 503);
+    let status = client
+        .create_certificate(request(&csr, 600, Some(&token), None))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(ca.log_text().contains("deleted"), "the cause is logged");
+
+    // Put back, the CA issues again, into the file read back, and a good
+    // commit makes it ready at once (a failed one keeps it unready for 10 s).
+    std::fs::rename(&aside, &db).unwrap();
+    client
+        .create_certificate(request(&csr, 600, Some(&token), None))
+        .await
+        .unwrap();
+    assert_eq!(http_get(ca.metrics_addr, "/readyz").0, 200);
+    assert!(
+        audit_rows(&env)
+            .iter()
+            .filter(|r| r.outcome == Outcome::Issued)
+            .count()
+            >= 2
+    );
+}

@@ -412,3 +412,45 @@ fn the_database_and_its_wal_are_owner_only_and_looser_ones_are_tightened() {
     let _b = SqliteBackend::open(&path).unwrap();
     assert_eq!(mode(&path), 0o600);
 }
+
+#[test]
+fn a_database_deleted_or_replaced_under_the_writer_takes_no_records_until_it_is_back() {
+    let (dir, path) = temp_db();
+    let mut b = SqliteBackend::open(&path).unwrap();
+    b.append(&fixture()[..1]).unwrap();
+    let aside = dir.path().join("aside.db");
+    // Moved away (as `rm` would leave it: gone from the path).
+    std::fs::rename(&path, &aside).unwrap();
+    let err = b.append(&fixture()[1..2]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AuditError::FileReplaced {
+                what: "deleted",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Another file at the path is not ours either.
+    std::fs::write(&path, b"").unwrap();
+    let err = b.append(&fixture()[1..2]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AuditError::FileReplaced {
+                what: "replaced by another file",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // The original back: records flow again, into the file that is read back.
+    std::fs::rename(&aside, &path).unwrap();
+    b.append(&fixture()[1..2]).unwrap();
+    let rows = SqliteBackend::open_read_only(&path)
+        .unwrap()
+        .query(&AuditQuery::default())
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+}

@@ -340,3 +340,26 @@ fn errors_are_send_and_sync() {
     check::<AuditError>();
     check::<AuditLog>();
 }
+
+#[tokio::test]
+async fn the_log_is_unhealthy_after_a_failed_commit_and_healthy_again_after_a_good_one() {
+    let log = AuditLog::start(Box::new(FailingBackend), GroupCommitConfig::default());
+    assert!(log.healthy().is_ok(), "nothing has failed yet");
+    assert!(log.record(rec(0)).await.is_err());
+    let err = log.healthy().unwrap_err();
+    assert!(err.contains("failed"), "{err}");
+
+    let (_dir, path) = temp_db();
+    let log = AuditLog::start(
+        Box::new(SqliteBackend::open(&path).unwrap()),
+        GroupCommitConfig::default(),
+    );
+    log.record(rec(0)).await.unwrap();
+    assert!(log.healthy().is_ok());
+    // The database deleted under the running log: unhealthy at once, before
+    // any record is attempted, and no record is taken.
+    std::fs::remove_file(&path).unwrap();
+    let err = log.healthy().unwrap_err();
+    assert!(err.contains("deleted"), "{err}");
+    assert!(log.record(rec(1)).await.is_err());
+}
