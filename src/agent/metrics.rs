@@ -19,6 +19,8 @@ pub struct AgentMetrics {
     pub attestation_failures: IntCounter,
     /// `ListWorkloadPolicies` calls refused (not the node's operator).
     pub listings_refused: IntCounter,
+    /// Connections to the socket closed at accept: their uid held its quota.
+    pub connections_refused: IntCounter,
 }
 
 impl AgentMetrics {
@@ -61,6 +63,10 @@ impl AgentMetrics {
                 "meshid_agent_policy_listings_refused_total",
                 "ListWorkloadPolicies calls refused: the caller is not the node's operator.",
             )?,
+            connections_refused: IntCounter::new(
+                "meshid_agent_connections_refused_total",
+                "Connections to the agent socket closed at accept: their peer uid already held --max-connections-per-uid.",
+            )?,
         };
         registry.register(Box::new(m.cert_expiry.clone()))?;
         registry.register(Box::new(m.rotations.clone()))?;
@@ -69,6 +75,7 @@ impl AgentMetrics {
         registry.register(Box::new(m.time_to_first_cert.clone()))?;
         registry.register(Box::new(m.attestation_failures.clone()))?;
         registry.register(Box::new(m.listings_refused.clone()))?;
+        registry.register(Box::new(m.connections_refused.clone()))?;
         Ok(m)
     }
 }

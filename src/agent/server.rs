@@ -18,6 +18,7 @@ use crate::agent::files;
 use crate::agent::metrics::AgentMetrics;
 use crate::agent::policy_push::PolicyService;
 use crate::agent::sds::SdsService;
+use crate::agent::socket::limits::{Limiter, SocketLimits, TrackRequests};
 use crate::agent::socket::{self, SocketError, UdsStream};
 use crate::agent::workload_api::WorkloadApiService;
 use crate::h2_authority::AuthorityRepair;
@@ -47,6 +48,8 @@ pub struct AgentConfig {
     /// Root namespace: its PeerAuthentication without selector is mesh-wide
     /// (Istio's `istio-system`; ours defaults to [`crate::policy::DEFAULT_ROOT_NAMESPACE`]).
     pub root_namespace: String,
+    /// What one local user can hold on the socket.
+    pub limits: SocketLimits,
 }
 
 /// What the agent is built from besides its config.
@@ -101,6 +104,7 @@ pub async fn start(
 ) -> Result<RunningAgent, AgentError> {
     let listener = socket::bind(&cfg.socket)?;
     let metrics = AgentMetrics::register(&deps.registry)?;
+    let refused_connections = metrics.connections_refused.clone();
     let cache = CertCache::new(
         cfg.cache.clone(),
         deps.signer.clone(),
@@ -166,10 +170,20 @@ pub async fn start(
 
     let (conn_tx, conn_rx) =
         mpsc::channel::<Result<AuthorityRepair<UdsStream>, std::io::Error>>(1024);
-    shutdown.spawn(accept_loop(listener, conn_tx, shutdown.clone()));
+    shutdown.spawn(accept_loop(
+        listener,
+        conn_tx,
+        cfg.limits,
+        refused_connections,
+        shutdown.clone(),
+    ));
     shutdown.spawn_server(
         "agent gRPC",
         tonic::transport::Server::builder()
+            // Peers that stop answering are dropped (issue 12: the socket is 0666).
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+            .layer(TrackRequests)
             .add_service(sds.into_server())
             .add_service(workload_api.into_server())
             .add_service(policy.into_server())
@@ -186,15 +200,38 @@ pub async fn start(
 async fn accept_loop(
     listener: UnixListener,
     conns: mpsc::Sender<Result<AuthorityRepair<UdsStream>, std::io::Error>>,
+    limits: SocketLimits,
+    refused: prometheus::IntCounter,
     shutdown: Shutdown,
 ) {
+    let limiter = Limiter::new(&limits);
     loop {
+        // Rule (limits): the slot is taken before accept, so past the cap
+        // clients wait in the backlog holding nothing of ours.
+        let slot = tokio::select! {
+            _ = shutdown.triggered() => return,
+            slot = limiter.slot() => match slot {
+                Some(slot) => slot,
+                None => return,
+            },
+        };
         tokio::select! {
             _ = shutdown.triggered() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    let uid = stream.peer_cred().ok().map(|c| c.uid());
+                    let held = match limiter.admit(uid) {
+                        Ok(held) => held,
+                        Err(quota) => {
+                            // Closed at once (dropped); counted, and logged at
+                            // debug only, so a flood cannot flood the log too.
+                            refused.inc();
+                            tracing::debug!(error = %quota, "agent socket connection refused");
+                            continue;
+                        }
+                    };
                     // gRPC C-core sends the socket path as :authority (see h2_authority).
-                    let conn = AuthorityRepair::new(UdsStream::new(stream));
+                    let conn = AuthorityRepair::new(UdsStream::limited(stream, limits, slot, held));
                     if conns.send(Ok(conn)).await.is_err() {
                         return;
                     }

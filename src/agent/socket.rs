@@ -3,20 +3,27 @@
 //! request on it.
 //!
 //! Rules enforced: the socket is connectable by any local user (mode 0666) —
+//! which is why what one user can hold on it is bounded ([`limits`]) —
 //! attestation, not file permissions, decides what a caller gets, as with
 //! SPIRE's agent socket; an existing path is replaced only if it is a stale
 //! socket nobody listens on (a regular file or a live socket is an error).
+
+pub mod limits;
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use crate::agent::attest::PeerCredentials;
+use limits::{Activity, IdleTimer, SocketLimits, UidSlot};
 
 /// Why the socket could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +85,9 @@ pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
 pub struct UdsConnInfo {
     /// The peer's credentials (None if the kernel did not say).
     pub peer: Option<PeerCredentials>,
+    /// Requests in flight on the connection (counted by
+    /// [`TrackRequests`](limits::TrackRequests)).
+    pub activity: Arc<Activity>,
 }
 
 /// An accepted connection on the agent socket.
@@ -85,6 +95,11 @@ pub struct UdsConnInfo {
 pub struct UdsStream {
     inner: UnixStream,
     info: UdsConnInfo,
+    /// Deadlines, when the connection is limited.
+    limits: Option<SocketLimits>,
+    timer: IdleTimer,
+    /// Its place under `--max-connections` and its uid's quota, held until it closes.
+    _held: Option<(OwnedSemaphorePermit, UidSlot)>,
 }
 
 impl UdsStream {
@@ -93,8 +108,33 @@ impl UdsStream {
         let peer = inner.peer_cred().ok().map(PeerCredentials::from_tokio);
         Self {
             inner,
-            info: UdsConnInfo { peer },
+            info: UdsConnInfo {
+                peer,
+                activity: Activity::new(),
+            },
+            limits: None,
+            timer: IdleTimer::default(),
+            _held: None,
         }
+    }
+
+    /// The same, closed when it starts no request in time or stays idle
+    /// ([`SocketLimits`]), holding `slot` and `uid` until it closes.
+    pub fn limited(
+        inner: UnixStream,
+        limits: SocketLimits,
+        slot: OwnedSemaphorePermit,
+        uid: UidSlot,
+    ) -> Self {
+        let mut s = Self::new(inner);
+        s.limits = Some(limits);
+        s._held = Some((slot, uid));
+        s
+    }
+
+    /// The peer's uid, as the kernel said at accept.
+    pub fn peer_uid(&self) -> Option<u32> {
+        self.info.peer.as_ref().map(|p| p.uid)
     }
 }
 
@@ -111,7 +151,14 @@ impl AsyncRead for UdsStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        if let Some(limits) = &this.limits {
+            if let Poll::Ready(reason) = this.timer.poll_expired(&this.info.activity, limits, cx) {
+                tracing::debug!(uid = ?this.info.peer.as_ref().map(|p| p.uid), reason, "agent socket connection closed");
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, reason)));
+            }
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 

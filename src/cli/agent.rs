@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::agent::socket::limits::SocketLimits;
+
 use anyhow::Context;
 use clap::Args;
 
@@ -84,9 +86,52 @@ pub struct AgentArgs {
     /// Root namespace: its PeerAuthentication without selector is mesh-wide (Istio uses istio-system).
     #[arg(long, env = "MESHID_ROOT_NAMESPACE", default_value = DEFAULT_ROOT_NAMESPACE)]
     pub root_namespace: String,
+    /// What one local user can hold on the socket (it is 0666).
+    #[command(flatten)]
+    pub limits: SocketLimitArgs,
     /// Where facts come from and how tokens are verified.
     #[command(flatten)]
     pub platform: PlatformArgs,
+}
+
+/// The agent socket's limits ([`SocketLimits`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SocketLimitArgs {
+    /// Connections open at once, all peers together; past it, clients wait in the listen backlog.
+    #[arg(long, env = "MESHID_AGENT_MAX_CONNECTIONS", default_value_t = SocketLimits::default().max_connections)]
+    pub max_connections: usize,
+    /// Connections one peer uid may hold open at once; more are closed at accept.
+    #[arg(long, env = "MESHID_AGENT_MAX_CONNECTIONS_PER_UID", default_value_t = SocketLimits::default().max_connections_per_uid)]
+    pub max_connections_per_uid: usize,
+    /// A connection that starts no request within this is closed.
+    #[arg(long, env = "MESHID_AGENT_FIRST_REQUEST_TIMEOUT", default_value = "10s", value_parser = super::parse_duration)]
+    pub first_request_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (watch streams are in flight).
+    #[arg(long, env = "MESHID_AGENT_IDLE_TIMEOUT", default_value = "5m", value_parser = super::parse_duration)]
+    pub idle_timeout: Duration,
+}
+
+impl Default for SocketLimitArgs {
+    fn default() -> Self {
+        let d = SocketLimits::default();
+        Self {
+            max_connections: d.max_connections,
+            max_connections_per_uid: d.max_connections_per_uid,
+            first_request_timeout: d.first_request_timeout,
+            idle_timeout: d.idle_timeout,
+        }
+    }
+}
+
+impl From<SocketLimitArgs> for SocketLimits {
+    fn from(a: SocketLimitArgs) -> Self {
+        Self {
+            max_connections: a.max_connections,
+            max_connections_per_uid: a.max_connections_per_uid,
+            first_request_timeout: a.first_request_timeout,
+            idle_timeout: a.idle_timeout,
+        }
+    }
 }
 
 fn parse_write_certs(s: &str) -> Result<(SpiffeId, PathBuf), String> {
@@ -169,6 +214,7 @@ pub async fn start_on(
         metrics_listen: Some(args.metrics_listen),
         audiences: args.audiences,
         root_namespace: args.root_namespace,
+        limits: args.limits.into(),
     };
     tracing::info!(
         node = %config.node,

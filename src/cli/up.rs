@@ -240,6 +240,7 @@ async fn start(
             audiences: vec!["istio-ca".to_owned()],
             max_concurrent_csrs: 8,
             root_namespace: crate::policy::DEFAULT_ROOT_NAMESPACE.to_owned(),
+            limits: super::agent::SocketLimitArgs::default(),
             platform: super::platform::PlatformArgs::default(),
         },
         shutdown.clone(),

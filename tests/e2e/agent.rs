@@ -269,7 +269,18 @@ fn a_socket_path_that_is_a_regular_file_stops_the_agent_with_a_clear_message() {
 
 #[tokio::test]
 async fn a_thousand_clients_at_once_all_get_their_svid() {
-    let m = mesh("1h", true, &[]);
+    // All of them are this process's uid: raise its quota (256 by default)
+    // and the total cap (1,024) above the thousand.
+    let m = mesh(
+        "1h",
+        true,
+        &[
+            "--max-connections-per-uid",
+            "1100",
+            "--max-connections",
+            "1200",
+        ],
+    );
     let endpoint = m.agent.endpoint();
     // Warm the cache so the test measures delivery, not the first CSR.
     spiffe::WorkloadApiClient::connect_to(&endpoint)
@@ -327,4 +338,90 @@ async fn agent_metrics_report_the_cache_and_sigterm_stops_it_cleanly() {
         started.elapsed()
     );
     assert!(!m.agent.socket.exists(), "the socket is removed on exit");
+}
+
+/// Reads from a raw connection until it closes or `within` passes; true if closed.
+fn closed_within(stream: &std::os::unix::net::UnixStream, within: Duration) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut stream = stream;
+    let mut buf = [0u8; 64];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            // The server's SETTINGS and the like, if it got that far.
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Issue 12 part 2: 5,000 idle connections from one uid were held forever and
+/// 20,000 exhausted the process's descriptors. Now a uid holds at most its
+/// quota, a connection that starts no request is closed, and a watch stream
+/// outlives the idle timeout because its request is in flight.
+#[tokio::test]
+async fn the_agent_socket_bounds_what_one_uid_can_hold_and_keeps_watch_streams() {
+    let m = mesh(
+        "4s",
+        true,
+        &[
+            "--max-connections-per-uid",
+            "4",
+            "--first-request-timeout",
+            "1s",
+            "--idle-timeout",
+            "1s",
+        ],
+    );
+    // A watch stream, in flight across several idle timeouts (and a rotation).
+    let client = spiffe::WorkloadApiClient::connect_to(m.agent.endpoint())
+        .await
+        .unwrap();
+    let mut stream = client.stream_x509_svids().await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    // Raw connections that never speak: with the watch holding one place, three
+    // more fit the quota of four; the rest are closed at accept.
+    let raw: Vec<_> = (0..6)
+        .map(|_| std::os::unix::net::UnixStream::connect(&m.agent.socket).unwrap())
+        .collect();
+    let refused = raw
+        .iter()
+        .filter(|s| closed_within(s, Duration::from_millis(500)))
+        .count();
+    assert!(refused >= 2, "{refused} of 6 closed at once");
+    let (_, body) = http_get(m.agent.metrics_addr, "/metrics");
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("meshid_agent_connections_refused_total") && !l.ends_with(" 0")),
+        "{body}"
+    );
+    // The silent ones that were admitted are closed by --first-request-timeout.
+    for s in &raw {
+        assert!(
+            closed_within(s, Duration::from_secs(10)),
+            "a silent connection was kept"
+        );
+    }
+
+    // The watch stream is still there: the rotation arrives on it.
+    let second = tokio::time::timeout(Duration::from_secs(15), stream.next())
+        .await
+        .expect("the watch stream outlives --idle-timeout")
+        .unwrap()
+        .unwrap();
+    assert_ne!(leaf_der(&first), leaf_der(&second));
 }
