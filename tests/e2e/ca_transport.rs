@@ -344,3 +344,72 @@ async fn the_ca_reads_the_issuers_jwks_and_never_creates_its_key() {
     assert!(text.contains("meshid token issue"), "{text}");
     assert!(!key.exists() && !jwks.exists());
 }
+
+/// Issue 12 part 3: under `umask 000` the data directory, `manifests/` and
+/// `audit.db` used to be created world-writable and world-readable; any user
+/// could drop a Pod manifest in and obtain any identity from the agent.
+#[test]
+fn under_umask_000_the_data_directory_manifests_and_audit_are_the_owners_alone() {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    let base = tempfile::tempdir().unwrap();
+    let data = base.path().join("data");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let under_umask_000 = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "umask 000; exec \"$@\"", "sh"])
+            .arg(bin())
+            .args(args);
+        cmd
+    };
+    let token = base.path().join("web.token");
+    let status = under_umask_000(&[
+        "token",
+        "issue",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "-n",
+        "default",
+        "--service-account",
+        "web",
+        "-o",
+        token.to_str().unwrap(),
+    ])
+    .status()
+    .unwrap();
+    assert!(status.success());
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("token-issuer-key.pem")), 0o600);
+
+    let mut ca = under_umask_000(&[
+        "ca",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let stdout = std::io::BufReader::new(ca.stdout.take().unwrap());
+    let started = stdout
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("meshid CA listening on"));
+    let modes = (
+        mode(&data.join("manifests")),
+        mode(&data.join("audit.db")),
+        mode(&data.join("ca-key.pem")),
+    );
+    let _ = ca.kill();
+    let _ = ca.wait();
+    assert!(started, "the CA started");
+    assert_eq!(
+        modes,
+        (0o700, 0o600, 0o600),
+        "manifests/, audit.db, ca-key.pem"
+    );
+}
