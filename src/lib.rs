@@ -5,7 +5,8 @@
 //! leaves. Module map (arrows point one way, see `DESIGN.md`):
 //!
 //! - [`identity`], [`time`]: SPIFFE IDs and the injectable clock; use nothing else.
-//! - [`secret_file`]: 0600 write-then-rename for key material.
+//! - [`secret_file`]: 0600 write-then-rename for key material, owner-only directories.
+//! - [`proc_self`]: this process's effective uid.
 //! - [`h2_authority`]: serves the HTTP/2 `:authority` values real gRPC clients send (under every gRPC server).
 //! - [`pki`]: keys, CSR validation, leaf templates, signing authority, trust bundles.
 //! - [`audit`]: the audit record and its stores (SQLite, group commit).
@@ -26,9 +27,11 @@ pub mod ca;
 pub mod cli;
 pub mod h2_authority;
 pub mod identity;
+mod io_delegate;
 pub mod pki;
 pub mod platform;
 pub mod policy;
+pub mod proc_self;
 pub mod proto;
 pub mod proxy;
 pub mod secret_file;

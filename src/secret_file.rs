@@ -70,13 +70,6 @@ pub fn write_public(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_atomic(path, bytes, 0o644)
 }
 
-/// This process's effective uid, from `/proc/self/status` (`None` if unreadable).
-pub fn effective_uid() -> Option<u32> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
-    uids.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// Whether `path` (with its metadata `meta`) could only have been written by
 /// this process's user or root: not group- or world-writable, owned by us or
 /// by root. The error says which, and what to do.
@@ -95,7 +88,7 @@ pub fn check_trusted(path: &Path, meta: &fs::Metadata) -> Result<(), String> {
         ));
     }
     let owner = meta.uid();
-    match effective_uid() {
+    match crate::proc_self::effective_uid() {
         Some(me) if owner != me && owner != 0 => Err(format!(
             "{} is owned by uid {owner}, not by this process's user (uid {me}) or root",
             path.display()
@@ -115,7 +108,7 @@ pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)?;
     let meta = fs::metadata(dir)?;
     let owner = meta.uid();
-    if let Some(me) = effective_uid().filter(|me| *me != owner && owner != 0) {
+    if let Some(me) = crate::proc_self::effective_uid().filter(|me| *me != owner && owner != 0) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
             format!(
@@ -172,11 +165,6 @@ mod tests {
         let path = dir.path().join("missing").join("key.pem");
         assert!(write_secret(&path, b"x").is_err());
     }
-}
-
-#[cfg(test)]
-mod dir_tests {
-    use super::*;
 
     #[test]
     fn private_dirs_are_0700_whatever_the_umask_and_looser_ones_are_tightened() {
@@ -192,7 +180,7 @@ mod dir_tests {
 
     #[test]
     fn a_file_owned_by_another_user_is_not_trusted() {
-        if effective_uid() != Some(0) {
+        if crate::proc_self::effective_uid() != Some(0) {
             eprintln!("skipped: changing a file's owner needs root");
             return;
         }

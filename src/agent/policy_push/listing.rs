@@ -18,22 +18,10 @@ use super::{proto, PolicyPushError};
 use crate::agent::attest::{pod_uids, PeerCredentials};
 use crate::policy::MtlsMode;
 
-/// This process's effective uid, from the `Uid:` line of
-/// `/proc/self/status` (real, effective, saved, filesystem); `None` when it
-/// cannot be read, and then only uid 0 may list.
+/// This process's effective uid; `None` when it cannot be read, and then
+/// only uid 0 may list.
 pub(super) fn own_uid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    effective_uid(&status)
-}
-
-fn effective_uid(status: &str) -> Option<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    crate::proc_self::effective_uid()
 }
 
 /// The pods this process runs in (empty outside Kubernetes).
@@ -221,10 +209,5 @@ mod tests {
     #[test]
     fn this_process_is_found_where_it_runs() {
         assert!(own_uid().is_some());
-        assert_eq!(
-            effective_uid("Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t1\t1\t1\t1\n"),
-            Some(0)
-        );
-        assert_eq!(effective_uid("Name:\tx\n"), None);
     }
 }

@@ -57,11 +57,6 @@ pub(crate) const WORKLOADS: [Workload; 3] = [
     },
 ];
 
-fn own_uid() -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
-}
-
 /// The agent's pod name as first written.
 const AGENT_POD: &str = "meshid-agent-node-1";
 
@@ -132,7 +127,7 @@ pub(crate) fn write_manifests(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     // A pod for the user's own Workload API clients: the agent attests local
     // processes by uid. The proxies share that uid but send their pods'
     // tokens, which the agent honours before peer credentials.
-    if let Some(uid) = own_uid() {
+    if let Some(uid) = crate::proc_self::effective_uid() {
         let pod = pod_yaml("default", "client-0", "client", "client")?.replace(
             "  labels:\n",
             &format!("  annotations:\n    meshid.io/unix-uid: \"{uid}\"\n  labels:\n"),
