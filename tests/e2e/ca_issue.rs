@@ -1,7 +1,7 @@
 //! The CA issues what it should: valid X.509-SVIDs, audited, to the right callers.
 
 use meshid::audit::Outcome;
-use meshid::test_helpers::{connect, key_and_csr, request, CaProcess};
+use meshid::test_helpers::{connect, key_and_csr, request, CaClient, CaProcess};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::*;
@@ -111,20 +111,10 @@ fn assert_chain_verifies(chain: &[String], root_pem: &str) {
 async fn workload_token_gets_a_valid_svid_that_is_audited() {
     let (env, ca) = ca_with_web_pod(&[]);
     let id = env.id("default", "web");
-    let token = env.token(
-        "default",
-        "web",
-        Some(("web-1", "uid-web-1")),
-        Some("node-a"),
-    );
+    let token = web_token(&env);
     let (_key, csr) = key_and_csr(&id);
     let mut client = ca.client(&env.root_pem()).await.unwrap();
-    let chain = client
-        .create_certificate(request(&csr, 3600, Some(&token), None))
-        .await
-        .unwrap()
-        .into_inner()
-        .cert_chain;
+    let chain = issue(&mut client, &csr, 3600, &token).await;
 
     assert!(chain.len() >= 2, "leaf and root bundle at least");
     assert_eq!(
@@ -237,12 +227,7 @@ async fn ttl_rules_default_and_clamp_and_are_audited() {
         (600, 600),
     ] {
         let (_key, csr) = key_and_csr(&id);
-        let chain = client
-            .create_certificate(request(&csr, asked, Some(&token), None))
-            .await
-            .unwrap()
-            .into_inner()
-            .cert_chain;
+        let chain = issue(&mut client, &csr, asked, &token).await;
         assert_svid_rules(&pem_to_der(&chain[0]).remove(0), &id.to_string(), granted);
         let row = audit_rows(&env)
             .into_iter()
@@ -263,12 +248,7 @@ async fn renewal_with_an_issued_client_certificate_needs_no_token() {
     let token = env.token("default", "web", None, None);
     let (key, csr) = key_and_csr(&id);
     let mut client = ca.client(&env.root_pem()).await.unwrap();
-    let chain = client
-        .create_certificate(request(&csr, 600, Some(&token), None))
-        .await
-        .unwrap()
-        .into_inner()
-        .cert_chain;
+    let chain = issue(&mut client, &csr, 600, &token).await;
 
     let cert_pem: String = chain[..chain.len() - 1].concat();
     let key_pem = key.secret_pkcs8_pem();
@@ -302,10 +282,7 @@ async fn restart_on_the_same_data_dir_keeps_the_root_and_the_audit_history() {
     let id = env.id("default", "web");
     let (_k, csr) = key_and_csr(&id);
     let mut client = ca.client(&root_before).await.unwrap();
-    client
-        .create_certificate(request(&csr, 600, Some(&token), None))
-        .await
-        .unwrap();
+    issue(&mut client, &csr, 600, &token).await;
     let status = ca.terminate().unwrap();
     assert!(status.success(), "SIGTERM ends the CA cleanly: {status:?}");
     let rows_before = audit_rows(&env).len();
@@ -314,12 +291,7 @@ async fn restart_on_the_same_data_dir_keeps_the_root_and_the_audit_history() {
     assert_eq!(env.root_pem(), root_before, "same root after restart");
     let mut client = ca2.client(&root_before).await.unwrap();
     let (_k, csr) = key_and_csr(&id);
-    let chain = client
-        .create_certificate(request(&csr, 600, Some(&token), None))
-        .await
-        .unwrap()
-        .into_inner()
-        .cert_chain;
+    let chain = issue(&mut client, &csr, 600, &token).await;
     assert_chain_verifies(&chain, &root_before);
     assert!(audit_rows(&env).len() > rows_before);
 }
@@ -330,10 +302,7 @@ async fn metrics_health_and_readiness_are_served() {
     let token = env.token("default", "web", None, None);
     let (_k, csr) = key_and_csr(&env.id("default", "web"));
     let mut client = ca.client(&env.root_pem()).await.unwrap();
-    client
-        .create_certificate(request(&csr, 600, Some(&token), None))
-        .await
-        .unwrap();
+    issue(&mut client, &csr, 600, &token).await;
     let _ = client
         .create_certificate(request(&csr, 600, Some("garbage"), None))
         .await;
@@ -392,10 +361,7 @@ async fn token_cli_writes_a_projected_token_without_newline_that_the_ca_accepts(
 
     let (_k, csr) = key_and_csr(&env.id("default", "web"));
     let mut client = ca.client(&env.root_pem()).await.unwrap();
-    client
-        .create_certificate(request(&csr, 600, Some(&token), None))
-        .await
-        .unwrap();
+    issue(&mut client, &csr, 600, &token).await;
     let row = audit_rows(&env)
         .into_iter()
         .rev()
@@ -443,6 +409,16 @@ async fn token_cli_writes_a_projected_token_without_newline_that_the_ca_accepts(
         lines[0]["granted_identity"],
         "spiffe://cluster.local/ns/default/sa/web"
     );
+}
+
+/// Asks for a certificate with a token; the chain, or a panic naming the status.
+async fn issue(client: &mut CaClient, csr: &str, ttl: i64, token: &str) -> Vec<String> {
+    client
+        .create_certificate(request(csr, ttl, Some(token), None))
+        .await
+        .unwrap()
+        .into_inner()
+        .cert_chain
 }
 
 /// Lifetime in seconds of the leaf at the head of `chain`.
@@ -494,20 +470,10 @@ async fn a_renewal_never_outlives_the_certificate_it_renews_nor_its_pod() {
     let (env, ca) = ca_with_web_pod(&[]);
     env.add_pod("default", "web-2", "uid-web-2", "web", "node-b");
     let id = env.id("default", "web");
-    let token = env.token(
-        "default",
-        "web",
-        Some(("web-1", "uid-web-1")),
-        Some("node-a"),
-    );
+    let token = web_token(&env);
     let (key, csr) = key_and_csr(&id);
     let mut client = ca.client(&env.root_pem()).await.unwrap();
-    let chain = client
-        .create_certificate(request(&csr, 60, Some(&token), None))
-        .await
-        .unwrap()
-        .into_inner()
-        .cert_chain;
+    let chain = issue(&mut client, &csr, 60, &token).await;
     // 60 s, plus a backdate of at most a tenth of it.
     let first = lifetime_secs(&chain);
     assert!((60..=66).contains(&first), "{first}");
@@ -560,12 +526,7 @@ async fn a_renewal_stops_when_no_pod_of_the_account_runs() {
     let token = env.token("default", "web", None, None);
     let (key, csr) = key_and_csr(&id);
     let mut client = ca.client(&env.root_pem()).await.unwrap();
-    let chain = client
-        .create_certificate(request(&csr, 600, Some(&token), None))
-        .await
-        .unwrap()
-        .into_inner()
-        .cert_chain;
+    let chain = issue(&mut client, &csr, 600, &token).await;
     renew(&ca, &env, &chain, &key, 600).await.unwrap();
     let ca = restart_without_web_1(ca, &env);
     let status = renew(&ca, &env, &chain, &key, 600).await.unwrap_err();
@@ -587,10 +548,7 @@ async fn a_ca_whose_audit_database_was_deleted_is_unready_and_issues_nothing() {
     let id = env.id("default", "web");
     let mut client = ca.client(&env.root_pem()).await.unwrap();
     let (_k, csr) = key_and_csr(&id);
-    client
-        .create_certificate(request(&csr, 600, Some(&token), None))
-        .await
-        .unwrap();
+    issue(&mut client, &csr, 600, &token).await;
     assert_eq!(http_get(ca.metrics_addr, "/readyz").0, 200);
 
     let db = env.data_dir.join("audit.db");
@@ -607,10 +565,7 @@ async fn a_ca_whose_audit_database_was_deleted_is_unready_and_issues_nothing() {
     // Put back, the CA issues again, into the file read back, and a good
     // commit makes it ready at once (a failed one keeps it unready for 10 s).
     std::fs::rename(&aside, &db).unwrap();
-    client
-        .create_certificate(request(&csr, 600, Some(&token), None))
-        .await
-        .unwrap();
+    issue(&mut client, &csr, 600, &token).await;
     assert_eq!(http_get(ca.metrics_addr, "/readyz").0, 200);
     assert!(
         audit_rows(&env)

@@ -42,15 +42,6 @@ async fn refused(
     );
 }
 
-fn web_token(env: &TestEnv) -> String {
-    env.token(
-        "default",
-        "web",
-        Some(("web-1", "uid-web-1")),
-        Some("node-a"),
-    )
-}
-
 #[tokio::test]
 async fn malformed_and_dishonest_csrs_are_invalid_arguments() {
     let (env, ca) = ca_with_web_pod(&[]);

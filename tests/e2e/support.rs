@@ -33,6 +33,17 @@ pub(crate) fn ca_with_web_pod(extra: &[&str]) -> (TestEnv, CaProcess) {
     (env, ca)
 }
 
+/// A token of `default/web` bound to pod `web-1` on `node-a` (the pod of
+/// [`ca_with_web_pod`]).
+pub(crate) fn web_token(env: &TestEnv) -> String {
+    env.token(
+        "default",
+        "web",
+        Some(("web-1", "uid-web-1")),
+        Some("node-a"),
+    )
+}
+
 /// All audit rows, read the way `meshid audit list` reads them.
 pub(crate) fn audit_rows(env: &TestEnv) -> Vec<AuditRecord> {
     let mut store = SqliteBackend::open_read_only(&env.data_dir.join("audit.db")).unwrap();
