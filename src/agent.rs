@@ -2,10 +2,14 @@
 //! obtains their certificates from the CA (it never signs), keeps them fresh,
 //! and delivers them over Envoy SDS and the SPIFFE Workload API.
 //!
-//! Modules: [`attest`] (who is calling), [`ca_client`] (the CA, over the
-//! wire), [`cache`] (per-identity certificates and rotation), [`socket`] (the
-//! Unix socket and peer credentials), [`files`] (certificates on disk),
-//! [`metrics`].
+//! Modules: [`attest`] (what a credential proves: peer credentials or a
+//! token → a workload), [`socket`] (the Unix socket, its limits, and
+//! [`socket::caller`]: which credential wins, once per request),
+//! [`ca_client`] (the CA, over the wire), [`cache`] (per-identity
+//! certificates and rotation), the three services on the socket — [`sds`]
+//! (Envoy SDS), [`workload_api`] (SPIFFE Workload API), [`policy_push`] (the
+//! mTLS policy stream) — [`files`] (certificates on disk), [`server`] (wiring
+//! it together), [`metrics`].
 
 pub mod attest;
 pub mod ca_client;

@@ -5,6 +5,7 @@
 //! leaves. Module map (arrows point one way, see `DESIGN.md`):
 //!
 //! - [`identity`], [`time`]: SPIFFE IDs and the injectable clock; use nothing else.
+//! - [`token`]: `BearerToken`, the one type service-account tokens live in (redacted, zeroized, sensitive header).
 //! - [`secret_file`]: 0600 write-then-rename for key material, owner-only directories.
 //! - [`proc_self`]: this process's effective uid.
 //! - [`h2_authority`]: serves the HTTP/2 `:authority` values real gRPC clients send (under every gRPC server).
@@ -38,6 +39,7 @@ pub mod secret_file;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;
+pub mod token;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod test_helpers;

@@ -6,7 +6,11 @@
 //! the caller's pid → `/proc/<pid>/cgroup` → pod UID ([`pod_uid_from_cgroup`],
 //! what the `kube` platform relies on), and its uid → the pod annotated
 //! `meshid.io/unix-uid` (how local processes say which pod they are). It does
-//! not serve the socket, fetch certificates or map errors to gRPC statuses.
+//! not serve the socket, fetch certificates or map errors to gRPC statuses,
+//! and it does not choose between a caller's credentials: which one wins (a
+//! token over peer credentials for SDS and the policy stream, peer
+//! credentials only for the Workload API) is decided once, in
+//! [`crate::agent::socket::caller`].
 //!
 //! Rules enforced here, each commented where it is enforced:
 //! - attestation, not file permissions, decides what a caller gets: the
@@ -38,6 +42,7 @@ pub use self::error::AttestError;
 pub use self::procfs::process_start_time;
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::platform::{Platform, Pod, PodRefusal};
+use crate::token::BearerToken;
 
 /// The annotation naming the Unix uid a pod's processes run as (local platform).
 pub const UNIX_UID_ANNOTATION: &str = "meshid.io/unix-uid";
@@ -204,12 +209,12 @@ impl Attestor {
     /// UID and service account, be running, and be on this node.
     pub async fn attest_token(
         &self,
-        token: &str,
+        token: &BearerToken,
         audiences: &[String],
     ) -> Result<Workload, AttestError> {
         let claims = self
             .platform
-            .verify_token(token, audiences)
+            .verify_token(token.secret_str(), audiences)
             .await
             .map_err(AttestError::from_platform)?;
         // Rule: an unbound token says nothing about where its bearer runs.

@@ -21,6 +21,7 @@ use crate::identity::SpiffeId;
 use crate::pki::bundle::parse_pem_certs;
 use crate::proto::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
 use crate::proto::istio::v1::auth::IstioCertificateRequest;
+use crate::token::{BearerToken, TokenError};
 
 /// Why a certificate could not be obtained.
 #[derive(Debug, thiserror::Error)]
@@ -29,15 +30,9 @@ pub enum CaClientError {
     /// A setting is unusable (address, root file).
     #[error("CA client configuration: {0}")]
     Config(String),
-    /// The token file could not be read.
-    #[error("reading the agent token {path}: {source}")]
-    Token {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The agent's token file could not be used.
+    #[error("the agent token: {0}")]
+    Token(#[from] TokenError),
     /// The CA answered with an error status.
     #[error("CA refused: {code:?}: {message}")]
     Refused {
@@ -125,14 +120,8 @@ impl CaClient {
         identity: &SpiffeId,
         ttl: Duration,
     ) -> Result<Vec<String>, CaClientError> {
-        let token = tokio::fs::read_to_string(&self.token_file)
-            .await
-            .map_err(|source| CaClientError::Token {
-                path: self.token_file.clone(),
-                source,
-            })?;
-        // A token file may end in a newline; a header may not.
-        let token = token.trim();
+        // Re-read on every request: the kubelet rotates it in place.
+        let token = BearerToken::read_file_async(&self.token_file).await?;
         let metadata = prost_types::Struct {
             fields: [(
                 "ImpersonatedIdentity".to_owned(),
@@ -148,15 +137,7 @@ impl CaClient {
             validity_duration: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
             metadata: Some(metadata),
         });
-        let mut bearer: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
-            format!("Bearer {token}").parse().map_err(|_| {
-                CaClientError::Config(format!(
-                    "{} holds characters a header cannot",
-                    self.token_file.display()
-                ))
-            })?;
-        bearer.set_sensitive(true);
-        request.metadata_mut().insert("authorization", bearer);
+        token.authorize(&mut request);
         let mut client = IstioCertificateServiceClient::new(self.channel.clone());
         let response =
             client

@@ -3,17 +3,16 @@
 //! effective mTLS mode (workload-wide and per port) that the platform's
 //! PeerAuthentications give its pod, at once and again on every change.
 //!
-//! Owns attesting the stream's caller and the `PolicyUpdate` messages with
-//! their versions; the index of policies shared by all streams and each
+//! Owns the `PolicyUpdate` messages with their versions; the index of policies shared by all streams and each
 //! stream's re-resolution loop are in `follow`. Not what a mode does to a
 //! connection (the proxy's `enforce`), how policies resolve
 //! (`policy::resolve`), nor where they come from (the platform).
 //!
 //! Rules enforced:
-//! - a caller gets the policy of the pod it attested as (peer credentials
-//!   first, then its own token in `authorization: Bearer`, as SDS), never of a
-//!   pod it names (the request is empty); unattested → `PERMISSION_DENIED`
-//!   with the reason;
+//! - a caller gets the policy of the pod it attested as (its own token in
+//!   `authorization: Bearer` when it sends one, else its peer credentials, as
+//!   SDS: [`AttestPolicy::TokenThenPeer`]), never of a pod it names (the
+//!   request is empty); unattested → `PERMISSION_DENIED` with the reason;
 //! - a stream follows its pod by UID: relabelled → re-resolved; deleted,
 //!   finished, off this node or now running as another service account → the
 //!   stream ends with `NOT_FOUND`, so the proxy reconnects and attests again
@@ -47,11 +46,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
-use zeroize::Zeroizing;
 
-use crate::agent::attest::{Attestor, Workload};
+use crate::agent::attest::Workload;
 use crate::agent::metrics::AgentMetrics;
-use crate::agent::sds::bearer_token;
+use crate::agent::socket::caller::{AttestPolicy, SocketAttestor, Unattested};
 use crate::agent::socket::UdsConnInfo;
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::platform::Platform;
@@ -71,11 +69,8 @@ const STREAM_BUFFER: usize = 4;
 #[non_exhaustive]
 pub enum PolicyPushError {
     /// The caller could not be tied to a workload on this node.
-    #[error("caller not attested: {reason}")]
-    Unattested {
-        /// Why (peer credentials and token both failed, or were absent).
-        reason: String,
-    },
+    #[error(transparent)]
+    Unattested(#[from] Unattested),
     /// The attested pod no longer qualifies; the stream ends.
     #[error("pod {pod} (uid {uid}) {what}; reconnect to attest again")]
     PodGone {
@@ -98,7 +93,7 @@ impl From<PolicyPushError> for Status {
     fn from(e: PolicyPushError) -> Self {
         let message = e.to_string();
         match e {
-            PolicyPushError::Unattested { .. } => {
+            PolicyPushError::Unattested(_) => {
                 tracing::warn!(error = %message, "policy stream caller refused");
                 Status::permission_denied(message)
             }
@@ -181,12 +176,11 @@ pub fn content_version(update: &proto::PolicyUpdate) -> String {
 
 /// The policy stream server: one per agent, shared by every connection.
 pub struct PolicyService {
-    attestor: Arc<Attestor>,
+    /// Who is calling ([`AttestPolicy::TokenThenPeer`]).
+    socket: SocketAttestor,
     index: Arc<PolicyIndex>,
     trust_domain: TrustDomain,
-    /// Audiences accepted on workload tokens presented in `authorization`.
-    audiences: Vec<String>,
-    /// Counts refused callers.
+    /// Counts refused listings.
     metrics: AgentMetrics,
     /// Ends open streams at shutdown.
     stop: CancellationToken,
@@ -202,29 +196,26 @@ impl std::fmt::Debug for PolicyService {
         f.debug_struct("PolicyService")
             .field("root_namespace", &self.index.root_namespace)
             .field("trust_domain", &self.trust_domain.as_str())
-            .field("audiences", &self.audiences)
+            .field("socket", &self.socket)
             .finish_non_exhaustive()
     }
 }
 
 impl PolicyService {
-    /// A service attesting callers with `attestor` and resolving the
+    /// A service attesting callers with `socket` and resolving the
     /// `platform`'s PeerAuthentications under `root_namespace` (whose
-    /// selector-less policy is mesh-wide); `audiences` are those accepted on
-    /// tokens in `authorization` metadata.
+    /// selector-less policy is mesh-wide).
     pub fn new(
-        attestor: Arc<Attestor>,
+        socket: SocketAttestor,
         platform: Arc<dyn Platform>,
         root_namespace: String,
         trust_domain: TrustDomain,
-        audiences: Vec<String>,
         metrics: AgentMetrics,
     ) -> Self {
         Self {
-            attestor,
+            socket,
             index: Arc::new(PolicyIndex::new(platform, root_namespace)),
             trust_domain,
-            audiences,
             metrics,
             stop: CancellationToken::new(),
             own_uid: listing::own_uid(),
@@ -247,7 +238,7 @@ impl PolicyService {
     fn follower(&self, workload: Workload) -> Follower {
         Follower {
             index: Arc::clone(&self.index),
-            node: self.attestor.node().to_owned(),
+            node: self.socket.attestor().node().to_owned(),
             trust_domain: self.trust_domain.clone(),
             workload,
         }
@@ -262,14 +253,11 @@ impl PolicyDiscovery for PolicyService {
         &self,
         request: Request<proto::WatchPolicyRequest>,
     ) -> Result<Response<Self::WatchPolicyStream>, Status> {
-        let caller = SocketCaller::of(&self.attestor, &request);
-        let workload = match caller.attest(&self.attestor, &self.audiences).await {
-            Ok(workload) => workload,
-            Err(reason) => {
-                self.metrics.attestation_failures.inc();
-                return Err(PolicyPushError::Unattested { reason }.into());
-            }
-        };
+        let workload = self
+            .socket
+            .attest(AttestPolicy::TokenThenPeer, &request)
+            .await
+            .map_err(PolicyPushError::from)?;
         let span = tracing::info_span!(
             "policy_stream",
             identity = %workload.identity,
@@ -293,7 +281,8 @@ impl PolicyDiscovery for PolicyService {
             peer,
             pods: match peer {
                 Some(creds) => self
-                    .attestor
+                    .socket
+                    .attestor()
                     .peer_pod_uids(creds)
                     .map_err(|e| e.to_string()),
                 None => Err("no peer credentials".to_owned()),
@@ -305,54 +294,8 @@ impl PolicyDiscovery for PolicyService {
             return Err(Status::permission_denied(reason));
         }
         let namespace = &request.get_ref().namespace;
-        listing::list(&self.index, self.attestor.node(), namespace)
+        listing::list(&self.index, self.socket.attestor().node(), namespace)
             .map(Response::new)
             .map_err(Status::from)
-    }
-}
-
-/// What a request on the agent socket says about its caller, taken out of the
-/// request before any `.await` (a streaming request is not `Sync`): the
-/// outcome of peer-credential attestation and the bearer token, if any.
-/// How a caller on the agent socket is attested by the services that accept
-/// tokens (SDS and the policy stream): one rule, one place.
-pub(crate) struct SocketCaller {
-    peer: Option<Result<Workload, String>>,
-    token: Option<Zeroizing<String>>,
-}
-
-impl SocketCaller {
-    /// Reads the connection's peer credentials (attesting them now) and the
-    /// `authorization: Bearer` token of `request`.
-    pub(crate) fn of<T>(attestor: &Attestor, request: &Request<T>) -> Self {
-        let peer = request
-            .extensions()
-            .get::<UdsConnInfo>()
-            .and_then(|info| info.peer.as_ref())
-            .map(|creds| attestor.attest_peer(creds).map_err(|e| e.to_string()));
-        let token = bearer_token(request.metadata()).map(|t| Zeroizing::new(t.to_owned()));
-        Self { peer, token }
-    }
-
-    /// The bearer token when one is sent (verified for one of `audiences`),
-    /// else the peer credentials: the same rule as SDS (see there why).
-    pub(crate) async fn attest(
-        self,
-        attestor: &Attestor,
-        audiences: &[String],
-    ) -> Result<Workload, String> {
-        if let Some(token) = self.token {
-            return attestor
-                .attest_token(&token, audiences)
-                .await
-                .map_err(|e| format!("bearer token refused: {e}"));
-        }
-        match self.peer {
-            Some(Ok(workload)) => Ok(workload),
-            Some(Err(reason)) => Err(format!(
-                "{reason}, and no bearer token in authorization metadata"
-            )),
-            None => Err("no peer credentials on this connection and no bearer token".to_owned()),
-        }
     }
 }

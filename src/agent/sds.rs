@@ -3,10 +3,11 @@
 //! two resources, `default` (the caller's certificate chain and key) and
 //! `ROOTCA` (the trust anchors).
 //!
-//! Owns caller attestation for SDS and the mapping of its errors to gRPC
-//! status codes. Rules enforced: a caller gets only the certificate of the
-//! identity it attested as (peer credentials first, then its own
-//! service-account token in `authorization: Bearer`); unattested callers get
+//! Owns the mapping of SDS errors to gRPC status codes. Rules enforced: a
+//! caller gets only the certificate of the identity it attested as (its own
+//! service-account token in `authorization: Bearer` when it sends one, else
+//! its peer credentials: [`AttestPolicy::TokenThenPeer`], decided in
+//! [`crate::agent::socket::caller`]); unattested callers get
 //! `PERMISSION_DENIED` and nothing else. The resources and their versions live
 //! in [`resources`]; ACK/NACK/nonce rules in `state`; the push loop in `stream`.
 
@@ -22,14 +23,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::agent::attest::{Attestor, Workload};
 use crate::agent::cache::CertCache;
-use crate::agent::metrics::AgentMetrics;
-use crate::agent::policy_push::SocketCaller;
+use crate::agent::socket::caller::{AttestPolicy, SocketAttestor, Unattested};
 use crate::identity::SpiffeId;
 use crate::proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -51,11 +49,8 @@ const FETCH_WAIT: Duration = Duration::from_secs(30);
 #[non_exhaustive]
 pub enum SdsError {
     /// The caller could not be tied to a workload on this node.
-    #[error("caller not attested: {reason}")]
-    Unattested {
-        /// Why (peer credentials and token both failed, or were absent).
-        reason: String,
-    },
+    #[error(transparent)]
+    Unattested(#[from] Unattested),
     /// The request asked for another xDS type.
     #[error(
         "type URL {got:?} is not served here; SDS serves {}",
@@ -93,7 +88,7 @@ impl From<SdsError> for Status {
     fn from(e: SdsError) -> Self {
         let message = e.to_string();
         match e {
-            SdsError::Unattested { .. } => {
+            SdsError::Unattested(_) => {
                 tracing::warn!(error = %message, "SDS caller refused");
                 Status::permission_denied(message)
             }
@@ -116,12 +111,9 @@ impl From<SdsError> for Status {
 
 /// The SDS server: one per agent, shared by every connection on the socket.
 pub struct SdsService {
-    attestor: Arc<Attestor>,
+    /// Who is calling ([`AttestPolicy::TokenThenPeer`]).
+    socket: SocketAttestor,
     cache: Arc<CertCache>,
-    /// Audiences accepted on workload tokens presented in `authorization`.
-    audiences: Vec<String>,
-    /// Counts refused callers.
-    metrics: AgentMetrics,
     /// Ends open streams at shutdown (streams otherwise live as long as Envoy).
     stop: CancellationToken,
 }
@@ -129,25 +121,17 @@ pub struct SdsService {
 impl std::fmt::Debug for SdsService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SdsService")
-            .field("audiences", &self.audiences)
+            .field("socket", &self.socket)
             .finish_non_exhaustive()
     }
 }
 
 impl SdsService {
-    /// A service attesting callers with `attestor` and serving from `cache`;
-    /// `audiences` are those accepted on tokens in `authorization` metadata.
-    pub fn new(
-        attestor: Arc<Attestor>,
-        cache: Arc<CertCache>,
-        audiences: Vec<String>,
-        metrics: AgentMetrics,
-    ) -> Self {
+    /// A service attesting callers with `socket` and serving from `cache`.
+    pub fn new(socket: SocketAttestor, cache: Arc<CertCache>) -> Self {
         Self {
-            attestor,
+            socket,
             cache,
-            audiences,
-            metrics,
             stop: CancellationToken::new(),
         }
     }
@@ -163,34 +147,6 @@ impl SdsService {
     pub fn into_server(self) -> SecretDiscoveryServiceServer<Self> {
         SecretDiscoveryServiceServer::new(self)
     }
-
-    /// Who is calling: the caller's own token from `authorization: Bearer`
-    /// when it sends one, else its peer credentials.
-    async fn attest(&self, caller: SocketCaller) -> Result<Workload, SdsError> {
-        let result = caller
-            .attest(&self.attestor, &self.audiences)
-            .await
-            .map_err(|reason| SdsError::Unattested { reason });
-        if result.is_err() {
-            self.metrics.attestation_failures.inc();
-        }
-        result
-    }
-
-    /// What the request says about its caller, taken out of the request before
-    /// any `.await` (a streaming request is not `Sync`).
-    fn caller<T>(&self, request: &Request<T>) -> SocketCaller {
-        SocketCaller::of(&self.attestor, request)
-    }
-}
-
-/// The token of an `authorization: Bearer <token>` header (scheme
-/// case-insensitive), if there is one. The token is never logged.
-pub fn bearer_token(metadata: &MetadataMap) -> Option<&str> {
-    let value = metadata.get("authorization")?.to_str().ok()?.trim();
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 #[tonic::async_trait]
@@ -209,8 +165,11 @@ impl SecretDiscoveryService for SdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
-        let caller = self.caller(&request);
-        let workload = self.attest(caller).await?;
+        let workload = self
+            .socket
+            .attest(AttestPolicy::TokenThenPeer, &request)
+            .await
+            .map_err(SdsError::from)?;
         let identity = workload.identity;
         let subscription = self.cache.subscribe(&identity);
         let (svid_rx, bundle_rx) = (subscription.receiver(), self.cache.bundle());
@@ -235,8 +194,11 @@ impl SecretDiscoveryService for SdsService {
         &self,
         request: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
-        let caller = self.caller(&request);
-        let workload = self.attest(caller).await?;
+        let workload = self
+            .socket
+            .attest(AttestPolicy::TokenThenPeer, &request)
+            .await
+            .map_err(SdsError::from)?;
         let request = request.into_inner();
         let mut state = state::StreamState::default();
         state.on_request(&request)?;

@@ -18,6 +18,7 @@ use crate::agent::files;
 use crate::agent::metrics::AgentMetrics;
 use crate::agent::policy_push::PolicyService;
 use crate::agent::sds::SdsService;
+use crate::agent::socket::caller::SocketAttestor;
 use crate::agent::socket::limits::{Limiter, SocketLimits, TrackRequests};
 use crate::agent::socket::{self, SocketError, UdsStream};
 use crate::agent::workload_api::WorkloadApiService;
@@ -144,26 +145,16 @@ pub async fn start(
         cfg.node.clone(),
         cfg.trust_domain.clone(),
     ));
-    let sds = SdsService::new(
-        attestor.clone(),
-        Arc::clone(&cache),
-        cfg.audiences.clone(),
-        metrics.clone(),
-    )
-    .with_shutdown(&shutdown);
-    let workload_api = WorkloadApiService::new(
-        attestor.clone(),
-        Arc::clone(&cache),
-        cfg.trust_domain.clone(),
-        metrics.clone(),
-    )
-    .with_shutdown(&shutdown);
+    let socket = SocketAttestor::new(attestor, cfg.audiences.clone(), metrics.clone());
+    let sds = SdsService::new(socket.clone(), Arc::clone(&cache)).with_shutdown(&shutdown);
+    let workload_api =
+        WorkloadApiService::new(socket.clone(), Arc::clone(&cache), cfg.trust_domain.clone())
+            .with_shutdown(&shutdown);
     let policy = PolicyService::new(
-        attestor,
+        socket,
         deps.platform.clone(),
         cfg.root_namespace.clone(),
         cfg.trust_domain.clone(),
-        cfg.audiences.clone(),
         metrics,
     )
     .with_shutdown(&shutdown);

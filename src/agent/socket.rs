@@ -1,6 +1,6 @@
-//! The agent's Unix socket: binding it safely, and carrying each connection's
+//! The agent's Unix socket: binding it safely, carrying each connection's
 //! peer credentials (`SO_PEERCRED`, read through tokio's safe API) into every
-//! request on it.
+//! request on it, and attesting each request's caller once ([`caller`]).
 //!
 //! Rules enforced: the socket is connectable by any local user (mode 0666) —
 //! which is why what one user can hold on it is bounded ([`limits`]) —
@@ -8,6 +8,7 @@
 //! SPIRE's agent socket; an existing path is replaced only if it is a stale
 //! socket nobody listens on (a regular file or a live socket is an error).
 
+pub mod caller;
 pub mod limits;
 
 use std::io;

@@ -6,7 +6,8 @@
 //!
 //! Rules enforced, in this order, on every RPC: the `workload.spiffe.io: true`
 //! header (else `INVALID_ARGUMENT`); attestation by peer credentials only (no
-//! tokens on this API; else `PERMISSION_DENIED` with the reason). A caller gets
+//! tokens on this API: [`AttestPolicy::PeerOnly`]; else `PERMISSION_DENIED`
+//! with the reason). A caller gets
 //! only the SVID of the identity it attested as. Message building is in
 //! [`convert`]; the push loop in `stream`.
 
@@ -15,6 +16,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -23,10 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::agent::attest::{Attestor, Workload};
+use crate::agent::attest::Workload;
 use crate::agent::cache::{CertCache, Svid, TrustBundle};
-use crate::agent::metrics::AgentMetrics;
-use crate::agent::socket::UdsConnInfo;
+use crate::agent::socket::caller::{AttestPolicy, SocketAttestor, Unattested};
 use crate::identity::TrustDomain;
 use crate::proto::spiffe_workload::spiffe_workload_api_server::{
     SpiffeWorkloadApi, SpiffeWorkloadApiServer,
@@ -51,11 +52,8 @@ pub enum WorkloadApiError {
     #[error("missing workload.spiffe.io: true metadata")]
     MissingSecurityHeader,
     /// The caller could not be tied to a workload on this node.
-    #[error("caller not attested: {reason}")]
-    Unattested {
-        /// Why (no peer credentials, or they map to no workload).
-        reason: String,
-    },
+    #[error(transparent)]
+    Unattested(#[from] Unattested),
     /// A JWT-SVID RPC: not served yet.
     #[error("{rpc}: JWT-SVIDs are not served by this agent yet; use the X.509-SVID RPCs")]
     JwtNotServed {
@@ -75,7 +73,7 @@ impl From<WorkloadApiError> for Status {
                 tracing::info!(error = %message, "Workload API request refused");
                 Status::invalid_argument(message)
             }
-            WorkloadApiError::Unattested { .. } => {
+            WorkloadApiError::Unattested(_) => {
                 tracing::warn!(error = %message, "Workload API caller refused");
                 Status::permission_denied(message)
             }
@@ -90,12 +88,11 @@ impl From<WorkloadApiError> for Status {
 
 /// The Workload API server: one per agent, shared by every connection.
 pub struct WorkloadApiService {
-    attestor: Arc<Attestor>,
+    /// Who is calling ([`AttestPolicy::PeerOnly`]).
+    socket: SocketAttestor,
     cache: Arc<CertCache>,
     /// Our trust domain: the key of the bundle map.
     trust_domain: TrustDomain,
-    /// Counts refused callers.
-    metrics: AgentMetrics,
     /// Ends open streams at shutdown.
     stop: CancellationToken,
 }
@@ -109,18 +106,12 @@ impl std::fmt::Debug for WorkloadApiService {
 }
 
 impl WorkloadApiService {
-    /// A service attesting callers with `attestor` and serving from `cache`.
-    pub fn new(
-        attestor: Arc<Attestor>,
-        cache: Arc<CertCache>,
-        trust_domain: TrustDomain,
-        metrics: AgentMetrics,
-    ) -> Self {
+    /// A service attesting callers with `socket` and serving from `cache`.
+    pub fn new(socket: SocketAttestor, cache: Arc<CertCache>, trust_domain: TrustDomain) -> Self {
         Self {
-            attestor,
+            socket,
             cache,
             trust_domain,
-            metrics,
             stop: CancellationToken::new(),
         }
     }
@@ -136,30 +127,18 @@ impl WorkloadApiService {
         SpiffeWorkloadApiServer::new(self)
     }
 
-    /// The header check, then attestation by peer credentials.
-    fn check<T>(&self, request: &Request<T>) -> Result<Workload, WorkloadApiError> {
-        convert::check_security_header(request.metadata())?;
-        let creds = request
-            .extensions()
-            .get::<UdsConnInfo>()
-            .and_then(|info| info.peer.as_ref())
-            .ok_or_else(|| WorkloadApiError::Unattested {
-                reason: "no peer credentials on this connection".to_owned(),
-            })?;
-        self.attestor
-            .attest_peer(creds)
-            .map_err(|e| WorkloadApiError::Unattested {
-                reason: e.to_string(),
-            })
-    }
-
-    /// [`Self::check`], counting refused callers.
-    fn admit<T>(&self, request: &Request<T>) -> Result<Workload, WorkloadApiError> {
-        let result = self.check(request);
-        if let Err(WorkloadApiError::Unattested { .. }) = &result {
-            self.metrics.attestation_failures.inc();
+    /// The header check, then attestation by peer credentials. What the
+    /// request says is read now; the future does not borrow it.
+    fn admit<T>(
+        &self,
+        request: &Request<T>,
+    ) -> impl Future<Output = Result<Workload, WorkloadApiError>> + Send + '_ {
+        let header = convert::check_security_header(request.metadata());
+        let attested = self.socket.attest(AttestPolicy::PeerOnly, request);
+        async move {
+            header?;
+            Ok(attested.await?)
         }
-        result
     }
 
     /// Spawns the push loop of one stream, holding the caller's subscription
@@ -203,7 +182,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         &self,
         request: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
-        self.admit(&request)?;
+        self.admit(&request).await?;
         Err(WorkloadApiError::JwtNotServed {
             rpc: "FetchJWTSVID",
         }
@@ -214,7 +193,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         &self,
         request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        self.admit(&request)?;
+        self.admit(&request).await?;
         Err(WorkloadApiError::JwtNotServed {
             rpc: "FetchJWTBundles",
         }
@@ -225,7 +204,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         &self,
         request: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
-        self.admit(&request)?;
+        self.admit(&request).await?;
         Err(WorkloadApiError::JwtNotServed {
             rpc: "ValidateJWTSVID",
         }
@@ -236,7 +215,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         &self,
         request: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let workload = self.admit(&request)?;
+        let workload = self.admit(&request).await?;
         let stream = self.spawn_stream(
             "FetchX509SVID",
             &workload,
@@ -250,7 +229,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         &self,
         request: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        let workload = self.admit(&request)?;
+        let workload = self.admit(&request).await?;
         let trust_domain = self.trust_domain.clone();
         let stream = self.spawn_stream(
             "FetchX509Bundles",

@@ -19,6 +19,7 @@ use time::OffsetDateTime;
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::platform::{Platform, PlatformError, VerifiedToken};
 use crate::time::SharedClock;
+use crate::token::{BearerToken, TokenError};
 
 /// Longest bearer token looked at; longer ones are refused unparsed.
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -118,20 +119,22 @@ impl Authenticator {
         }
     }
 
-    /// Authenticates from the `authorization` value and the verified client chain.
-    /// A client certificate is tried first (as Istio does), then the token.
+    /// Authenticates from the `authorization` metadata (absent, a token, or
+    /// why it is not one) and the verified client chain. A client certificate
+    /// is tried first (as Istio does), then the token.
     pub async fn authenticate(
         &self,
-        authorization: Option<&str>,
+        bearer: Option<Result<&BearerToken, &TokenError>>,
         client_chain: Option<&[CertificateDer<'static>]>,
     ) -> Result<Caller, AuthnError> {
         if let Some(leaf) = client_chain.and_then(|c| c.first()) {
             return renewal_caller(leaf, &self.trust_domain);
         }
-        let Some(header) = authorization else {
-            return Err(AuthnError::NoCredential);
+        let token = match bearer {
+            None => return Err(AuthnError::NoCredential),
+            Some(Err(_)) => return Err(AuthnError::MalformedHeader),
+            Some(Ok(token)) => token.secret_str(),
         };
-        let token = bearer_token(header)?;
         let claims = self.verify_token(token).await?;
         let identity = claims
             .identity(&self.trust_domain)
@@ -169,19 +172,6 @@ impl Authenticator {
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, TokenCache> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// Extracts the token from `Bearer <token>` (scheme case-insensitive).
-fn bearer_token(header: &str) -> Result<&str, AuthnError> {
-    let (scheme, token) = header
-        .trim()
-        .split_once(' ')
-        .ok_or(AuthnError::MalformedHeader)?;
-    let token = token.trim();
-    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
-        return Err(AuthnError::MalformedHeader);
-    }
-    Ok(token)
 }
 
 /// The SPIFFE ID of a client certificate whose chain rustls already verified
@@ -281,15 +271,6 @@ impl TokenCache {
 mod tests {
     use super::*;
 
-    #[test]
-    fn bearer_header_forms() {
-        assert_eq!(bearer_token("Bearer abc").unwrap(), "abc");
-        assert_eq!(bearer_token("bearer  abc ").unwrap(), "abc");
-        assert_eq!(bearer_token("Basic abc"), Err(AuthnError::MalformedHeader));
-        assert_eq!(bearer_token("Bearer "), Err(AuthnError::MalformedHeader));
-        assert_eq!(bearer_token("abc"), Err(AuthnError::MalformedHeader));
-    }
-
     fn claims(expires_at: OffsetDateTime) -> VerifiedToken {
         VerifiedToken {
             issuer: "i".into(),
@@ -356,9 +337,10 @@ mod tests {
             crate::time::system_clock(),
             16,
         );
+        let token = BearerToken::from_header("Bearer a.b.c").expect("bearer");
         for _ in 0..2 {
             let err = authn
-                .authenticate(Some("Bearer a.b.c"), None)
+                .authenticate(Some(Ok(&token)), None)
                 .await
                 .unwrap_err();
             assert!(

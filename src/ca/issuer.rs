@@ -25,6 +25,7 @@ use crate::pki::csr::{validate_csr, CsrError};
 use crate::pki::template::LeafRequest;
 use crate::platform::Platform;
 use crate::time::SharedClock;
+use crate::token::{BearerToken, TokenError};
 
 /// What the CA is built from besides its [`CaConfig`].
 #[derive(Clone)]
@@ -44,8 +45,8 @@ pub struct CaDeps {
 /// One `CreateCertificate` call, transport details already extracted.
 #[derive(Debug, Default)]
 pub struct IssueRequest {
-    /// The `authorization` metadata value.
-    pub authorization: Option<String>,
+    /// The `authorization` metadata: absent, a bearer token, or why it is not one.
+    pub bearer: Option<Result<BearerToken, TokenError>>,
     /// The client's certificate chain, verified by the TLS layer.
     pub client_chain: Option<Vec<CertificateDer<'static>>>,
     /// The remote address.
@@ -198,7 +199,10 @@ impl Issuer {
         // 1. Authenticate.
         let caller = self
             .authn
-            .authenticate(req.authorization.as_deref(), req.client_chain.as_deref())
+            .authenticate(
+                req.bearer.as_ref().map(Result::as_ref),
+                req.client_chain.as_deref(),
+            )
             .await?;
         record.caller = Some(caller.identity().to_string());
         if let Some(reason) = &req.metadata_error {

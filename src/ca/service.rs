@@ -15,6 +15,7 @@ use crate::proto::istio::v1::auth::istio_certificate_service_server::{
     IstioCertificateService, IstioCertificateServiceServer,
 };
 use crate::proto::istio::v1::auth::{IstioCertificateRequest, IstioCertificateResponse};
+use crate::token::BearerToken;
 
 /// Largest request message decoded. Larger than any CSR we accept, so that a
 /// too-large CSR is refused (and audited) by CSR validation with a clear
@@ -49,11 +50,7 @@ impl IstioCertificateService for CaService {
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         let conn = request.extensions().get::<CaConnInfo>().cloned();
-        let authorization = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let bearer = BearerToken::from_metadata(request.metadata());
         let message = request.into_inner();
         // A bad value is refused by the issuer, after authentication, so that
         // the refusal is audited.
@@ -62,7 +59,7 @@ impl IstioCertificateService for CaService {
             Err(e) => (None, Some(e.to_string())),
         };
         let issue = IssueRequest {
-            authorization,
+            bearer,
             client_chain: conn.as_ref().and_then(|c| c.client_chain.clone()),
             peer: conn.map(|c| c.remote),
             csr: message.csr,

@@ -400,7 +400,7 @@ async fn bound_token_of_a_pod_on_this_node_attests() {
         .token("shop", "sa-web", Some(("web", UID_A)), Some(NODE));
     let workload = f
         .attestor()
-        .attest_token(&token, &audiences())
+        .attest_token(&bearer(&token), &audiences())
         .await
         .unwrap();
     assert_eq!(workload.identity, f.env.id("shop", "sa-web"));
@@ -416,7 +416,7 @@ async fn token_of_a_pod_on_another_node_is_refused() {
         .env
         .token("shop", "sa-web", Some(("web", UID_A)), Some("node-b"));
     let err = attestor
-        .attest_token(&token, &audiences())
+        .attest_token(&bearer(&token), &audiences())
         .await
         .unwrap_err();
     assert!(matches!(err, AttestError::NotOnNode { .. }), "{err}");
@@ -425,7 +425,7 @@ async fn token_of_a_pod_on_another_node_is_refused() {
         .env
         .token("shop", "sa-web", Some(("web", UID_A)), Some(NODE));
     let err = attestor
-        .attest_token(&token, &audiences())
+        .attest_token(&bearer(&token), &audiences())
         .await
         .unwrap_err();
     assert!(
@@ -441,7 +441,7 @@ async fn token_whose_pod_was_recreated_or_is_gone_is_refused() {
     let attestor = f.attestor();
     let token = f.env.token("shop", "sa-web", Some(("web", UID_B)), None);
     let err = attestor
-        .attest_token(&token, &audiences())
+        .attest_token(&bearer(&token), &audiences())
         .await
         .unwrap_err();
     match &err {
@@ -457,7 +457,7 @@ async fn token_whose_pod_was_recreated_or_is_gone_is_refused() {
     }
     let token = f.env.token("shop", "sa-web", Some(("gone", UID_B)), None);
     let err = attestor
-        .attest_token(&token, &audiences())
+        .attest_token(&bearer(&token), &audiences())
         .await
         .unwrap_err();
     assert!(
@@ -466,7 +466,7 @@ async fn token_whose_pod_was_recreated_or_is_gone_is_refused() {
     );
     let token = f.env.token("shop", "sa-other", Some(("web", UID_A)), None);
     let err = attestor
-        .attest_token(&token, &audiences())
+        .attest_token(&bearer(&token), &audiences())
         .await
         .unwrap_err();
     assert!(
@@ -488,7 +488,7 @@ async fn token_without_pod_claims_is_refused() {
     let token = f.env.token("shop", "sa-web", None, Some(NODE));
     let err = f
         .attestor()
-        .attest_token(&token, &audiences())
+        .attest_token(&bearer(&token), &audiences())
         .await
         .unwrap_err();
     assert!(
@@ -510,10 +510,12 @@ async fn foreign_invalid_or_wrong_audience_tokens_are_refused() {
     for (token, audiences) in [
         (foreign.as_str(), audiences()),
         ("not-a-jwt", audiences()),
-        ("", audiences()),
         (good.as_str(), wrong_audience),
     ] {
-        let err = attestor.attest_token(token, &audiences).await.unwrap_err();
+        let err = attestor
+            .attest_token(&bearer(token), &audiences)
+            .await
+            .unwrap_err();
         assert!(matches!(err, AttestError::Token { .. }), "{err}");
         assert!(err.is_refusal());
         assert!(
@@ -553,4 +555,8 @@ fn peer_pod_uids_names_the_pods_of_a_caller_and_none_for_a_host_process() {
     }
     // A pid that is gone cannot be placed.
     assert!(attestor.peer_pod_uids(&creds(Some(999), 0)).is_err());
+}
+
+fn bearer(token: &str) -> BearerToken {
+    BearerToken::from_header(&format!("Bearer {token}")).expect("a token")
 }

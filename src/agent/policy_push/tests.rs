@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Status};
 
 use super::*;
+use crate::agent::attest::Attestor;
 use crate::platform::local::{LocalConfig, LocalPlatform};
 use crate::policy::ModeSource;
 use crate::test_helpers::TestEnv;
@@ -114,9 +115,11 @@ fn every_resolved_mode_has_a_wire_form_and_unset_has_none() {
 
 #[test]
 fn errors_map_to_status_codes_with_their_reason() {
-    let denied = Status::from(PolicyPushError::Unattested {
-        reason: "no pod matches uid 1234".into(),
-    });
+    let denied = Status::from(PolicyPushError::Unattested(
+        crate::agent::socket::caller::Unattested {
+            reason: "no pod matches uid 1234".into(),
+        },
+    ));
     assert_eq!(denied.code(), Code::PermissionDenied);
     assert!(denied.message().contains("no pod matches uid 1234"));
     let gone = Status::from(PolicyPushError::PodGone {
@@ -140,8 +143,14 @@ fn errors_map_to_status_codes_with_their_reason() {
 async fn a_caller_without_credentials_or_token_is_refused_with_both_reasons() {
     let f = Fixture::new();
     let attestor = Attestor::new(f.platform.clone(), NODE.into(), TrustDomain::default());
-    let caller = SocketCaller::of(&attestor, &Request::new(proto::WatchPolicyRequest {}));
-    let reason = caller.attest(&attestor, &[]).await.unwrap_err();
+    let metrics = AgentMetrics::register(&prometheus::Registry::new()).unwrap();
+    let socket = SocketAttestor::new(Arc::new(attestor), vec![], metrics.clone());
+    let request = Request::new(proto::WatchPolicyRequest {});
+    let Unattested { reason } = socket
+        .attest(AttestPolicy::TokenThenPeer, &request)
+        .await
+        .unwrap_err();
+    assert_eq!(metrics.attestation_failures.get(), 1);
     assert!(reason.contains("no peer credentials"), "{reason}");
     assert!(reason.contains("no bearer token"), "{reason}");
 }

@@ -10,12 +10,11 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
 use super::resources::{self, SdsResource, ROOT_CA_NAME, SECRET_TYPE_URL, WORKLOAD_CERT_NAME};
 use super::state::{RequestKind, StreamState};
-use super::{bearer_token, stream, SdsError};
+use super::{stream, SdsError};
 use crate::agent::cache::{Svid, TrustBundle};
 use crate::identity::SpiffeId;
 use crate::pki::key::{KeyAlgorithm, PrivateKey};
@@ -330,9 +329,11 @@ fn another_type_url_is_refused() {
 
 #[test]
 fn errors_map_to_the_right_codes() {
-    let denied = Status::from(SdsError::Unattested {
-        reason: "uid 1234 maps to no pod".into(),
-    });
+    let denied = Status::from(SdsError::Unattested(
+        crate::agent::socket::caller::Unattested {
+            reason: "uid 1234 maps to no pod".into(),
+        },
+    ));
     assert_eq!(denied.code(), Code::PermissionDenied);
     assert!(denied.message().contains("uid 1234 maps to no pod"));
     assert_eq!(
@@ -343,20 +344,6 @@ fn errors_map_to_the_right_codes() {
         Status::from(SdsError::ShuttingDown).code(),
         Code::Unavailable
     );
-}
-
-#[test]
-fn bearer_tokens_are_read_from_authorization() {
-    let with = |value: &str| {
-        let mut md = MetadataMap::new();
-        md.insert("authorization", value.parse().expect("ascii"));
-        md
-    };
-    assert_eq!(bearer_token(&with("Bearer abc.def")), Some("abc.def"));
-    assert_eq!(bearer_token(&with("bearer  abc")), Some("abc"));
-    assert_eq!(bearer_token(&with("Basic abc")), None);
-    assert_eq!(bearer_token(&with("Bearer ")), None);
-    assert_eq!(bearer_token(&MetadataMap::new()), None);
 }
 
 struct Harness {

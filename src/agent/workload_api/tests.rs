@@ -112,9 +112,11 @@ fn jwt_rpcs_are_unimplemented_and_say_why() {
     });
     assert_eq!(status.code(), Code::Unimplemented);
     assert!(status.message().contains("JWT-SVIDs are not served"));
-    let denied = Status::from(WorkloadApiError::Unattested {
-        reason: "pid 42 maps to no pod".into(),
-    });
+    let denied = Status::from(WorkloadApiError::Unattested(
+        crate::agent::socket::caller::Unattested {
+            reason: "pid 42 maps to no pod".into(),
+        },
+    ));
     assert_eq!(denied.code(), Code::PermissionDenied);
     assert!(denied.message().contains("pid 42 maps to no pod"));
 }

@@ -81,7 +81,7 @@ fn request(env: &TestEnv, token: &str, sa: &str, impersonate: bool) -> IssueRequ
     let id = env.id("default", sa);
     let (_key, csr) = key_and_csr(&id);
     IssueRequest {
-        authorization: Some(format!("Bearer {token}")),
+        bearer: Some(BearerToken::from_header(&format!("Bearer {token}"))),
         csr,
         validity_secs: 600,
         impersonate: impersonate.then(|| id.to_string()),
@@ -110,7 +110,7 @@ async fn a_refusal_whose_audit_write_fails_answers_unavailable() {
     let issuer = issuer(&env, Box::new(BrokenDisk), 8);
     // A request that would be refused (garbage token).
     let mut req = web_request(&env);
-    req.authorization = Some("Bearer garbage".into());
+    req.bearer = Some(BearerToken::from_header("Bearer garbage"));
     let err = issuer.issue(req).await.unwrap_err();
     assert!(matches!(err, CaError::AuditUnavailable(_)), "{err}");
     assert_eq!(tonic::Status::from(err).code(), tonic::Code::Unavailable);
