@@ -12,7 +12,8 @@
 //!
 //! Built on them (the sidecar itself, `meshid proxy`):
 //!
-//! - [`sds_client`]: our SVID and bundle from the agent's SDS, ACK/NACK, reconnect;
+//! - [`agent_link`]: one channel to the agent, the token sent on it, one reconnect rule;
+//! - [`sds_client`]: our SVID and bundle from the agent's SDS, ACK/NACK;
 //! - [`policy_watch`]: our workload's mTLS mode from the agent's policy stream;
 //! - [`inbound`]: sniff, decide, terminate mTLS, forward to the application;
 //!   mode changes applied to live connections;
@@ -31,6 +32,7 @@
 //! with the real authority).
 
 pub mod accept;
+pub mod agent_link;
 pub mod enforce;
 pub mod inbound;
 pub mod metrics;

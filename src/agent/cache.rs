@@ -24,7 +24,7 @@ use crate::identity::{SpiffeId, TrustDomain};
 use crate::pki::key::{csr_pem, KeyAlgorithm, PrivateKey};
 use crate::platform::Platform;
 use crate::shutdown::Shutdown;
-use crate::time::SharedClock;
+use crate::time::{jitter, refresh_at, until, Backoff, SharedClock};
 
 /// How certificates are requested and refreshed.
 #[derive(Debug, Clone)]
@@ -37,10 +37,8 @@ pub struct CacheConfig {
     pub jitter_fraction: f64,
     /// CSRs in flight at once.
     pub max_concurrent_csrs: usize,
-    /// First retry delay after a failure.
-    pub backoff_initial: Duration,
-    /// Longest retry delay.
-    pub backoff_max: Duration,
+    /// Retry delays after a failure (0.5 s doubling to 60 s, jittered).
+    pub backoff: Backoff,
     /// Workload key type.
     pub key_algorithm: KeyAlgorithm,
 }
@@ -52,8 +50,7 @@ impl Default for CacheConfig {
             refresh_fraction: 0.5,
             jitter_fraction: 0.05,
             max_concurrent_csrs: 8,
-            backoff_initial: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(60),
+            backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
             key_algorithm: KeyAlgorithm::EcdsaP256,
         }
     }
@@ -312,13 +309,13 @@ impl CertCache {
             }
             match result {
                 Ok((svid, bundle)) => {
-                    let delay = refresh_delay(
+                    let at = refresh_at(
                         svid.not_before,
                         svid.not_after,
-                        self.clock.now(),
                         self.cfg.refresh_fraction,
-                        self.cfg.jitter_fraction * (2.0 * random_unit() - 1.0),
+                        self.cfg.jitter_fraction * (2.0 * jitter() - 1.0),
                     );
+                    let delay = until(at, self.clock.now());
                     entry.next_refresh = Instant::now() + delay;
                     entry.failures = 0;
                     if entry.tx.borrow().is_none() {
@@ -337,13 +334,8 @@ impl CertCache {
                     new_bundle = Some(bundle);
                 }
                 Err(e) => {
-                    entry.failures += 1;
-                    let delay = backoff(
-                        entry.failures,
-                        self.cfg.backoff_initial,
-                        self.cfg.backoff_max,
-                        random_unit(),
-                    );
+                    entry.failures = entry.failures.saturating_add(1);
+                    let delay = self.cfg.backoff.jittered(entry.failures - 1);
                     entry.next_refresh = Instant::now() + delay;
                     self.metrics.ca_failures.inc();
                     let serving = entry.tx.borrow().as_ref().map(|s| s.not_after);
@@ -427,35 +419,6 @@ impl CertCache {
         });
         self.metrics.cache_size.set(entries.len() as i64);
     }
-}
-
-/// When to renew: at `fraction` of the lifetime (measured from notBefore, as
-/// clients do), moved by `jitter` × lifetime, never in the past.
-pub fn refresh_delay(
-    not_before: OffsetDateTime,
-    not_after: OffsetDateTime,
-    now: OffsetDateTime,
-    fraction: f64,
-    jitter: f64,
-) -> Duration {
-    let lifetime = (not_after - not_before).as_seconds_f64().max(0.0);
-    let at =
-        not_before + time::Duration::seconds_f64(lifetime * (fraction + jitter).clamp(0.0, 1.0));
-    Duration::try_from(at - now).unwrap_or(Duration::ZERO)
-}
-
-/// Capped exponential backoff with jitter: `initial × 2^(failures−1)`, at most
-/// `max`, scaled into [50 %, 100 %] by `sample` ∈ [0, 1).
-pub fn backoff(failures: u32, initial: Duration, max: Duration, sample: f64) -> Duration {
-    let exp = initial.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
-    exp.min(max).mul_f64(0.5 + 0.5 * sample.clamp(0.0, 1.0))
-}
-
-/// A uniform sample in [0, 1) from the system's random generator.
-fn random_unit() -> f64 {
-    let mut bytes = [0u8; 4];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
-    f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
 }
 
 #[cfg(test)]

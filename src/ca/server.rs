@@ -25,6 +25,7 @@ use crate::ca::tls::{server_config, CaTlsStream, ServingCert, ServingIdentity, T
 use crate::h2_authority::AuthorityRepair;
 use crate::shutdown::Shutdown;
 use crate::telemetry;
+use crate::time::{jitter, refresh_at, until, Backoff};
 
 /// Why the CA could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -220,25 +221,29 @@ async fn handshake(
     Ok(CaTlsStream::new(tls, remote, first, permit))
 }
 
-/// Renews the serving certificate at half its lifetime; on failure retries
-/// with backoff while the current one is still valid.
+/// How the serving certificate is renewed: at half its lifetime from
+/// notBefore ± 5 % (the rule the agent follows for workloads), and after a
+/// failure with backoff while the current one is still valid.
+const SERVING_REFRESH: f64 = 0.5;
+const SERVING_JITTER: f64 = 0.05;
+const SERVING_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+
+/// Renews the serving certificate (see [`SERVING_REFRESH`]) until `shutdown`.
 async fn renew_loop(
     serving: Arc<ServingCert>,
     identity: ServingIdentity,
     deps: CaDeps,
     shutdown: Shutdown,
 ) {
-    let mut backoff = Duration::from_secs(1);
-    let mut failed = false;
+    let next_renewal = || {
+        let (not_before, not_after) = serving.validity();
+        let spread = SERVING_JITTER * (2.0 * jitter() - 1.0);
+        let at = refresh_at(not_before, not_after, SERVING_REFRESH, spread);
+        until(at, deps.clock.now()).max(Duration::from_secs(1))
+    };
+    let mut wait = next_renewal();
+    let mut failures: u32 = 0;
     loop {
-        let wait = if failed {
-            backoff
-        } else {
-            let remaining = serving.not_after() - deps.clock.now();
-            Duration::try_from(remaining / 2)
-                .unwrap_or(Duration::ZERO)
-                .max(Duration::from_secs(1))
-        };
         tokio::select! {
             _ = shutdown.triggered() => return,
             _ = tokio::time::sleep(wait) => {}
@@ -248,16 +253,14 @@ async fn renew_loop(
             .await
         {
             Ok(()) => {
-                failed = false;
-                backoff = Duration::from_secs(1);
-                tracing::info!(not_after = %serving.not_after(), "serving certificate renewed");
+                failures = 0;
+                wait = next_renewal();
+                tracing::info!(not_after = %serving.not_after(), renew_in = ?wait, "serving certificate renewed");
             }
             Err(e) => {
-                if failed {
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
-                }
-                failed = true;
-                tracing::error!(error = %e, retry_in = ?backoff, "serving certificate renewal failed; the current one stays in use");
+                wait = SERVING_BACKOFF.jittered(failures);
+                failures = failures.saturating_add(1);
+                tracing::error!(error = %e, retry_in = ?wait, "serving certificate renewal failed; the current one stays in use");
             }
         }
     }

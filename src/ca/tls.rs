@@ -78,7 +78,8 @@ pub struct ServingIdentity {
 #[derive(Debug)]
 pub struct ServingCert {
     current: RwLock<Arc<CertifiedKey>>,
-    not_after: RwLock<time::OffsetDateTime>,
+    /// notBefore and notAfter of the current certificate.
+    validity: RwLock<(time::OffsetDateTime, time::OffsetDateTime)>,
 }
 
 impl ServingCert {
@@ -89,10 +90,10 @@ impl ServingCert {
         clock: &dyn Clock,
         audit: &AuditLog,
     ) -> Result<Arc<Self>, TlsError> {
-        let (key, not_after) = issue_certified_key(authority, identity, clock, audit).await?;
+        let (key, validity) = issue_certified_key(authority, identity, clock, audit).await?;
         Ok(Arc::new(Self {
             current: RwLock::new(Arc::new(key)),
-            not_after: RwLock::new(not_after),
+            validity: RwLock::new(validity),
         }))
     }
 
@@ -104,15 +105,20 @@ impl ServingCert {
         clock: &dyn Clock,
         audit: &AuditLog,
     ) -> Result<(), TlsError> {
-        let (key, not_after) = issue_certified_key(authority, identity, clock, audit).await?;
+        let (key, validity) = issue_certified_key(authority, identity, clock, audit).await?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
-        *self.not_after.write().unwrap_or_else(|e| e.into_inner()) = not_after;
+        *self.validity.write().unwrap_or_else(|e| e.into_inner()) = validity;
         Ok(())
+    }
+
+    /// notBefore and notAfter of the current certificate.
+    pub fn validity(&self) -> (time::OffsetDateTime, time::OffsetDateTime) {
+        *self.validity.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// When the current certificate expires.
     pub fn not_after(&self) -> time::OffsetDateTime {
-        *self.not_after.read().unwrap_or_else(|e| e.into_inner())
+        self.validity().1
     }
 }
 
@@ -132,7 +138,7 @@ async fn issue_certified_key(
     identity: &ServingIdentity,
     clock: &dyn Clock,
     audit: &AuditLog,
-) -> Result<(CertifiedKey, time::OffsetDateTime), TlsError> {
+) -> Result<(CertifiedKey, (time::OffsetDateTime, time::OffsetDateTime)), TlsError> {
     let id =
         SpiffeId::for_service_account(&identity.trust_domain, CA_NAMESPACE, CA_SERVICE_ACCOUNT)?;
     let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256)?;
@@ -164,7 +170,10 @@ async fn issue_certified_key(
     }
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.secret_pkcs8_der().to_vec()));
     let signing_key = ring_provider::sign::any_supported_type(&der)?;
-    Ok((CertifiedKey::new(chain, signing_key), signed.not_after))
+    Ok((
+        CertifiedKey::new(chain, signing_key),
+        (signed.not_before, signed.not_after),
+    ))
 }
 
 /// The rustls server configuration: TLS 1.2 + 1.3, ALPN h2, client

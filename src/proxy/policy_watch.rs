@@ -3,9 +3,10 @@
 //! effective mode current, as a [`ProxyPolicy`] on a `watch` channel that the
 //! listeners read for every new connection.
 //!
-//! Owns the wire → domain conversion (`TryFrom<PolicyUpdate>`), the agent
-//! socket channel ([`uds_channel`]) and the reconnect loop ([`watch_policy`]).
-//! Not what a mode means for a connection ([`super::enforce`]).
+//! Owns the wire → domain conversion (`TryFrom<PolicyUpdate>`) and the policy
+//! stream's loop ([`watch_policy`]). Not what a mode means for a connection
+//! ([`super::enforce`]), nor the channel, token and reconnect timing (the
+//! [`agent_link`](super::agent_link), shared with SDS).
 //!
 //! Rules enforced:
 //! - an update is taken whole or not at all: UNSPECIFIED or unknown modes (on
@@ -13,34 +14,25 @@
 //!   identity outside the trust domain refuse the update; the last good
 //!   policy stays in force and the refusal is logged;
 //! - if the agent is away (socket missing at start, agent restarting, stream
-//!   ended or failed), the proxy keeps its current policy and reconnects with
-//!   capped exponential backoff and jitter; until a first policy arrives the
-//!   channel holds `None`, and the listeners decide what that means.
+//!   ended or failed), the proxy keeps its current policy and reconnects
+//!   ([`Reconnect`]); until a first policy arrives the channel holds `None`,
+//!   and the listeners decide what that means.
 
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::time::Duration;
 
-use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::policy::MtlsMode;
 use crate::proto::meshid::policy::v1 as proto;
+use crate::proxy::agent_link::{status_text, AgentLink, Reconnect};
 use crate::shutdown::Shutdown;
 use proto::policy_discovery_client::PolicyDiscoveryClient;
 
-/// The first reconnect delay.
-pub const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
-
-/// The longest reconnect delay: an agent that comes back is found within it.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
-
-/// Why an update or a socket path was refused.
+/// Why an update was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PolicyWatchError {
@@ -51,12 +43,6 @@ pub enum PolicyWatchError {
         field: String,
         /// What is wrong with it.
         reason: String,
-    },
-    /// The agent socket path is not valid UTF-8 (gRPC endpoints are strings).
-    #[error("agent socket path {path:?} is not valid UTF-8; choose another --agent-socket")]
-    SocketPath {
-        /// The path, lossily printed.
-        path: String,
     },
 }
 
@@ -156,108 +142,56 @@ impl TryFrom<proto::PolicyUpdate> for ProxyPolicy {
     }
 }
 
-/// A gRPC channel to the node agent's Unix socket at `path`. Lazy: nothing
-/// is connected until the first call, and each call after a failure tries
-/// again, so a socket that does not exist yet is retried, not fatal.
-pub fn uds_channel(path: &Path) -> Result<Channel, PolicyWatchError> {
-    let text = path.to_str().ok_or_else(|| PolicyWatchError::SocketPath {
-        path: path.display().to_string(),
-    })?;
-    let endpoint = Endpoint::from_shared(format!("unix://{text}")).map_err(|_| {
-        PolicyWatchError::SocketPath {
-            path: text.to_owned(),
-        }
-    })?;
-    Ok(endpoint.connect_lazy())
-}
-
-/// The wait before reconnect attempt `attempt` (0-based): doubling from
-/// [`BACKOFF_INITIAL`] up to [`BACKOFF_MAX`], then "equal jitter": half of
-/// it fixed, half scaled by `jitter` (in `[0, 1]`), so proxies that lost the
-/// same agent do not all come back at once.
-pub fn backoff_delay(attempt: u32, jitter: f64) -> Duration {
-    let full = BACKOFF_INITIAL
-        .saturating_mul(2u32.saturating_pow(attempt.min(16)))
-        .min(BACKOFF_MAX);
-    full / 2 + (full / 2).mul_f64(jitter.clamp(0.0, 1.0))
-}
-
-/// A uniform value in `[0, 1]` for [`backoff_delay`] (0.5 if the system's
-/// randomness fails).
-pub(crate) fn jitter(rng: &SystemRandom) -> f64 {
-    let mut bytes = [0u8; 4];
-    match rng.fill(&mut bytes) {
-        Ok(()) => f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX),
-        Err(_) => 0.5,
-    }
-}
-
-/// Watches this workload's policy over `channel` (see [`uds_channel`]) and
-/// publishes each new one on `tx`, until `shutdown`. The stream is reopened
-/// after it ends or fails, with [`backoff_delay`]; meanwhile `tx` keeps the
-/// last policy. The backoff restarts once an update arrives.
+/// Watches this workload's policy over `link` and publishes each new one on
+/// `tx`, until `shutdown`. The stream is reopened after it ends or fails
+/// ([`Reconnect`]); meanwhile `tx` keeps the last policy.
 pub async fn watch_policy(
-    channel: Channel,
-    token: Option<crate::proxy::sds_client::TokenFile>,
+    link: AgentLink,
     tx: watch::Sender<Option<ProxyPolicy>>,
     shutdown: Shutdown,
 ) {
-    let mut client = PolicyDiscoveryClient::new(channel);
-    let rng = SystemRandom::new();
-    let mut attempt: u32 = 0;
+    let mut client = PolicyDiscoveryClient::new(link.channel());
+    let mut reconnect = Reconnect::new("policy");
     loop {
-        // The bearer token (if any) is re-read on every (re)connect.
-        let mut request = tonic::Request::new(proto::WatchPolicyRequest {});
-        let authorized = crate::proxy::sds_client::authorize(&mut request, token.as_ref());
-        let call = async {
-            match authorized {
-                Ok(()) => client.watch_policy(request).await,
-                Err(e) => Err(tonic::Status::unauthenticated(e.to_string())),
-            }
-        };
-        let outcome = tokio::select! {
+        let ended = tokio::select! {
             () = shutdown.triggered() => return,
-            response = call => match response {
-                Ok(response) => {
-                    let mut stream = response.into_inner();
-                    loop {
-                        let message = tokio::select! {
-                            () = shutdown.triggered() => return,
-                            message = stream.message() => message,
-                        };
-                        match message {
-                            Ok(Some(update)) => {
-                                attempt = 0;
-                                publish(&tx, update);
-                            }
-                            Ok(None) => break "the agent ended the policy stream".to_owned(),
-                            Err(status) => break status_text(&status),
-                        }
-                    }
-                }
-                Err(status) => status_text(&status),
-            },
+            ended = one_stream(&mut client, &link, &tx, &mut reconnect) => ended,
         };
-        let delay = backoff_delay(attempt, jitter(&rng));
-        let keeping = tx
-            .borrow()
-            .as_ref()
-            .map_or_else(|| "none yet".to_owned(), |p| p.mode.to_string());
-        if attempt == 0 {
-            tracing::warn!(reason = %outcome, keeping = %keeping, retry_in = ?delay, "no policy stream from the agent; keeping the current mTLS policy");
-        } else {
-            tracing::debug!(reason = %outcome, attempt, retry_in = ?delay, "policy stream still unavailable");
-        }
-        attempt = attempt.saturating_add(1);
-        tokio::select! {
-            () = shutdown.triggered() => return,
-            () = tokio::time::sleep(delay) => {}
+        let keeping = tx.borrow().as_ref().map_or_else(
+            || "no policy yet".to_owned(),
+            |p| format!("mTLS mode {}", p.mode),
+        );
+        if !reconnect.wait(&ended, &keeping, &shutdown).await {
+            return;
         }
     }
 }
 
-fn status_text(status: &tonic::Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
+/// One policy stream, until it ends; returns why it ended.
+async fn one_stream(
+    client: &mut PolicyDiscoveryClient<tonic::transport::Channel>,
+    link: &AgentLink,
+    tx: &watch::Sender<Option<ProxyPolicy>>,
+    reconnect: &mut Reconnect,
+) -> String {
+    let mut request = tonic::Request::new(proto::WatchPolicyRequest {});
+    if let Err(e) = link.authorize(&mut request) {
+        return e.to_string();
+    }
+    let mut stream = match client.watch_policy(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return status_text(&status),
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(update)) => {
+                reconnect.progressed();
+                publish(tx, update);
+            }
+            Ok(None) => return "the agent ended the policy stream".to_owned(),
+            Err(status) => return status_text(&status),
+        }
+    }
 }
 
 /// Converts `update` and publishes it if it differs from the current policy;

@@ -3,9 +3,10 @@
 //! `default` and `ROOTCA`, as Envoy asks istio-agent for them).
 //!
 //! Owns the wire → [`SvidMaterial`] conversion ([`material_from_response`]),
-//! the ACK/NACK answers, the reconnect loop ([`watch_certificates`]) and the
-//! bearer token sent when peer credentials do not attest us ([`TokenFile`]).
-//! Not the checks a certificate must pass: those are [`CertStore`]'s.
+//! the ACK/NACK answers and the SDS stream's loop ([`watch_certificates`]).
+//! Not the checks a certificate must pass (those are [`CertStore`]'s), nor
+//! the channel, token and reconnect timing (the
+//! [`agent_link`](super::agent_link), shared with the policy stream).
 //!
 //! Rules enforced:
 //! - a response is ACKed (its `version_info` and `nonce` echoed) only once its
@@ -15,21 +16,16 @@
 //! - our identity is fixed by the first certificate that checks out; a later
 //!   one for another identity is refused by the store;
 //! - if the agent is away, the current certificate is kept (until it
-//!   expires) and the stream is reopened with capped backoff and jitter;
-//! - the token is re-read on every (re)connect, never logged, and sent as
-//!   sensitive metadata.
+//!   expires) and the stream is reopened ([`Reconnect`]).
 
 #[cfg(test)]
 mod tests;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use prost::Message;
-use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 use tonic::Request;
 use zeroize::Zeroizing;
@@ -39,7 +35,7 @@ use crate::proto::envoy::extensions::transport_sockets::tls::v3::{secret, Secret
 use crate::proto::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use crate::proto::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
 use crate::proto::google::rpc::Status as RpcStatus;
-use crate::proxy::policy_watch::backoff_delay;
+use crate::proxy::agent_link::{status_text, AgentLink, Reconnect};
 use crate::proxy::tls::{spiffe_id_of, CertStore, ProxyTlsError, SvidMaterial};
 use crate::shutdown::Shutdown;
 use crate::time::SharedClock;
@@ -54,25 +50,10 @@ pub const WORKLOAD_CERT: &str = "default";
 /// The resource holding the trust bundle.
 pub const ROOT_CA: &str = "ROOTCA";
 
-/// Why a token could not be sent or an SDS response could not be used.
+/// Why an SDS response could not be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SdsClientError {
-    /// The token file could not be read.
-    #[error("reading --token-file {path}: {source}")]
-    TokenRead {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The token is empty or not a valid header value.
-    #[error("--token-file {path} holds no usable token (empty, or not printable ASCII)")]
-    TokenInvalid {
-        /// The file.
-        path: PathBuf,
-    },
     /// A resource we asked for is missing from the response.
     #[error("SDS response lacks resource {name:?}")]
     Missing {
@@ -90,61 +71,6 @@ pub enum SdsClientError {
     /// The material did not pass the certificate checks.
     #[error("certificate from SDS refused: {0}")]
     Tls(#[from] ProxyTlsError),
-}
-
-/// A bound service-account token in a file (a projected token), sent as
-/// `authorization: Bearer` so that the agent can attest us when our peer
-/// credentials do not. Re-read on every (re)connect: the kubelet rotates it.
-#[derive(Debug, Clone)]
-pub struct TokenFile {
-    path: PathBuf,
-}
-
-impl TokenFile {
-    /// A token read from `path` when needed.
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
-    }
-
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Reads the token and returns `Bearer <token>` as sensitive metadata
-    /// (never printed by tonic's or our logs). Trailing whitespace is dropped.
-    pub fn bearer(&self) -> Result<MetadataValue<Ascii>, SdsClientError> {
-        let text = Zeroizing::new(std::fs::read_to_string(&self.path).map_err(|source| {
-            SdsClientError::TokenRead {
-                path: self.path.clone(),
-                source,
-            }
-        })?);
-        let token = text.trim();
-        let invalid = || SdsClientError::TokenInvalid {
-            path: self.path.clone(),
-        };
-        if token.is_empty() {
-            return Err(invalid());
-        }
-        let header = Zeroizing::new(format!("Bearer {token}"));
-        let mut value = MetadataValue::try_from(header.as_str()).map_err(|_| invalid())?;
-        value.set_sensitive(true);
-        Ok(value)
-    }
-}
-
-/// Adds `authorization: Bearer …` to `request` when a token is configured.
-pub fn authorize<T>(
-    request: &mut Request<T>,
-    token: Option<&TokenFile>,
-) -> Result<(), SdsClientError> {
-    if let Some(token) = token {
-        request
-            .metadata_mut()
-            .insert("authorization", token.bearer()?);
-    }
-    Ok(())
 }
 
 /// The request for our two resources: the first (empty version and nonce),
@@ -261,41 +187,30 @@ fn install(
     }
 }
 
-/// Keeps our certificate current from the agent over `channel` (see
-/// [`uds_channel`](crate::proxy::policy_watch::uds_channel)) until
+/// Keeps our certificate current from the agent over `link` until
 /// `shutdown`. The store is published on `tx` once the first certificate
 /// checked out; later certificates are swapped into it. The stream is
-/// reopened after it ends or fails, with capped backoff and jitter.
+/// reopened after it ends or fails ([`Reconnect`]).
 pub async fn watch_certificates(
-    channel: Channel,
-    token: Option<TokenFile>,
+    link: AgentLink,
     clock: SharedClock,
     tx: watch::Sender<Option<Arc<CertStore>>>,
     shutdown: Shutdown,
 ) {
-    let mut client = SecretDiscoveryServiceClient::new(channel);
-    let rng = SystemRandom::new();
+    let mut client = SecretDiscoveryServiceClient::new(link.channel());
     let mut store: Option<Arc<CertStore>> = None;
-    let mut attempt: u32 = 0;
+    let mut reconnect = Reconnect::new("SDS");
     loop {
-        let outcome = tokio::select! {
+        let ended = tokio::select! {
             () = shutdown.triggered() => return,
-            outcome = one_stream(&mut client, token.as_ref(), &clock, &mut store, &tx, &mut attempt) => outcome,
+            ended = one_stream(&mut client, &link, &clock, &mut store, &tx, &mut reconnect) => ended,
         };
-        let delay = backoff_delay(attempt, jitter(&rng));
         let keeping = store.as_ref().map_or_else(
-            || "none yet".to_owned(),
-            |s| format!("valid until {}", s.not_after()),
+            || "no certificate yet".to_owned(),
+            |s| format!("certificate valid until {}", s.not_after()),
         );
-        if attempt == 0 {
-            tracing::warn!(reason = %outcome, certificate = %keeping, retry_in = ?delay, "no SDS stream from the agent; keeping the current certificate");
-        } else {
-            tracing::debug!(reason = %outcome, attempt, retry_in = ?delay, "SDS stream still unavailable");
-        }
-        attempt = attempt.saturating_add(1);
-        tokio::select! {
-            () = shutdown.triggered() => return,
-            () = tokio::time::sleep(delay) => {}
+        if !reconnect.wait(&ended, &keeping, &shutdown).await {
+            return;
         }
     }
 }
@@ -303,36 +218,36 @@ pub async fn watch_certificates(
 /// One SDS stream, until it ends; returns why it ended.
 async fn one_stream(
     client: &mut SecretDiscoveryServiceClient<Channel>,
-    token: Option<&TokenFile>,
+    link: &AgentLink,
     clock: &SharedClock,
     store: &mut Option<Arc<CertStore>>,
     tx: &watch::Sender<Option<Arc<CertStore>>>,
-    attempt: &mut u32,
+    reconnect: &mut Reconnect,
 ) -> String {
     let (req_tx, req_rx) = mpsc::channel(4);
     if req_tx.send(sds_request("", "", None)).await.is_err() {
         return "request channel closed".to_owned();
     }
     let mut request = Request::new(ReceiverStream::new(req_rx));
-    if let Err(e) = authorize(&mut request, token) {
+    if let Err(e) = link.authorize(&mut request) {
         return e.to_string();
     }
     let mut stream = match client.stream_secrets(request).await {
         Ok(response) => response.into_inner(),
-        Err(status) => return format!("{:?}: {}", status.code(), status.message()),
+        Err(status) => return status_text(&status),
     };
     let mut accepted = String::new();
     loop {
         let response = match stream.message().await {
             Ok(Some(response)) => response,
             Ok(None) => return "the agent ended the SDS stream".to_owned(),
-            Err(status) => return format!("{:?}: {}", status.code(), status.message()),
+            Err(status) => return status_text(&status),
         };
         let answer = match material_from_response(&response)
             .and_then(|material| install(store, material, clock))
         {
             Ok(created) => {
-                *attempt = 0;
+                reconnect.progressed();
                 if let Some(created) = created {
                     tx.send_replace(Some(created));
                 }
@@ -347,14 +262,5 @@ async fn one_stream(
         if req_tx.send(answer).await.is_err() {
             return "request channel closed".to_owned();
         }
-    }
-}
-
-/// A uniform value in `[0, 1]` (0.5 if the system's randomness fails), for backoff.
-pub(crate) fn jitter(rng: &SystemRandom) -> f64 {
-    let mut bytes = [0u8; 4];
-    match rng.fill(&mut bytes) {
-        Ok(()) => f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX),
-        Err(_) => 0.5,
     }
 }

@@ -18,11 +18,12 @@ use tokio::sync::watch;
 
 use crate::identity::SpiffeId;
 use crate::proxy::accept::Listening;
+use crate::proxy::agent_link::{AgentLink, AgentLinkError};
 use crate::proxy::inbound::{Inbound, InboundRoute};
 use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::outbound::{Outbound, OutboundRoute};
 use crate::proxy::policy_watch;
-use crate::proxy::sds_client::{watch_certificates, TokenFile};
+use crate::proxy::sds_client::watch_certificates;
 use crate::proxy::tls::{CertStore, ProxyTlsError};
 use crate::shutdown::Shutdown;
 use crate::time::SharedClock;
@@ -39,7 +40,7 @@ pub enum ProxyError {
     Config(String),
     /// The agent socket path cannot be used.
     #[error(transparent)]
-    Socket(#[from] policy_watch::PolicyWatchError),
+    Socket(#[from] AgentLinkError),
     /// A listener could not be bound.
     #[error("binding {what} {addr}: {source}")]
     Bind {
@@ -130,20 +131,17 @@ pub async fn start(
 ) -> Result<RunningProxy, ProxyError> {
     config.validate()?;
     let metrics = ProxyMetrics::register(&registry)?;
-    let channel = policy_watch::uds_channel(&config.agent_socket)?;
-    let token = config.token_file.clone().map(TokenFile::new);
+    let link = AgentLink::new(&config.agent_socket, config.token_file.clone())?;
     let (store_tx, mut store_rx) = watch::channel(None);
     let (policy_tx, mut policy_rx) = watch::channel(None);
     shutdown.spawn(watch_certificates(
-        channel.clone(),
-        token.clone(),
+        link.clone(),
         clock,
         store_tx,
         shutdown.clone(),
     ));
     shutdown.spawn(policy_watch::watch_policy(
-        channel,
-        token,
+        link,
         policy_tx,
         shutdown.clone(),
     ));

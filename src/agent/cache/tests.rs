@@ -86,8 +86,7 @@ fn fixture(ttl: Duration) -> Fixture {
     });
     let cfg = CacheConfig {
         workload_ttl: ttl,
-        backoff_initial: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(100),
+        backoff: Backoff::new(Duration::from_millis(20), Duration::from_millis(100)),
         ..CacheConfig::default()
     };
     let metrics = AgentMetrics::register(&prometheus::Registry::new()).unwrap();
@@ -117,36 +116,6 @@ async fn next_svid(rx: &mut watch::Receiver<Option<Arc<Svid>>>) -> Arc<Svid> {
         .unwrap()
         .clone()
         .unwrap()
-}
-
-#[test]
-fn refresh_happens_at_half_life_from_not_before() {
-    let nb = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
-    let na = nb + time::Duration::seconds(100);
-    assert_eq!(refresh_delay(nb, na, nb, 0.5, 0.0), Duration::from_secs(50));
-    assert_eq!(
-        refresh_delay(nb, na, nb + time::Duration::seconds(10), 0.5, 0.0),
-        Duration::from_secs(40)
-    );
-    assert_eq!(
-        refresh_delay(nb, na, nb, 0.5, 0.05),
-        Duration::from_secs(55)
-    );
-    assert_eq!(
-        refresh_delay(nb, na, na, 0.5, 0.0),
-        Duration::ZERO,
-        "never in the past"
-    );
-}
-
-#[test]
-fn backoff_doubles_is_capped_and_jittered() {
-    let (i, m) = (Duration::from_secs(1), Duration::from_secs(60));
-    assert!(backoff(1, i, m, 0.999_999) < Duration::from_secs(1));
-    assert_eq!(backoff(2, i, m, 0.0), Duration::from_secs(1));
-    assert_eq!(backoff(3, i, m, 0.0), Duration::from_secs(2));
-    assert_eq!(backoff(30, i, m, 0.0), Duration::from_secs(30));
-    assert!(backoff(30, i, m, 0.999) <= m);
 }
 
 #[tokio::test]

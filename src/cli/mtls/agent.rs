@@ -11,7 +11,8 @@ use tonic::Code;
 use super::status::{print_rows, StatusRow};
 use super::StatusArgs;
 use crate::proto::meshid::policy::v1 as proto;
-use crate::proxy::policy_watch::{mode_from_wire, uds_channel};
+use crate::proxy::agent_link::uds_channel;
+use crate::proxy::policy_watch::mode_from_wire;
 use proto::policy_discovery_client::PolicyDiscoveryClient;
 
 /// How long the agent may take to answer.

@@ -59,22 +59,3 @@ fn a_nack_carries_the_last_accepted_version_and_the_reason() {
     assert_eq!(nack.resource_names, ["default", "ROOTCA"]);
     assert!(sds_request("v1", "n2", None).error_detail.is_none());
 }
-
-#[test]
-fn the_token_is_trimmed_sensitive_and_reread() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("token");
-    std::fs::write(&path, "abc\n").unwrap();
-    let token = TokenFile::new(&path);
-    let value = token.bearer().unwrap();
-    assert_eq!(value.to_str().unwrap(), "Bearer abc");
-    assert!(value.is_sensitive());
-    assert!(!format!("{value:?}").contains("abc"));
-    std::fs::write(&path, "def").unwrap();
-    assert_eq!(token.bearer().unwrap().to_str().unwrap(), "Bearer def");
-    std::fs::write(&path, "  \n").unwrap();
-    assert!(matches!(
-        token.bearer(),
-        Err(SdsClientError::TokenInvalid { .. })
-    ));
-}
