@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use self::issuer::{
-    load_verifier, TokenIssuer, TokenRequest, JWKS_FILE, KEY_FILE, LOCAL_ISSUER,
+    load_verifier, IssuerError, TokenIssuer, TokenRequest, JWKS_FILE, KEY_FILE, LOCAL_ISSUER,
 };
 use self::manifest::Fingerprint;
 use self::snapshot::Snapshot;
