@@ -19,7 +19,6 @@
 mod check;
 mod demo;
 mod ports;
-mod socket_owner;
 mod status;
 
 use std::net::{Ipv4Addr, SocketAddr};
