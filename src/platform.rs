@@ -103,6 +103,18 @@ impl Pod {
     }
 }
 
+impl crate::policy::Workload for Pod {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn labels(&self) -> &BTreeMap<String, String> {
+        &self.labels
+    }
+}
+
 /// Why a pod may not hold an identity ([`Pod::may_hold`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -167,6 +179,10 @@ impl VerifiedToken {
         SpiffeId::for_service_account(td, &self.namespace, &self.service_account)
     }
 }
+
+/// The name `meshid mtls set-mode` gives a new namespace-wide
+/// PeerAuthentication, on either backend (Istio's convention).
+pub const NAMESPACE_POLICY_NAME: &str = "default";
 
 /// What can go wrong getting facts from a platform (the local token
 /// issuer's own errors are [`local::issuer::IssuerError`]).
