@@ -21,8 +21,6 @@ pub mod policy_write;
 pub mod token_review;
 
 #[cfg(test)]
-pub(crate) mod mock_api;
-#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
