@@ -35,7 +35,7 @@ pub mod store;
 
 pub use query::{render_json, render_table, AuditQuery};
 pub use record::{AuditRecord, Outcome};
-pub use sqlite::SqliteBackend;
+pub use sqlite::{read_sqlite, ReadError, SqliteBackend};
 pub use store::{AuditBackend, AuditLog, AuditStats, Expected, GroupCommitConfig};
 
 /// Everything that can go wrong while recording or reading audit records.

@@ -7,7 +7,9 @@
 //! was signed → audit → answer. Nothing is returned that has not been audited.
 //! This module owns the pipeline ([`issuer`]), the gRPC surface ([`service`]),
 //! the TLS listener and its own serving certificate ([`server`], [`tls`]) and
-//! the Prometheus metrics ([`metrics`]). It does not own key storage ([`crate::pki`]),
+//! the Prometheus metrics ([`metrics`]), and on Kubernetes the CA's own jobs
+//! against the API server ([`kube`]: its key material in Secrets, the leader
+//! Lease, the root-certificate ConfigMaps). It does not own key storage ([`crate::pki`]),
 //! facts about pods and tokens ([`crate::platform`]) or the audit store ([`crate::audit`]).
 
 pub mod authn;
@@ -15,7 +17,7 @@ pub mod authz;
 pub mod config;
 pub mod error;
 pub mod issuer;
-pub mod kube_secret;
+pub mod kube;
 pub mod metrics;
 pub mod server;
 pub mod service;

@@ -11,9 +11,9 @@
 //! - [`h2_authority`]: serves the HTTP/2 `:authority` values real gRPC clients send (under every gRPC server).
 //! - [`pki`]: keys, CSR validation, leaf templates, signing authority, trust bundles.
 //! - [`audit`]: the audit record and its stores (SQLite, group commit).
-//! - [`policy`]: PeerAuthentication types and their resolution (pure).
-//! - [`platform`]: where facts come from (tokens, pods, namespaces): `local` manifests.
-//! - [`ca`]: the Istio-compatible CA server.
+//! - [`policy`]: PeerAuthentication types, their resolution and the per-pod mode report (pure).
+//! - [`platform`]: facts in (tokens, pods, namespaces, policies), policy writes out: `local` manifests, `kube`.
+//! - [`ca`]: the Istio-compatible CA server, and its own Kubernetes jobs (Secrets, Lease, root ConfigMaps).
 //! - [`agent`]: the node agent (attestation, certificate cache, SDS, Workload API).
 //! - [`proxy`]: the per-workload proxy's parts (sniffing, mode decisions, SPIFFE TLS).
 //! - [`telemetry`], [`shutdown`]: logs, metrics endpoints, cancellation.

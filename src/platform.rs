@@ -1,11 +1,15 @@
-//! Where facts come from: the [`Platform`] trait, through which the CA (and
-//! later the node agent) verifies service-account tokens and learns pods,
-//! namespaces and PeerAuthentication policies.
+//! Facts in, policy writes out: the [`Platform`] trait, through which the CA
+//! and the node agent verify service-account tokens and learn pods,
+//! namespaces and PeerAuthentication policies, and the write side of
+//! `meshid mtls` (a namespace's PeerAuthentication), the same for both backends.
 //!
 //! Owns the trait and its fact types ([`Pod`], [`Namespace`], [`VerifiedToken`])
-//! plus the backends: [`local`] (a watched directory of Kubernetes-style YAML
-//! and a local token issuer) and, later, `kube` (TokenReview, informers). The
-//! shared JWKS verification of Kubernetes tokens is [`jwt`]. It does not decide
+//! plus the backends: [`local`] (a watched directory of Kubernetes-style YAML,
+//! its policy writes, and the local token issuer of `meshid token issue`) and
+//! [`kube`] (informers, TokenReview or the API server's JWKS, policy writes by
+//! server-side apply). The CA's own Kubernetes jobs (Secrets, Lease, root
+//! ConfigMaps) are `ca::kube`'s. The shared JWKS verification of Kubernetes
+//! tokens is [`jwt`]. It does not decide
 //! anything: who may have which identity is the CA's `authz`, what a policy
 //! means is `policy`'s resolution. Uses `identity` and `policy` (types) only.
 //!
@@ -99,6 +103,18 @@ impl Pod {
     }
 }
 
+impl crate::policy::Workload for Pod {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn labels(&self) -> &BTreeMap<String, String> {
+        &self.labels
+    }
+}
+
 /// Why a pod may not hold an identity ([`Pod::may_hold`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -164,7 +180,12 @@ impl VerifiedToken {
     }
 }
 
-/// What can go wrong getting facts from a platform.
+/// The name `meshid mtls set-mode` gives a new namespace-wide
+/// PeerAuthentication, on either backend (Istio's convention).
+pub const NAMESPACE_POLICY_NAME: &str = "default";
+
+/// What can go wrong getting facts from a platform (the local token
+/// issuer's own errors are [`local::issuer::IssuerError`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PlatformError {
@@ -202,20 +223,6 @@ pub enum PlatformError {
     #[error("unusable JWKS: {reason}")]
     Jwks {
         /// What is wrong with it.
-        reason: String,
-    },
-    /// The local token issuer's key file cannot be used.
-    #[error("token issuer key {}: {reason}", path.display())]
-    IssuerKey {
-        /// The key (or JWKS) file.
-        path: PathBuf,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// A token cannot be issued as asked (bad name, TTL or audience).
-    #[error("cannot issue token: {reason}")]
-    InvalidTokenRequest {
-        /// Which field is wrong.
         reason: String,
     },
 }

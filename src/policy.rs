@@ -4,7 +4,8 @@
 //! YAML and JSON decode into, so that existing Istio policy files and the
 //! objects a Kubernetes API server returns apply unchanged, and resolves them
 //! as Istio does ([`resolve`]: mesh > namespace > workload, oldest wins within
-//! a scope, port-level overrides from the workload policy). This module is
+//! a scope, port-level overrides from the workload policy), and reports the
+//! effective mode of a set of pods ([`report`](mod@report)). This module is
 //! pure: data in, decision out. It uses nothing of ours but
 //! [`crate::identity`], never the platform.
 //!
@@ -15,12 +16,14 @@
 //! leave traffic unprotected. `metadata` is lenient about the bookkeeping
 //! fields an API server adds (`uid`, `resourceVersion`, `managedFields`, …).
 
+pub mod report;
 pub mod resolve;
 pub mod types;
 
+pub use report::{report, PodMode, Workload};
 pub use resolve::{
     resolve, EffectiveMode, ModeSource, Policies, PolicyRef, PolicyWarning, Resolution, Scope,
-    DEFAULT_ROOT_NAMESPACE,
+    DEFAULT_NAMESPACE, DEFAULT_ROOT_NAMESPACE,
 };
 pub use types::{
     ApiVersion, Kind, MtlsMode, MutualTls, ObjectMeta, PeerAuthentication, PeerAuthenticationSpec,

@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, unreachable_pub, missing_docs)]
 
+pub mod kube_api;
+
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

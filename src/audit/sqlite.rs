@@ -2,8 +2,8 @@
 //!
 //! Durability is the point of an audit log, so the CA's connection runs in WAL mode
 //! with `synchronous=FULL`: a transaction that committed survives a power cut. WAL
-//! also lets `meshid audit list` read (through [`SqliteBackend::open_read_only`])
-//! while the CA writes, and a busy timeout covers the short moments where SQLite
+//! also lets `meshid audit list` and `meshid up`'s status read (through
+//! [`read_sqlite`], the one read path for a local store) while the CA writes, and a busy timeout covers the short moments where SQLite
 //! needs both to take turns.
 //!
 //! Times are stored as nanoseconds since the Unix epoch (`INTEGER`), so they sort and
@@ -483,6 +483,43 @@ fn sqlite_err<'a>(
         context,
         source,
     }
+}
+
+/// Why [`read_sqlite`] returned no records.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The store cannot be opened (missing, unreadable, not ours).
+    #[error("opening the audit store {}", path.display())]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// What the backend says (boxed: the error stays small).
+        #[source]
+        source: Box<AuditError>,
+    },
+    /// The query failed.
+    #[error(transparent)]
+    Query(#[from] AuditError),
+}
+
+impl ReadError {
+    /// The backend's own error, without the file-level context.
+    pub fn audit_error(&self) -> &AuditError {
+        match self {
+            Self::Open { source, .. } => source,
+            Self::Query(source) => source,
+        }
+    }
+}
+
+/// The records of the SQLite audit store at `path` that match `query`, read
+/// through a read-only connection (safe while a CA writes).
+pub fn read_sqlite(path: &Path, query: &AuditQuery) -> Result<Vec<AuditRecord>, ReadError> {
+    let mut store = SqliteBackend::open_read_only(path).map_err(|source| ReadError::Open {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })?;
+    Ok(store.query(query)?)
 }
 
 #[cfg(test)]

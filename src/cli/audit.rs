@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 
-use crate::audit::{render_json, render_table, AuditBackend, AuditQuery, Outcome, SqliteBackend};
+use crate::audit::{read_sqlite, render_json, render_table, AuditQuery, Outcome};
 
 /// `meshid audit …`
 #[derive(Debug, Subcommand)]
@@ -67,8 +67,6 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
 
 fn list(args: ListArgs) -> anyhow::Result<()> {
     let path = args.data_dir.join("audit.db");
-    let mut store = SqliteBackend::open_read_only(&path)
-        .with_context(|| format!("opening the audit store {}", path.display()))?;
     let since = match args.since {
         Some(d) => Some(
             time::OffsetDateTime::now_utc()
@@ -84,7 +82,7 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
         serial: args.serial.map(|s| s.to_ascii_lowercase()),
         limit: args.limit,
     };
-    let records = store.query(&query)?;
+    let records = read_sqlite(&path, &query)?;
     let text = match args.output {
         OutputFormat::Table => render_table(&records),
         OutputFormat::Json => render_json(&records),

@@ -13,7 +13,7 @@ use clap::Args;
 use super::platform::{PlatformArgs, PlatformKind};
 use crate::audit::{AuditLog, GroupCommitConfig, SqliteBackend};
 use crate::ca::authz::TrustedNodeAccounts;
-use crate::ca::kube_secret as ca_secret;
+use crate::ca::kube::secret as ca_secret;
 use crate::ca::metrics::CaMetrics;
 use crate::ca::{CaConfig, CaDeps, CaServer};
 use crate::identity::TrustDomain;

@@ -3,35 +3,27 @@
 //! directory (or, with `--platform kube`, applied to the API server), and the
 //! effective mode of every pod with where it came from.
 //!
-//! Owns the command line only: resolution is [`mod@crate::policy::resolve`], the
-//! reading and checking of manifests is the local platform's. Rules enforced:
-//! one namespace-wide policy per namespace (an existing one is updated in
-//! place, never shadowed by a second); a write is atomic and is undone when
-//! the directory no longer loads afterwards; a manifest the platform refuses
-//! makes `status` fail with the platform's message (file, line, field).
+//! Owns the command line only: the per-pod report is [`mod@crate::policy::report`],
+//! the reading, checking and writing of manifests is the local platform's
+//! ([`crate::platform::local::Manifests`], [`crate::platform::local::policy_write`],
+//! which enforces one namespace-wide policy per namespace and undoes a write
+//! after which the directory no longer loads). Rule enforced here: a manifest
+//! the platform refuses makes `status` fail with the platform's message (file,
+//! line, field).
 
 mod agent;
 mod cluster;
-mod scan;
 mod status;
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args, Subcommand, ValueEnum};
-use serde_yaml::{Mapping, Value};
 
-use self::scan::{scan, FoundPolicy};
 use super::platform::PlatformKind;
-use crate::platform::jwt::{JwtVerifier, JwtVerifierConfig};
-use crate::platform::local::{LocalConfig, LocalPlatform};
-use crate::platform::{Platform, PlatformError};
-use crate::policy::{MtlsMode, PeerAuthentication, Policies, DEFAULT_ROOT_NAMESPACE};
-use crate::time::system_clock;
-
-/// The name `set-mode` gives a new namespace-wide policy (Istio's convention).
-const POLICY_NAME: &str = "default";
+use crate::platform::local::policy_write::set_namespace_mode;
+use crate::platform::local::Manifests;
+use crate::policy::{MtlsMode, Policies, DEFAULT_ROOT_NAMESPACE};
 
 /// `meshid mtls …`
 #[derive(Debug, Subcommand)]
@@ -143,67 +135,13 @@ fn check_namespace(namespace: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the manifests with the local platform, which checks every file.
-/// Tokens are not verified here, so the verifier holds no key.
-fn open(dir: &Path) -> Result<Arc<LocalPlatform>, PlatformError> {
-    let jwks = jsonwebtoken::jwk::JwkSet { keys: Vec::new() };
-    let verifier = JwtVerifier::new(JwtVerifierConfig::new(jwks));
-    LocalPlatform::open(LocalConfig::new(dir, verifier, system_clock()))
-}
-
 fn set_mode(args: SetModeArgs) -> anyhow::Result<()> {
     let namespace = args.namespace.as_str();
     check_namespace(namespace)?;
     let dir = &args.dir.manifests;
-    if !dir.is_dir() {
-        bail!("the manifest directory {} does not exist", dir.display());
-    }
-    let found = scan(dir)?;
-    let mut existing: Vec<&FoundPolicy> = found
-        .policies
-        .iter()
-        .filter(|p| p.namespace_wide && p.reference.namespace == namespace)
-        .collect();
-    existing.sort_by(|a, b| a.reference.precedence(&b.reference));
-    let (path, yaml) = match existing.first() {
-        // Update the policy in effect, where it is, so that no second one shadows it.
-        Some(current) => {
-            if !current.alone_in_file {
-                bail!(
-                    "namespace {namespace} already has the namespace-wide PeerAuthentication {} in {}, \
-                     which holds other objects too: set spec.mtls.mode there, or move the policy to a file of its own",
-                    current.reference,
-                    current.file.display()
-                );
-            }
-            let document = with_mode(current.document.clone(), args.mode).with_context(|| {
-                format!(
-                    "cannot update {} in {}",
-                    current.reference,
-                    current.file.display()
-                )
-            })?;
-            (current.file.clone(), serde_yaml::to_string(&document)?)
-        }
-        None => {
-            let path = dir.join(format!("peerauthentication-{namespace}.yaml"));
-            match found.documents_in(&path) {
-                None | Some(Some(0)) => {}
-                Some(_) => bail!(
-                    "{} exists and holds something other than namespace {namespace}'s policy; refusing to overwrite it",
-                    path.display()
-                ),
-            }
-            let mut policy = PeerAuthentication::namespace_wide(namespace, POLICY_NAME, args.mode);
-            let now = time::OffsetDateTime::now_utc();
-            policy.metadata.creation_timestamp = Some(now.replace_nanosecond(0).unwrap_or(now));
-            (path, serde_yaml::to_string(&policy)?)
-        }
-    };
-    write_checked(dir, &path, yaml.as_bytes())?;
-
-    let platform = open(dir)?;
-    let policies = Policies::new(&args.dir.root_namespace, platform.peer_authentications());
+    let path = set_namespace_mode(dir, namespace, args.mode, time::OffsetDateTime::now_utc())?;
+    let manifests = Manifests::read(dir)?;
+    let policies = Policies::new(&args.dir.root_namespace, manifests.peer_authentications());
     status::print_warnings(&policies, Some(namespace));
     let scope = if namespace == policies.root_namespace() {
         "mesh-wide (root namespace)"
@@ -223,55 +161,6 @@ fn set_mode(args: SetModeArgs) -> anyhow::Result<()> {
         ),
     }
     Ok(())
-}
-
-/// `document` with `spec.mtls.mode` set, every other field kept.
-fn with_mode(mut document: Value, mode: MtlsMode) -> anyhow::Result<Value> {
-    fn child<'a>(map: &'a mut Mapping, key: &str) -> anyhow::Result<&'a mut Mapping> {
-        let slot = map.entry(Value::from(key)).or_insert(Value::Null);
-        if slot.is_null() {
-            *slot = Value::Mapping(Mapping::new());
-        }
-        slot.as_mapping_mut()
-            .with_context(|| format!("{key} is not a mapping"))
-    }
-    let root = document
-        .as_mapping_mut()
-        .context("the document is not a mapping")?;
-    let mtls = child(child(root, "spec")?, "mtls")?;
-    mtls.insert(Value::from("mode"), Value::from(mode.as_str()));
-    Ok(document)
-}
-
-/// Writes `path` atomically, then checks that the whole directory still
-/// loads; if not, puts the previous content back and fails with the reason.
-fn write_checked(dir: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let previous = match std::fs::read(path) {
-        Ok(bytes) => Some(bytes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    crate::secret_file::write_public(path, bytes)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    let Err(problem) = open(dir) else {
-        return Ok(());
-    };
-    let restored = match &previous {
-        Some(old) => crate::secret_file::write_public(path, old),
-        None => std::fs::remove_file(path),
-    };
-    match restored {
-        Ok(()) => bail!(
-            "the manifests in {} do not load with this change, so {} was left as it was: {problem}",
-            dir.display(),
-            path.display()
-        ),
-        Err(e) => bail!(
-            "the manifests in {} do not load with this change ({problem}), and restoring {} failed: {e}",
-            dir.display(),
-            path.display()
-        ),
-    }
 }
 
 #[cfg(test)]
@@ -305,22 +194,5 @@ mod tests {
         ] {
             assert!(check_namespace(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn with_mode_keeps_every_other_field() {
-        let doc: Value = serde_yaml::from_str(
-            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: x\n  \
-             creationTimestamp: \"2020-01-01T00:00:00Z\"\n  labels: {a: b}\nspec:\n  mtls:\n    mode: STRICTEST\n",
-        )
-        .unwrap();
-        let out = with_mode(doc.clone(), MtlsMode::Audit).unwrap();
-        assert_eq!(out["spec"]["mtls"]["mode"], Value::from("AUDIT"));
-        assert_eq!(out["metadata"], doc["metadata"]);
-        assert_eq!(out["apiVersion"], doc["apiVersion"]);
-        let bare: Value = serde_yaml::from_str("kind: PeerAuthentication\nspec:\n").unwrap();
-        let out = with_mode(bare, MtlsMode::Strict).unwrap();
-        assert_eq!(out["spec"]["mtls"]["mode"], Value::from("STRICT"));
-        assert!(with_mode(Value::from("x"), MtlsMode::Strict).is_err());
     }
 }

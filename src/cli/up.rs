@@ -16,10 +16,11 @@
 //! default 15000) shifts all of them by `N - 15000`, so that tests can run
 //! several `up`s side by side.
 
+mod banner;
 mod check;
 mod demo;
+mod manifest_watch;
 mod ports;
-mod socket_owner;
 mod status;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -142,7 +143,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         if args.check {
             check::run(&mesh, &shutdown).await
         } else {
-            status::print_banner(&mesh, args.data_dir.is_none());
+            banner::print_banner(&mesh, args.data_dir.is_none());
             status::run(&mesh, &shutdown).await;
             Ok(())
         }
@@ -314,7 +315,7 @@ async fn start(
         started_at,
         ttl,
     };
-    status::watch_manifest_dir(mesh.manifests.clone(), shutdown);
+    manifest_watch::watch_manifest_dir(mesh.manifests.clone(), shutdown);
     if let Some(via) = mesh.via_frontend() {
         demo::call_every_second(via, started, mesh.calls.clone(), shutdown);
     }

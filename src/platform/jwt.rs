@@ -1,9 +1,9 @@
 //! JWKS verification of Kubernetes service-account tokens (projected tokens).
 //!
-//! Owns [`JwtVerifier`]: from a JWKS (the local issuer's, or later the API
-//! server's OIDC keys in the kube backend's `jwks` mode) and an injected "now"
-//! to a [`VerifiedToken`]. It does not fetch keys, cache results or look pods
-//! up: the caller does.
+//! Owns [`JwtVerifier`]: from a JWKS (the local issuer's, or the API server's
+//! OIDC keys in the kube backend's `jwks` mode, fetched by
+//! [`super::kube::oidc`]) and an injected "now" to a [`VerifiedToken`]. It
+//! does not fetch keys, cache results or look pods up: the caller does.
 //!
 //! Rules enforced, in this order (each is commented where it is checked):
 //! bounded size; compact JWS shape; `alg` on an allow-list of RS256 and ES256

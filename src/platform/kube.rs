@@ -4,10 +4,9 @@
 //! (lookups served from reflector stores, [`informers`]; token verification
 //! through the [`TokenVerifier`] seam, implemented by TokenReview or by the
 //! API server's service-account issuer keys, [`token_review`], [`oidc`]); the
-//! `meshid mtls` write side ([`policy_write`]); the root-certificate
-//! ConfigMap in every namespace ([`root_configmap`]), written by one replica
-//! at a time ([`lease`]). The CA's key material in Secrets is the CA's own
-//! (`ca::kube_secret`): this module does not touch keys (it uses no `pki`).
+//! `meshid mtls` write side ([`policy_write`]). The CA's own jobs (its key
+//! material in Secrets, the leader Lease, the root-certificate ConfigMaps) are
+//! [`crate::ca::kube`]'s: this module does not touch keys (it uses no `pki`).
 //!
 //! Rules enforced: the API server is never on the lookup path (lookups read
 //! reflector stores); readiness stays false until the first full sync; a
@@ -17,14 +16,10 @@
 
 pub(crate) mod backoff;
 pub mod informers;
-pub mod lease;
 pub mod oidc;
 pub mod policy_write;
-pub mod root_configmap;
 pub mod token_review;
 
-#[cfg(test)]
-pub(crate) mod mock_api;
 #[cfg(test)]
 mod tests;
 

@@ -1,8 +1,10 @@
 //! The `local` platform: facts from a directory of Kubernetes-style YAML,
 //! tokens from the local issuer's JWKS.
 //!
-//! Owns [`LocalPlatform`] (load, index, poll for changes, serve lookups) and
-//! re-exports the local [`TokenIssuer`]. Reads Namespace, ServiceAccount, Pod
+//! Owns [`LocalPlatform`] (load, index, poll for changes, serve lookups),
+//! [`Manifests`] (the same directory read once, for the command line, with no
+//! token verifier), the write side of `meshid mtls set-mode`
+//! ([`policy_write`]) and re-exports the local [`TokenIssuer`]. Reads Namespace, ServiceAccount, Pod
 //! and PeerAuthentication documents from `*.yaml` / `*.yml` files (not
 //! recursively); other kinds are skipped.
 //!
@@ -15,6 +17,7 @@
 
 pub mod issuer;
 mod manifest;
+pub mod policy_write;
 mod snapshot;
 
 use std::path::{Path, PathBuf};
@@ -24,7 +27,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use self::issuer::{
-    load_verifier, TokenIssuer, TokenRequest, JWKS_FILE, KEY_FILE, LOCAL_ISSUER,
+    load_verifier, IssuerError, TokenIssuer, TokenRequest, JWKS_FILE, KEY_FILE, LOCAL_ISSUER,
 };
 use self::manifest::Fingerprint;
 use self::snapshot::Snapshot;
@@ -92,11 +95,49 @@ struct LoadState {
     failed: Option<Fingerprint>,
 }
 
+/// The manifest directory read once, checked exactly as [`LocalPlatform`]
+/// checks it, for readers that verify no token (`meshid mtls`, the status of
+/// `meshid up`). Not watched: read again to see changes.
+#[derive(Debug)]
+pub struct Manifests {
+    snapshot: Snapshot,
+}
+
+impl Manifests {
+    /// Reads and checks `dir`. A missing directory or a bad manifest is an error.
+    pub fn read(dir: &Path) -> Result<Self, PlatformError> {
+        let (_, snapshot) = load(dir)?;
+        Ok(Self { snapshot })
+    }
+
+    /// Every pod, sorted by namespace and name.
+    pub fn pods(&self) -> Vec<Pod> {
+        self.snapshot.pods()
+    }
+
+    /// Every pod of `namespace` running as `service_account`, in any phase.
+    pub fn pods_for_service_account(&self, namespace: &str, service_account: &str) -> Vec<Pod> {
+        self.snapshot
+            .pods_for_service_account(namespace, service_account)
+    }
+
+    /// Every PeerAuthentication (`metadata.namespace` filled in).
+    pub fn peer_authentications(&self) -> Vec<PeerAuthentication> {
+        self.snapshot.peer_authentications()
+    }
+}
+
+/// Lists, reads and indexes `dir`.
+fn load(dir: &Path) -> Result<(Fingerprint, Snapshot), PlatformError> {
+    let fingerprint = manifest::fingerprint(dir)?;
+    let snapshot = Snapshot::build(manifest::read_all(&fingerprint)?)?;
+    Ok((fingerprint, snapshot))
+}
+
 impl LocalPlatform {
     /// Reads the manifest directory. A missing directory or a bad manifest is an error.
     pub fn open(cfg: LocalConfig) -> Result<Arc<Self>, PlatformError> {
-        let fingerprint = manifest::fingerprint(&cfg.manifest_dir)?;
-        let snapshot = Snapshot::build(manifest::read_all(&fingerprint)?)?;
+        let (fingerprint, snapshot) = load(&cfg.manifest_dir)?;
         tracing::info!(
             dir = %cfg.manifest_dir.display(),
             pods = snapshot.pod_count(),

@@ -40,8 +40,8 @@ use super::{MtlsMode, PeerAuthentication};
 /// selector-less policy is the mesh-wide one (Istio's is `istio-system`).
 pub const DEFAULT_ROOT_NAMESPACE: &str = "meshid-system";
 
-/// The namespace of a policy whose `metadata.namespace` is absent, as kubectl assumes.
-const DEFAULT_NAMESPACE: &str = "default";
+/// The namespace of an object whose `metadata.namespace` is absent, as kubectl assumes.
+pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Names one PeerAuthentication, with the creation time that orders it in its scope.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -7,6 +7,24 @@
 
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+/// Name of the connections counter ([`ProxyMetrics::connections`]).
+pub const CONNECTIONS_TOTAL: &str = "meshid_proxy_connections_total";
+
+/// One series of the connections counter, as read back from a registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionCount {
+    /// `inbound` or `outbound`.
+    pub direction: String,
+    /// The mTLS mode the connection was judged under.
+    pub mode: String,
+    /// `allowed`, `refused`, `handshake_failed`, …
+    pub outcome: String,
+    /// The verified source principal (`""` when none was verified).
+    pub source_principal: String,
+    /// How many connections.
+    pub count: u64,
+}
+
 /// Counters and gauges of one proxy.
 #[derive(Debug, Clone)]
 pub struct ProxyMetrics {
@@ -29,7 +47,7 @@ impl ProxyMetrics {
         let m = Self {
             connections: IntCounterVec::new(
                 Opts::new(
-                    "meshid_proxy_connections_total",
+                    CONNECTIONS_TOTAL,
                     "Connections handled, by direction (inbound, outbound), mTLS mode, outcome and verified source principal (empty when none was verified; on outbound, our own identity).",
                 ),
                 &["direction", "mode", "outcome", "source_principal"],
@@ -67,5 +85,67 @@ impl ProxyMetrics {
         self.connections
             .with_label_values(&[direction, mode, outcome, principal])
             .inc();
+    }
+
+    /// Reads the connections counter back from `registry` (where
+    /// [`ProxyMetrics::register`] put it): one entry per label set.
+    pub fn read_connections(registry: &Registry) -> Vec<ConnectionCount> {
+        let mut out = Vec::new();
+        for family in registry.gather() {
+            if family.name() != CONNECTIONS_TOTAL {
+                continue;
+            }
+            for m in family.get_metric() {
+                let label = |n: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == n)
+                        .map(|l| l.value().to_owned())
+                        .unwrap_or_default()
+                };
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let count = m.get_counter().get_value() as u64;
+                out.push(ConnectionCount {
+                    direction: label("direction"),
+                    mode: label("mode"),
+                    outcome: label("outcome"),
+                    source_principal: label("source_principal"),
+                    count,
+                });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counted_connections_read_back_by_label() {
+        let registry = Registry::new();
+        let m = ProxyMetrics::register(&registry).unwrap();
+        m.connection(
+            "inbound",
+            "STRICT",
+            "allowed",
+            "spiffe://cluster.local/ns/a/sa/b",
+        );
+        m.connection(
+            "inbound",
+            "STRICT",
+            "allowed",
+            "spiffe://cluster.local/ns/a/sa/b",
+        );
+        m.connection("outbound", "STRICT", "refused", "");
+        let mut read = ProxyMetrics::read_connections(&registry);
+        read.sort_by(|a, b| a.direction.cmp(&b.direction));
+        assert_eq!(read.len(), 2, "{read:?}");
+        assert_eq!(read[0].direction, "inbound");
+        assert_eq!(read[0].outcome, "allowed");
+        assert_eq!(read[0].source_principal, "spiffe://cluster.local/ns/a/sa/b");
+        assert_eq!(read[0].count, 2);
+        assert_eq!((read[1].outcome.as_str(), read[1].count), ("refused", 1));
     }
 }

@@ -1,6 +1,6 @@
 //! `--platform kube` end to end: the real `meshid` binary (CA, agent,
 //! `meshid mtls`) as processes, reaching a fake Kubernetes API server on
-//! 127.0.0.1 ([`fake_api`]) through a kubeconfig file, over a real socket.
+//! 127.0.0.1 (`meshid::test_helpers::kube_api::FakeApi`) through a kubeconfig file, over a real socket.
 //!
 //! What these prove that the in-process mock tests cannot: that kube's client
 //! is built from a kubeconfig, that every request meshid makes is one an API
@@ -9,7 +9,6 @@
 
 mod agent;
 mod ca;
-mod fake_api;
 mod mtls;
 
 use std::future::Future;
@@ -19,7 +18,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use self::fake_api::{FakeApi, NAMESPACES, PODS};
+use meshid::test_helpers::kube_api::{FakeApi, NAMESPACES, PODS};
 
 /// Waits until `check` holds, polling every 100 ms; panics after `timeout`
 /// naming `what`.

@@ -16,6 +16,7 @@
 use super::follow::PolicyIndex;
 use super::{proto, PolicyPushError};
 use crate::agent::attest::{pod_uids, PeerCredentials};
+use crate::policy::report::{report, warning_lines, PodMode};
 use crate::policy::MtlsMode;
 
 /// This process's effective uid; `None` when it cannot be read, and then
@@ -88,30 +89,17 @@ pub(super) fn list(
 ) -> Result<proto::ListWorkloadPoliciesResponse, PolicyPushError> {
     let generation = *index.platform.changes().borrow();
     let policies = index.policies(generation);
-    let mut pods: Vec<_> = index
+    let pods = index
         .platform
         .pods_on_node(node)
         .into_iter()
         .filter(|pod| pod.is_running())
-        .filter(|pod| namespace.is_empty() || pod.namespace == namespace)
-        .collect();
-    pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        .filter(|pod| namespace.is_empty() || pod.namespace == namespace);
+    let report = report(&policies, pods);
+    let warnings = warning_lines(&policies, &report);
     let wire = |mode: MtlsMode| proto::MtlsMode::try_from(mode).map(i32::from);
-    let mut warnings: Vec<String> = policies
-        .warnings()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    let mut workloads = Vec::with_capacity(pods.len());
-    for pod in pods {
-        let resolution = policies.resolve(&pod.namespace, &pod.labels);
-        warnings.extend(
-            resolution
-                .warnings
-                .iter()
-                .map(|w| format!("pod {}/{}: {w}", pod.namespace, pod.name)),
-        );
-        let effective = resolution.effective;
+    let mut workloads = Vec::with_capacity(report.len());
+    for PodMode { pod, effective, .. } in report {
         let unset = |e: PolicyPushError| {
             tracing::error!(pod = %format_args!("{}/{}", pod.namespace, pod.name), error = %e,
                 "policy listing failed");

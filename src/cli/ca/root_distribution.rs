@@ -1,14 +1,14 @@
 //! The CA's singleton job on Kubernetes: keep ConfigMap `istio-ca-root-cert`
 //! in every namespace, done only by the replica holding the Lease.
 //!
-//! Owns wiring only: leader election is [`crate::platform::kube::lease`], the
-//! reconciliation of ConfigMaps is [`crate::platform::kube::root_configmap`].
+//! Owns wiring only: leader election is [`crate::ca::kube::lease`], the
+//! reconciliation of ConfigMaps is [`crate::ca::kube::root_configmap`].
 
 use ::kube::Client;
 use tokio::sync::watch;
 
-use crate::platform::kube::lease::{LeaderElector, LeaseConfig};
-use crate::platform::kube::root_configmap::RootCertDistributor;
+use crate::ca::kube::lease::{LeaderElector, LeaseConfig};
+use crate::ca::kube::root_configmap::RootCertDistributor;
 use crate::shutdown::Shutdown;
 use crate::time::SharedClock;
 

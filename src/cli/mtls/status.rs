@@ -1,7 +1,7 @@
 //! `meshid mtls status`: one row per pod with its effective mode, port-level
 //! modes and the policy they came from; warnings about competing policies on
-//! stderr. Pods are found by [`super::scan`], their facts and the policies
-//! come from the local platform, the decision from [`Policies::resolve`].
+//! stderr. Pods and policies come from the local platform's [`Manifests`], the
+//! per-pod modes from [`crate::policy::report`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -9,10 +9,10 @@ use std::fmt::Write as _;
 use anyhow::Context;
 use serde::Serialize;
 
-use super::scan::scan;
-use super::{open, OutputFormat, StatusArgs};
-use crate::platform::{Platform, Pod};
-use crate::policy::{MtlsMode, Policies, PolicyWarning, Scope};
+use super::{OutputFormat, StatusArgs};
+use crate::platform::local::Manifests;
+use crate::platform::Pod;
+use crate::policy::{report, MtlsMode, PodMode, Policies, PolicyWarning, Scope};
 
 /// One row of `meshid mtls status`.
 #[derive(Debug, Serialize)]
@@ -29,15 +29,18 @@ pub(super) struct StatusRow {
 
 pub(super) fn status(args: StatusArgs) -> anyhow::Result<()> {
     let dir = &args.dir.manifests;
-    let platform =
-        open(dir).with_context(|| format!("reading the manifests in {}", dir.display()))?;
-    let policies = Policies::new(&args.dir.root_namespace, platform.peer_authentications());
+    let manifests = Manifests::read(dir)
+        .with_context(|| format!("reading the manifests in {}", dir.display()))?;
+    let policies = Policies::new(&args.dir.root_namespace, manifests.peer_authentications());
     print_warnings(&policies, args.namespace.as_deref());
-    let pods: Vec<_> = scan(dir)?
-        .pods
+    let pods: Vec<_> = manifests
+        .pods()
         .into_iter()
-        .filter(|(ns, _)| args.namespace.as_deref().is_none_or(|want| want == ns))
-        .filter_map(|(ns, name)| platform.pod(&ns, &name))
+        .filter(|p| {
+            args.namespace
+                .as_deref()
+                .is_none_or(|want| want == p.namespace)
+        })
         .collect();
     let rows = rows(&policies, pods);
     if rows.is_empty() {
@@ -49,18 +52,16 @@ pub(super) fn status(args: StatusArgs) -> anyhow::Result<()> {
     print_rows(args.output, &rows)
 }
 
-/// One row per pod (sorted by namespace and name) with its effective mode;
-/// per-pod warnings go to stderr.
-pub(super) fn rows(policies: &Policies, mut pods: Vec<Pod>) -> Vec<StatusRow> {
-    pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    let mut rows = Vec::with_capacity(pods.len());
-    for pod in pods {
-        let resolution = policies.resolve(&pod.namespace, &pod.labels);
-        for warning in &resolution.warnings {
-            eprintln!("warning: pod {}/{}: {warning}", pod.namespace, pod.name);
-        }
-        let effective = resolution.effective;
-        rows.push(StatusRow {
+/// One row per pod of the policy report (sorted by namespace and name) with
+/// its effective mode; per-pod warnings go to stderr.
+pub(super) fn rows(policies: &Policies, pods: Vec<Pod>) -> Vec<StatusRow> {
+    let report = report(policies, pods);
+    for line in report.iter().flat_map(PodMode::warning_lines) {
+        eprintln!("warning: {line}");
+    }
+    report
+        .into_iter()
+        .map(|PodMode { pod, effective, .. }| StatusRow {
             namespace: pod.namespace,
             pod: pod.name,
             service_account: pod.service_account,
@@ -69,9 +70,8 @@ pub(super) fn rows(policies: &Policies, mut pods: Vec<Pod>) -> Vec<StatusRow> {
             ports: effective.ports,
             source: effective.source.to_string(),
             ports_source: effective.ports_source.map(|s| s.to_string()),
-        });
-    }
-    rows
+        })
+        .collect()
 }
 
 /// Prints `rows` to stdout as a table or JSON lines.

@@ -331,7 +331,7 @@ pub(crate) fn call_every_second(
 mod tests {
     use super::*;
     use crate::platform::local::LocalPlatform;
-    use crate::policy::{MtlsMode, Policies, DEFAULT_ROOT_NAMESPACE};
+    use crate::policy::{report, MtlsMode, Policies, DEFAULT_ROOT_NAMESPACE};
 
     #[test]
     fn manifests_load_and_a_second_write_keeps_the_users_edits() {
@@ -358,8 +358,8 @@ mod tests {
             assert!(!std::fs::read(&token).unwrap().ends_with(b"\n"));
         }
         let policies = Policies::new(DEFAULT_ROOT_NAMESPACE, platform.peer_authentications());
-        let mode = policies.resolve("shop", &Default::default()).effective.mode;
-        assert_eq!(mode, MtlsMode::Permissive);
+        let cart = report(&policies, platform.pods_for_service_account("shop", "cart"));
+        assert_eq!(cart[0].effective.mode, MtlsMode::Permissive);
 
         let edited = manifests.join("peerauthentication-default.yaml");
         let text = std::fs::read_to_string(&edited)
@@ -370,11 +370,12 @@ mod tests {
         let rewritten = write_manifests(&manifests).unwrap();
         assert_eq!(rewritten, vec![manifests.join("pod-shop-cart.yaml")]);
         assert_eq!(std::fs::read_to_string(&edited).unwrap(), text);
-        let policies = Policies::new(DEFAULT_ROOT_NAMESPACE, open().peer_authentications());
-        let mode = policies
-            .resolve("default", &Default::default())
-            .effective
-            .mode;
-        assert_eq!(mode, MtlsMode::Strict);
+        let platform = open();
+        let policies = Policies::new(DEFAULT_ROOT_NAMESPACE, platform.peer_authentications());
+        let backend = report(
+            &policies,
+            platform.pods_for_service_account("default", "backend"),
+        );
+        assert_eq!(backend[0].effective.mode, MtlsMode::Strict);
     }
 }

@@ -1,14 +1,13 @@
 //! The fixed loopback ports of `meshid up` (all relative to `--port-base`)
 //! and the check, before anything starts, that none of them (nor the agent
-//! socket) is taken, with a message that names the port and the process
-//! holding it ([`super::socket_owner`]), or the pid in `up.pid`.
+//! socket) is taken, with a message that names the port, the pid in `up.pid`
+//! when another `up` recorded one, and otherwise how to find the holder (`ss`).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use anyhow::bail;
 
-use super::socket_owner::{tcp_port_holder, unix_socket_holder, Holder};
 use super::WORKLOADS;
 
 /// The fixed loopback ports, all relative to `--port-base`.
@@ -60,12 +59,12 @@ impl Ports {
 }
 
 /// Fails, naming the port or socket, when another `up` (or anything) holds
-/// them, and which process that is when `/proc` tells.
+/// them: the pid of another `up` when `up.pid` records one, else an `ss` hint.
 pub(crate) fn preflight(data_dir: &Path, ports: Ports) -> anyhow::Result<()> {
     for (what, addr) in ports.all() {
         if let Err(e) = std::net::TcpListener::bind(addr) {
             let why = if e.kind() == std::io::ErrorKind::AddrInUse {
-                in_use_by(data_dir, tcp_port_holder(addr))
+                in_use_by(data_dir, Some(addr.port()))
             } else {
                 "use --port-base to move every port".to_owned()
             };
@@ -80,33 +79,28 @@ pub(crate) fn preflight(data_dir: &Path, ports: Ports) -> anyhow::Result<()> {
         bail!(
             "the agent socket {} is in use; {}",
             socket.display(),
-            in_use_by(data_dir, unix_socket_holder(&socket))
+            in_use_by(data_dir, None)
         );
     }
     Ok(())
 }
 
-/// Who holds a port or the socket, in words, with what to do about it:
-/// from `/proc` when it tells, else from the data directory's `up.pid`.
-fn in_use_by(data_dir: &Path, holder: Option<Holder>) -> String {
+/// Who holds a port (`Some`) or the socket (`None`), in words, with what to
+/// do about it: the data directory's `up.pid` when it names a live process,
+/// else how to find the holder.
+fn in_use_by(data_dir: &Path, port: Option<u16>) -> String {
     let recorded = std::fs::read_to_string(data_dir.join("up.pid"))
         .ok()
         .map(|p| p.trim().to_owned())
         .filter(|p| !p.is_empty() && Path::new("/proc").join(p).exists());
-    match (holder, recorded) {
-        (Some(h @ Holder::Process { pid, .. }), _) if h.is_meshid_up() => format!(
-            "another `meshid up` holds it: {h}; stop that one first (Ctrl-C in its terminal, or kill {pid})"
-        ),
-        (Some(h @ Holder::Process { .. }), _) => format!(
-            "it is held by {h}, which is not `meshid up`; stop it, or use --port-base to move every port"
-        ),
-        (_, Some(pid)) => format!(
+    match (recorded, port) {
+        (Some(pid), _) => format!(
             "another `meshid up` is running (pid {pid}, from {}/up.pid); stop that one first",
             data_dir.display()
         ),
-        (Some(h), None) => {
-            format!("it is held by {h}; stop it, or use --port-base to move every port")
-        }
+        (None, Some(port)) => format!(
+            "port {port} is in use (see `ss -ltnp 'sport = :{port}'`); stop what holds it, or use --port-base to move every port"
+        ),
         (None, None) => {
             "is another `meshid up` running? (or use --port-base to move every port)".to_owned()
         }

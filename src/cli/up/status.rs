@@ -1,21 +1,21 @@
 //! The live status of `meshid up`: plain lines every few seconds (no TUI),
-//! read from the same places a user would look: the audit store (identities
-//! issued and their expiry), the manifests resolved by the policy engine
-//! (each workload's effective mTLS mode), the caller's log and the proxies'
-//! metrics (traffic, the peer identity the backend saw, refusals).
+//! read through the same library queries a user's commands go through: the
+//! audit store as `meshid audit list` reads it ([`read_sqlite`]), the per-pod
+//! mTLS report as `meshid mtls status` builds it ([`report`]), the proxies'
+//! connection counters ([`ProxyMetrics::read_connections`]) and the caller's log.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use super::manifest_watch::manifests_deleted;
 use super::Mesh;
-use crate::audit::{AuditBackend, AuditQuery, AuditRecord, Outcome, SqliteBackend};
-use crate::platform::jwt::{JwtVerifier, JwtVerifierConfig};
-use crate::platform::local::{LocalConfig, LocalPlatform};
-use crate::platform::Platform;
-use crate::policy::{Policies, DEFAULT_ROOT_NAMESPACE};
+use crate::audit::{read_sqlite, AuditQuery, AuditRecord, Outcome};
+use crate::platform::local::Manifests;
+use crate::platform::Pod;
+use crate::policy::{report, Policies, Workload, DEFAULT_ROOT_NAMESPACE};
+use crate::proxy::metrics::ProxyMetrics;
 use crate::shutdown::Shutdown;
-use crate::time::system_clock;
 
 /// How often the status is printed.
 const EVERY: Duration = Duration::from_secs(5);
@@ -40,84 +40,9 @@ pub(crate) async fn run(mesh: &Mesh, shutdown: &Shutdown) {
     }
 }
 
-/// What happened when the manifest directory is gone, and what to do.
-pub(crate) fn manifests_deleted(manifests: &Path) -> String {
-    format!(
-        "the manifest directory {} was deleted: the CA, the agent and the proxies keep serving \
-         the last manifests they read (pods, tokens, mTLS modes); put the files back, or restart \
-         `meshid up` to write the demo manifests again",
-        manifests.display()
-    )
-}
-
-/// How often [`watch_manifest_dir`] looks.
-const WATCH_EVERY: Duration = Duration::from_millis(500);
-
-/// Logs (once each way) when the manifest directory disappears and when it
-/// is back: the components' own errors name only the file-system error. The
-/// return is judged one look later, once the files are likely in place, and
-/// says which demo workloads the new directory lacks a pod for.
-pub(crate) fn watch_manifest_dir(manifests: std::path::PathBuf, shutdown: &Shutdown) {
-    let stop = shutdown.clone();
-    shutdown.spawn(async move {
-        let mut present = true;
-        let mut returning = false;
-        loop {
-            tokio::select! {
-                () = stop.triggered() => return,
-                () = tokio::time::sleep(WATCH_EVERY) => {}
-            }
-            let now = manifests.is_dir();
-            if present && !now {
-                tracing::warn!("{}", manifests_deleted(&manifests));
-            } else if returning && now {
-                tracing::warn!("{}", manifests_back(&manifests));
-            }
-            returning = !present && now;
-            present = now;
-        }
-    });
-}
-
-/// What the components find in a manifest directory that is back.
-fn manifests_back(manifests: &Path) -> String {
-    let dir = manifests.display();
-    match open_manifests(manifests) {
-        Ok(platform) => {
-            let missing: Vec<String> = super::WORKLOADS
-                .iter()
-                .filter(|w| running_pod(platform.as_ref(), w).is_none())
-                .map(|w| format!("{}/{}", w.namespace, w.name))
-                .collect();
-            if missing.is_empty() {
-                format!("the manifest directory {dir} is back; the components read it again")
-            } else {
-                format!(
-                    "the manifest directory {dir} is back, but with no running pod for {}: the agent \
-                     no longer attests their proxies, which keep their certificates until they \
-                     expire; put the demo files back, or restart `meshid up` to write the missing ones",
-                    missing.join(", ")
-                )
-            }
-        }
-        Err(e) => format!(
-            "the manifest directory {dir} is back, but does not load ({e}); the last good state keeps serving"
-        ),
-    }
-}
-
-/// The manifests, read as the components read them (tokens are not verified here).
-fn open_manifests(manifests: &Path) -> Result<std::sync::Arc<LocalPlatform>, String> {
-    let verifier = JwtVerifier::new(JwtVerifierConfig::new(jsonwebtoken::jwk::JwkSet {
-        keys: Vec::new(),
-    }));
-    LocalPlatform::open(LocalConfig::new(manifests, verifier, system_clock()))
-        .map_err(|e| e.to_string())
-}
-
 /// The running pod of a demo workload, if the manifests have one.
-fn running_pod(platform: &LocalPlatform, w: &super::Workload) -> Option<crate::platform::Pod> {
-    platform
+pub(crate) fn running_pod(manifests: &Manifests, w: &super::Workload) -> Option<Pod> {
+    manifests
         .pods_for_service_account(w.namespace, w.name)
         .into_iter()
         .find(|p| p.is_running())
@@ -125,80 +50,86 @@ fn running_pod(platform: &LocalPlatform, w: &super::Workload) -> Option<crate::p
 
 /// The newest issued record of each identity since `up` started, by identity.
 pub(crate) async fn issued(mesh: &Mesh) -> Result<Vec<AuditRecord>, String> {
-    let path = mesh.data_dir.join("audit.db");
-    let since = mesh.started_at;
-    tokio::task::spawn_blocking(move || read_audit(&path, since, Some(Outcome::Issued)))
-        .await
-        .map_err(|e| e.to_string())?
+    audit_since_start(mesh, Outcome::Issued).await
 }
 
-/// Audit records since `since` (oldest first), optionally of one outcome.
-pub(crate) fn read_audit(
-    path: &Path,
-    since: time::OffsetDateTime,
-    outcome: Option<Outcome>,
-) -> Result<Vec<AuditRecord>, String> {
-    let mut store = SqliteBackend::open_read_only(path).map_err(|e| e.to_string())?;
-    store
-        .query(&AuditQuery {
-            since: Some(since),
-            outcome,
-            ..AuditQuery::default()
-        })
-        .map_err(|e| e.to_string())
+/// Audit records of one outcome since `up` started (oldest first).
+async fn audit_since_start(mesh: &Mesh, outcome: Outcome) -> Result<Vec<AuditRecord>, String> {
+    let path = mesh.data_dir.join("audit.db");
+    let query = AuditQuery {
+        since: Some(mesh.started_at),
+        outcome: Some(outcome),
+        ..AuditQuery::default()
+    };
+    tokio::task::spawn_blocking(move || {
+        read_sqlite(&path, &query).map_err(|e| e.audit_error().to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// A demo workload in the report: its running pod's labels, or none when the
+/// pod is gone from the manifests.
+struct DemoPod {
+    workload: &'static super::Workload,
+    pod: Option<Pod>,
+    labels: BTreeMap<String, String>,
+}
+
+impl Workload for DemoPod {
+    fn namespace(&self) -> &str {
+        self.workload.namespace
+    }
+    fn name(&self) -> &str {
+        self.workload.name
+    }
+    fn labels(&self) -> &BTreeMap<String, String> {
+        &self.labels
+    }
 }
 
 /// The effective mode of each demo workload, or the manifests' error. A
 /// workload whose pod is gone from the manifests says so: the agent no
 /// longer attests its proxy, which keeps its certificate until it expires.
 pub(crate) fn modes(manifests: &Path) -> Result<Vec<(String, String)>, String> {
-    let platform = open_manifests(manifests)?;
-    let policies = Policies::new(DEFAULT_ROOT_NAMESPACE, platform.peer_authentications());
+    let manifests = Manifests::read(manifests).map_err(|e| e.to_string())?;
+    let policies = Policies::new(DEFAULT_ROOT_NAMESPACE, manifests.peer_authentications());
+    let pods = super::WORKLOADS.iter().map(|workload| {
+        let pod = running_pod(&manifests, workload);
+        let labels = pod.as_ref().map(|p| p.labels.clone()).unwrap_or_default();
+        DemoPod {
+            workload,
+            pod,
+            labels,
+        }
+    });
+    let report = report(&policies, pods);
     Ok(super::WORKLOADS
         .iter()
-        .map(|w| {
-            let pod = running_pod(platform.as_ref(), w);
-            let missing = if pod.is_none() {
+        .filter_map(|w| report.iter().find(|m| m.pod.workload.name == w.name))
+        .map(|m| {
+            let missing = if m.pod.pod.is_none() {
                 format!(
                     ", NO running pod of {}/{} in the manifests: its proxy keeps its certificate until it expires",
-                    w.namespace, w.name
+                    m.pod.workload.namespace, m.pod.workload.name
                 )
             } else {
                 String::new()
             };
-            let labels = pod.map(|p| p.labels).unwrap_or_default();
-            let r = policies.resolve(w.namespace, &labels);
             (
-                w.name.to_owned(),
-                format!("{} ({}){missing}", r.effective.mode, r.effective.source),
+                m.pod.workload.name.to_owned(),
+                format!("{} ({}){missing}", m.effective.mode, m.effective.source),
             )
         })
         .collect())
 }
 
-/// `meshid_proxy_connections_total` of one proxy, inbound, as
-/// (outcome, source principal) → count.
-pub(crate) fn inbound_counts(registry: &prometheus::Registry) -> BTreeMap<(String, String), u64> {
+/// The inbound connections of one proxy, as (outcome, source principal) → count.
+fn inbound_counts(registry: &prometheus::Registry) -> BTreeMap<(String, String), u64> {
     let mut out = BTreeMap::new();
-    for family in registry.gather() {
-        if family.name() != "meshid_proxy_connections_total" {
-            continue;
-        }
-        for m in family.get_metric() {
-            let label = |n: &str| {
-                m.get_label()
-                    .iter()
-                    .find(|l| l.name() == n)
-                    .map(|l| l.value().to_owned())
-                    .unwrap_or_default()
-            };
-            if label("direction") != "inbound" {
-                continue;
-            }
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let n = m.get_counter().get_value() as u64;
-            *out.entry((label("outcome"), label("source_principal")))
-                .or_insert(0) += n;
+    for c in ProxyMetrics::read_connections(registry) {
+        if c.direction == "inbound" {
+            *out.entry((c.outcome, c.source_principal)).or_insert(0) += c.count;
         }
     }
     out
@@ -303,121 +234,12 @@ async fn lines(mesh: &Mesh, last_modes: &mut Option<String>) -> Vec<String> {
             format!("{} {n}", p.workload.name)
         })
         .collect();
-    let path = mesh.data_dir.join("audit.db");
-    let since = mesh.started_at;
-    let ca_refused = tokio::task::spawn_blocking(move || {
-        read_audit(&path, since, Some(Outcome::Refused)).map(|r| r.len())
-    })
-    .await
-    .ok()
-    .and_then(Result::ok)
-    .map_or_else(|| "?".to_owned(), |n| n.to_string());
+    let ca_refused = audit_since_start(mesh, Outcome::Refused)
+        .await
+        .map_or_else(|_| "?".to_owned(), |r| r.len().to_string());
     out.push(format!(
         "refusals    inbound refused by proxies: {}; refused by the CA (audited): {ca_refused}",
         refused.join(", ")
     ));
     out
-}
-
-/// Where everything lives, and the things to try, with the real ports.
-pub(crate) fn print_banner(mesh: &Mesh, default_dir: bool) {
-    let (manifests_flag, data_flag) = if default_dir {
-        (String::new(), String::new())
-    } else {
-        (
-            format!(" --manifests {}", mesh.manifests.display()),
-            format!(" --data-dir {}", mesh.data_dir.display()),
-        )
-    };
-    let backend = mesh.inbound_of("backend").map_or(0, |a| a.port());
-    let via = mesh.via_frontend().map_or(0, |a| a.port());
-    println!("meshid up: the mesh is running on 127.0.0.1 (Ctrl-C to stop)\n");
-    println!("  data dir       {}", mesh.data_dir.display());
-    println!(
-        "  manifests      {}  (real Kubernetes YAML: edit it, changes apply live)",
-        mesh.manifests.display()
-    );
-    println!(
-        "  agent socket   SPIFFE_ENDPOINT_SOCKET=unix://{}",
-        mesh.socket.display()
-    );
-    println!(
-        "  CA             https://{} (TLS; root in {}/root-cert.pem)",
-        mesh.ca_addr,
-        mesh.data_dir.display()
-    );
-    for p in &mesh.proxies {
-        let inbound = p
-            .running
-            .inbound
-            .first()
-            .map_or_else(String::new, ToString::to_string);
-        println!(
-            "  {:<14} inbound {inbound} ({})",
-            p.workload.name, p.running.identity
-        );
-    }
-    println!("  frontend → backend through the mesh: 127.0.0.1:{via} (called every second)");
-    for (name, addr) in &mesh.metrics {
-        println!("  metrics        http://{addr}/metrics  ({name})");
-    }
-    println!(
-        "  logs           warnings on stderr (everything: RUST_LOG=info meshid up 2>meshid-up.log)"
-    );
-    println!("\nThings to try (in another terminal, from this directory):");
-    println!("  meshid mtls set-mode -n default STRICT{manifests_flag}");
-    println!(
-        "  curl http://127.0.0.1:{backend}/     # plaintext to the backend: refused once STRICT"
-    );
-    println!(
-        "  curl http://127.0.0.1:{via}/     # through the frontend's proxy: mTLS, still works"
-    );
-    println!("  meshid mtls status{manifests_flag}");
-    println!(
-        "  meshid mtls status --agent-socket {}   # the same, as the node agent resolved it",
-        mesh.socket.display()
-    );
-    println!("  meshid audit list{data_flag}");
-    println!(
-        "  SPIFFE_ENDPOINT_SOCKET=unix://{} python3 -c 'from spiffe import WorkloadApiClient; print(WorkloadApiClient().fetch_x509_context().default_svid.spiffe_id)'   # py-spiffe (pip install spiffe); you are the pod default/client",
-        mesh.socket.display()
-    );
-    if let Some((_, addr)) = mesh.metrics.first() {
-        println!("  curl http://{addr}/metrics");
-    }
-    println!("  openssl s_client -connect 127.0.0.1:{backend}   # STRICT asks for a client certificate\n");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_returned_manifest_directory_is_judged_by_the_demo_pods_it_holds() {
-        let dir = tempfile::tempdir().unwrap();
-        let manifests = dir.path().join("manifests");
-        super::super::demo::write_manifests(&manifests).unwrap();
-        assert!(manifests_back(&manifests).ends_with("is back; the components read it again"));
-
-        std::fs::remove_file(manifests.join("pod-shop-cart.yaml")).unwrap();
-        let partial = manifests_back(&manifests);
-        assert!(
-            partial.contains("with no running pod for shop/cart: the agent"),
-            "{partial}"
-        );
-
-        let empty = dir.path().join("empty");
-        std::fs::create_dir(&empty).unwrap();
-        let text = manifests_back(&empty);
-        assert!(
-            text.contains("no running pod for default/frontend, default/backend, shop/cart"),
-            "{text}"
-        );
-        let modes = modes(&empty).unwrap();
-        assert!(modes[1].1.contains("NO running pod of default/backend"));
-
-        std::fs::write(empty.join("broken.yaml"), "kind: Pod\nmetadata: [").unwrap();
-        assert!(manifests_back(&empty).contains("does not load"));
-        assert!(manifests_deleted(&manifests).contains("keep serving the last manifests"));
-    }
 }

@@ -6,7 +6,7 @@
 //! same as the local `set-mode`): one namespace-wide policy per namespace —
 //! the one in effect (oldest, then by name, as Istio picks it) is updated in
 //! place, never shadowed by a second; a new one is named `default`, Istio's
-//! convention. The write is a server-side apply (`fieldManager=meshid`,
+//! convention ([`NAMESPACE_POLICY_NAME`]). The write is a server-side apply (`fieldManager=meshid`,
 //! forced), so it takes over `spec.mtls.mode` only and leaves every other
 //! field to its owner. Policies that do not decode are skipped with a warning
 //! naming them, as the informers do.
@@ -17,11 +17,8 @@ use k8s_openapi::api::core::v1 as k8s;
 use std::sync::Arc;
 
 use super::informers::{convert, policies, policy_resource, POLICY_GROUP};
-use crate::platform::{Namespace, PlatformError, Pod};
+use crate::platform::{Namespace, PlatformError, Pod, NAMESPACE_POLICY_NAME};
 use crate::policy::{ApiVersion, MtlsMode, PeerAuthentication, PolicyRef};
-
-/// The name a new namespace-wide policy gets (as the local `meshid mtls set-mode`).
-pub const POLICY_NAME: &str = "default";
 
 /// The field manager of our server-side applies.
 pub const FIELD_MANAGER: &str = "meshid";
@@ -54,7 +51,7 @@ pub async fn apply_namespace_mode(
         .min_by(|a, b| PolicyRef::of(a).precedence(&PolicyRef::of(b)));
     let (name, preferred) = match &in_effect {
         Some(p) => (p.metadata.name.clone(), p.api_version),
-        None => (POLICY_NAME.to_owned(), ApiVersion::V1Beta1),
+        None => (NAMESPACE_POLICY_NAME.to_owned(), ApiVersion::V1Beta1),
     };
     let mut order: Vec<_> = VERSIONS.to_vec();
     order.sort_by_key(|(_, v)| *v != preferred);

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use self::cluster::FakeCluster;
-use super::mock_api::MockApi;
 use super::{KubeConfig, KubePlatform, TokenVerifier};
 use crate::platform::{PlatformError, VerifyFuture};
+use crate::test_helpers::kube_api::MockApi;
 
 /// A verifier that refuses every token (for tests that do not verify tokens).
 struct NoTokens;

@@ -29,7 +29,6 @@ use zeroize::Zeroizing;
 
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::platform::jwt::{JwtVerifier, JwtVerifierConfig, DEFAULT_LEEWAY, SUBJECT_PREFIX};
-use crate::platform::PlatformError;
 
 /// The issuer of local tokens: Kubernetes' default service-account issuer.
 pub const LOCAL_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -46,6 +45,55 @@ const P256_SPKI_PREFIX: [u8; 26] = [
     0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
     0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
+
+/// What can go wrong with the local token issuer: its key files, or a token
+/// request. Kept apart from [`crate::platform::PlatformError`], which is about
+/// facts (verifying tokens, reading manifests), not about minting tokens.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IssuerError {
+    /// Reading or writing a file or directory failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The issuer's key file (or JWKS file) cannot be used.
+    #[error("token issuer key {}: {reason}", path.display())]
+    Key {
+        /// The key (or JWKS) file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The JWKS holds no key tokens can be verified with, or cannot be encoded.
+    #[error("unusable JWKS: {reason}")]
+    Jwks {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A token cannot be issued as asked (bad name, TTL or audience).
+    #[error("cannot issue token: {reason}")]
+    InvalidRequest {
+        /// Which field is wrong.
+        reason: String,
+    },
+    /// The system random generator failed (no key, token id or uid can be made).
+    #[error("the system random generator failed")]
+    Random,
+}
+
+impl IssuerError {
+    fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
 
 /// The issuer's PKCS#8 private key: zeroized on drop, never printed, not `Clone`.
 struct IssuerKey(Zeroizing<Vec<u8>>);
@@ -94,9 +142,9 @@ pub struct TokenRequest {
 impl TokenIssuer {
     /// Loads the issuer key from `data_dir`, or creates it (and the directory)
     /// on first use. The JWKS file is (re)written whenever it does not match the key.
-    pub fn load_or_create(data_dir: &Path) -> Result<Self, PlatformError> {
+    pub fn load_or_create(data_dir: &Path) -> Result<Self, IssuerError> {
         crate::secret_file::ensure_private_dir(data_dir)
-            .map_err(|e| PlatformError::io(data_dir, e))?;
+            .map_err(|e| IssuerError::io(data_dir, e))?;
         let key_path = data_dir.join(KEY_FILE);
         let rng = SystemRandom::new();
         let pkcs8 = match read_secret(&key_path) {
@@ -105,16 +153,16 @@ impl TokenIssuer {
                 parse_pem(&pem, &key_path)?
             }
             Err(e) if e.kind() == ErrorKind::NotFound => create_key(&key_path, &rng)?,
-            Err(e) => return Err(PlatformError::io(&key_path, e)),
+            Err(e) => return Err(IssuerError::io(&key_path, e)),
         };
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &rng)
-            .map_err(|e| PlatformError::IssuerKey {
+            .map_err(|e| IssuerError::Key {
                 path: key_path.clone(),
                 reason: format!("not a PKCS#8 P-256 private key: {e}"),
             })?;
         let (kid, jwks) = public_jwks(pair.public_key().as_ref(), &key_path)?;
         let jwks_path = data_dir.join(JWKS_FILE);
-        let json = serde_json::to_vec_pretty(&jwks).map_err(|e| PlatformError::Jwks {
+        let json = serde_json::to_vec_pretty(&jwks).map_err(|e| IssuerError::Jwks {
             reason: e.to_string(),
         })?;
         if fs::read(&jwks_path).ok().as_deref() != Some(json.as_slice()) {
@@ -149,8 +197,8 @@ impl TokenIssuer {
         &self,
         req: &TokenRequest,
         now: OffsetDateTime,
-    ) -> Result<Zeroizing<String>, PlatformError> {
-        let bad = |reason: String| PlatformError::InvalidTokenRequest { reason };
+    ) -> Result<Zeroizing<String>, IssuerError> {
+        let bad = |reason: String| IssuerError::InvalidRequest { reason };
         SpiffeId::for_service_account(
             &TrustDomain::default(),
             &req.namespace,
@@ -215,16 +263,16 @@ impl TokenIssuer {
 }
 
 /// Reads only the JWKS file in `data_dir` (no private key): what the CA trusts.
-pub fn load_verifier(data_dir: &Path) -> Result<JwtVerifier, PlatformError> {
+pub fn load_verifier(data_dir: &Path) -> Result<JwtVerifier, IssuerError> {
     let path = data_dir.join(JWKS_FILE);
-    let bytes = fs::read(&path).map_err(|e| PlatformError::io(&path, e))?;
-    let jwks: JwkSet = serde_json::from_slice(&bytes).map_err(|e| PlatformError::IssuerKey {
+    let bytes = fs::read(&path).map_err(|e| IssuerError::io(&path, e))?;
+    let jwks: JwkSet = serde_json::from_slice(&bytes).map_err(|e| IssuerError::Key {
         path: path.clone(),
         reason: format!("not a JWKS: {e}"),
     })?;
     let verifier = local_verifier(jwks);
     if verifier.key_count() == 0 {
-        return Err(PlatformError::Jwks {
+        return Err(IssuerError::Jwks {
             reason: format!("{} holds no RS256 or ES256 key", path.display()),
         });
     }
@@ -241,10 +289,10 @@ fn local_verifier(jwks: JwkSet) -> JwtVerifier {
 
 /// Generates a key and installs it at `path` unless another process got there
 /// first (hard link: create-if-absent), in which case that key is used.
-fn create_key(path: &Path, rng: &SystemRandom) -> Result<Zeroizing<Vec<u8>>, PlatformError> {
+fn create_key(path: &Path, rng: &SystemRandom) -> Result<Zeroizing<Vec<u8>>, IssuerError> {
     let doc =
         EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, rng).map_err(|_| {
-            PlatformError::IssuerKey {
+            IssuerError::Key {
                 path: path.to_owned(),
                 reason: "key generation failed".into(),
             }
@@ -252,8 +300,7 @@ fn create_key(path: &Path, rng: &SystemRandom) -> Result<Zeroizing<Vec<u8>>, Pla
     let pkcs8 = Zeroizing::new(doc.as_ref().to_vec());
     let pem = to_pem(&pkcs8);
     let tmp = sibling(path, &format!(".{KEY_FILE}.new-{}", random_uuid(rng)?));
-    crate::secret_file::write_secret(&tmp, pem.as_bytes())
-        .map_err(|e| PlatformError::io(&tmp, e))?;
+    crate::secret_file::write_secret(&tmp, pem.as_bytes()).map_err(|e| IssuerError::io(&tmp, e))?;
     let linked = fs::hard_link(&tmp, path);
     let _ = fs::remove_file(&tmp);
     match linked {
@@ -262,17 +309,17 @@ fn create_key(path: &Path, rng: &SystemRandom) -> Result<Zeroizing<Vec<u8>>, Pla
             Ok(pkcs8)
         }
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-            let pem = read_secret(path).map_err(|e| PlatformError::io(path, e))?;
+            let pem = read_secret(path).map_err(|e| IssuerError::io(path, e))?;
             parse_pem(&pem, path)
         }
-        Err(e) => Err(PlatformError::io(path, e)),
+        Err(e) => Err(IssuerError::io(path, e)),
     }
 }
 
-fn b64_json<T: Serialize>(value: &T) -> Result<String, PlatformError> {
+fn b64_json<T: Serialize>(value: &T) -> Result<String, IssuerError> {
     serde_json::to_vec(value)
         .map(|json| URL_SAFE_NO_PAD.encode(json))
-        .map_err(|e| PlatformError::InvalidTokenRequest {
+        .map_err(|e| IssuerError::InvalidRequest {
             reason: e.to_string(),
         })
 }
@@ -280,14 +327,14 @@ fn b64_json<T: Serialize>(value: &T) -> Result<String, PlatformError> {
 /// `secret_file::write_public` under a unique temporary name, then renamed:
 /// its own temporary name is per process, and threads of one process may
 /// start issuers on the same directory together.
-fn write_public_unique(path: &Path, bytes: &[u8], rng: &SystemRandom) -> Result<(), PlatformError> {
+fn write_public_unique(path: &Path, bytes: &[u8], rng: &SystemRandom) -> Result<(), IssuerError> {
     let tmp = sibling(path, &format!(".{JWKS_FILE}.new-{}", random_uuid(rng)?));
     let result =
         crate::secret_file::write_public(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result.map_err(|e| PlatformError::io(path, e))
+    result.map_err(|e| IssuerError::io(path, e))
 }
 
 fn sibling(path: &Path, name: &str) -> PathBuf {
@@ -323,8 +370,8 @@ fn to_pem(der: &[u8]) -> Zeroizing<String> {
     pem
 }
 
-fn parse_pem(pem: &str, path: &Path) -> Result<Zeroizing<Vec<u8>>, PlatformError> {
-    let bad = |reason: &str| PlatformError::IssuerKey {
+fn parse_pem(pem: &str, path: &Path) -> Result<Zeroizing<Vec<u8>>, IssuerError> {
+    let bad = |reason: &str| IssuerError::Key {
         path: path.to_owned(),
         reason: reason.to_owned(),
     };
@@ -348,9 +395,9 @@ fn parse_pem(pem: &str, path: &Path) -> Result<Zeroizing<Vec<u8>>, PlatformError
 }
 
 /// The kid (base64url SHA-256 of the DER SubjectPublicKeyInfo) and the JWKS for a P-256 point.
-fn public_jwks(point: &[u8], path: &Path) -> Result<(String, JwkSet), PlatformError> {
+fn public_jwks(point: &[u8], path: &Path) -> Result<(String, JwkSet), IssuerError> {
     if point.len() != 65 || point[0] != 0x04 {
-        return Err(PlatformError::IssuerKey {
+        return Err(IssuerError::Key {
             path: path.to_owned(),
             reason: "public key is not an uncompressed P-256 point".into(),
         });
@@ -363,17 +410,16 @@ fn public_jwks(point: &[u8], path: &Path) -> Result<(String, JwkSet), PlatformEr
         "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
         "y": URL_SAFE_NO_PAD.encode(&point[33..]),
     }]});
-    let jwks = serde_json::from_value(jwks).map_err(|e| PlatformError::Jwks {
+    let jwks = serde_json::from_value(jwks).map_err(|e| IssuerError::Jwks {
         reason: e.to_string(),
     })?;
     Ok((kid, jwks))
 }
 
 /// A random (version 4) UUID, for `jti` and temporary names.
-fn random_uuid(rng: &SystemRandom) -> Result<String, PlatformError> {
+fn random_uuid(rng: &SystemRandom) -> Result<String, IssuerError> {
     let mut bytes = [0u8; 16];
-    rng.fill(&mut bytes)
-        .map_err(|_| PlatformError::Unavailable("the system random generator failed".into()))?;
+    rng.fill(&mut bytes).map_err(|_| IssuerError::Random)?;
     Ok(format_uuid(bytes, 0x40))
 }
 

@@ -19,14 +19,12 @@ use serde::{Deserialize, Deserializer};
 
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::platform::{Namespace, PlatformError, Pod, DEFAULT_SERVICE_ACCOUNT};
-use crate::policy::PeerAuthentication;
+use crate::policy::{PeerAuthentication, DEFAULT_NAMESPACE};
 
 /// Manifest files larger than this are refused (a manifest directory is small).
 pub(crate) const MAX_FILE_LEN: u64 = 4 * 1024 * 1024;
 /// At most this many YAML documents per file.
 pub(crate) const MAX_DOCUMENTS: usize = 10_000;
-/// The namespace of an object whose manifest names none, as kubectl assumes.
-pub(crate) const DEFAULT_NAMESPACE: &str = "default";
 
 /// One manifest file as last seen: a change in any field means "re-read".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +57,12 @@ impl Fingerprint {
 /// How old a file's modification time must be before its stamp is trusted.
 pub(crate) const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Whether a file of this name is a manifest: `*.yaml` / `*.yml`, not hidden
+/// (editors' and our own temporaries start with a dot).
+pub(crate) fn is_manifest_file_name(name: &str) -> bool {
+    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
+}
+
 /// Lists `*.yaml` / `*.yml` regular files (symlinks followed, as in a mounted
 /// ConfigMap; hidden files such as editors' and our own temporaries skipped).
 pub(crate) fn fingerprint(dir: &Path) -> Result<Fingerprint, PlatformError> {
@@ -73,9 +77,11 @@ pub(crate) fn fingerprint(dir: &Path) -> Result<Fingerprint, PlatformError> {
     let mut files = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| PlatformError::io(dir, e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if name.starts_with('.') || !(name.ends_with(".yaml") || name.ends_with(".yml")) {
+        if !entry
+            .file_name()
+            .to_str()
+            .is_some_and(is_manifest_file_name)
+        {
             continue;
         }
         let path = entry.path();

@@ -59,7 +59,7 @@ impl Snapshot {
         }
         for (file, policy) in objects.policies {
             let namespace = policy
-                .namespace_or(super::manifest::DEFAULT_NAMESPACE)
+                .namespace_or(crate::policy::DEFAULT_NAMESPACE)
                 .to_owned();
             let name = policy.metadata.name.clone();
             claim(format!("PeerAuthentication {namespace}/{name}"), &file)?;
@@ -135,6 +135,15 @@ impl Snapshot {
     fn pods_by_uids(&self, uids: Option<&BTreeSet<String>>) -> Vec<Pod> {
         uids.into_iter()
             .flatten()
+            .filter_map(|uid| self.pods.get(uid).cloned())
+            .collect()
+    }
+
+    /// Every pod, sorted by namespace and name.
+    pub(crate) fn pods(&self) -> Vec<Pod> {
+        self.by_name
+            .values()
+            .flat_map(BTreeMap::values)
             .filter_map(|uid| self.pods.get(uid).cloned())
             .collect()
     }

@@ -6,9 +6,9 @@ use std::time::Duration;
 use axum::http::Method;
 use meshid::test_helpers::{my_unix_uid, AgentProcess, CaProcess, TestEnv};
 
-use super::fake_api::{FakeApi, TokenIdentity, PODS};
 use super::{eventually, pod, seed_cluster, service_account_jwt, until_some};
 use crate::support::{audit_rows, bin, http_get};
+use meshid::test_helpers::kube_api::{FakeApi, TokenIdentity, PODS};
 
 #[tokio::test]
 async fn agent_on_kube_watches_only_its_node_and_serves_the_workload_api() {
@@ -72,23 +72,17 @@ async fn agent_on_kube_watches_only_its_node_and_serves_the_workload_api() {
 
     // The agent lists, then watches, only node-a's pods; the CA every pod.
     let node_a = |watch: bool| {
-        api.requests_to(&Method::GET, "/api/v1/pods")
-            .iter()
-            .any(|r| {
-                r.is_watch() == watch && r.query("fieldSelector") == Some("spec.nodeName=node-a")
-            })
+        api.calls_to(&Method::GET, "/api/v1/pods").iter().any(|r| {
+            r.is_watch() == watch && r.query("fieldSelector") == Some("spec.nodeName=node-a")
+        })
     };
-    assert!(
-        node_a(false),
-        "a list of node-a's pods: {:?}",
-        api.requests()
-    );
+    assert!(node_a(false), "a list of node-a's pods: {:?}", api.calls());
     // The watch starts just after the list that made the agent ready.
     eventually("a watch of node-a's pods", Duration::from_secs(10), || {
         node_a(true)
     })
     .await;
-    let pod_requests = api.requests_to(&Method::GET, "/api/v1/pods");
+    let pod_requests = api.calls_to(&Method::GET, "/api/v1/pods");
     assert!(
         pod_requests.iter().all(|r| matches!(
             r.query("fieldSelector"),
@@ -132,7 +126,7 @@ async fn agent_on_kube_watches_only_its_node_and_serves_the_workload_api() {
                 == Some("spiffe://cluster.local/ns/meshid-system/sa/meshid-agent")),
         "{rows:?}"
     );
-    let reviews = api.requests_to(&Method::POST, "/apis/authentication.k8s.io/v1/tokenreviews");
+    let reviews = api.calls_to(&Method::POST, "/apis/authentication.k8s.io/v1/tokenreviews");
     assert!(reviews
         .iter()
         .all(|r| r.body["spec"]["token"] == agent_token.as_str()));

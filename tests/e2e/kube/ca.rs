@@ -12,11 +12,11 @@ use serde_json::json;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::*;
 
-use super::fake_api::{
-    kubeconfig, FakeApi, TokenIdentity, CONFIGMAPS, LEASES, NAMESPACES, PODS, SECRETS,
-};
 use super::{eventually, namespace, seed_cluster, service_account_jwt};
 use crate::support::{audit_rows, bin, http_get, last_refusal};
+use meshid::test_helpers::kube_api::{
+    kubeconfig, FakeApi, TokenIdentity, CONFIGMAPS, LEASES, NAMESPACES, PODS, SECRETS,
+};
 
 const SECRETS_PATH: &str = "/api/v1/namespaces/meshid-system/secrets";
 const ROOT_CM: &str = "istio-ca-root-cert";
@@ -71,7 +71,7 @@ async fn ca_on_kube_creates_one_root_secret_and_issues_after_tokenreview() {
     eventually(
         "a pod relist after refusals",
         Duration::from_secs(20),
-        || api.requests_to(&Method::GET, "/api/v1/pods").len() >= 5,
+        || api.calls_to(&Method::GET, "/api/v1/pods").len() >= 5,
     )
     .await;
     assert_eq!(
@@ -88,7 +88,7 @@ async fn ca_on_kube_creates_one_root_secret_and_issues_after_tokenreview() {
     .await;
 
     // One Secret created, holding the root the CA serves.
-    let creates = api.requests_to(&Method::POST, SECRETS_PATH);
+    let creates = api.calls_to(&Method::POST, SECRETS_PATH);
     assert_eq!(creates.len(), 1, "one Secret create");
     let secret = api
         .get(&SECRETS, "meshid-system", "istio-ca-secret")
@@ -169,7 +169,7 @@ async fn ca_on_kube_creates_one_root_secret_and_issues_after_tokenreview() {
         })
         .collect();
     assert_eq!(uris, ["spiffe://cluster.local/ns/default/sa/web"]);
-    let reviews = api.requests_to(&Method::POST, "/apis/authentication.k8s.io/v1/tokenreviews");
+    let reviews = api.calls_to(&Method::POST, "/apis/authentication.k8s.io/v1/tokenreviews");
     assert_eq!(reviews.len(), 1, "one TokenReview per request");
     assert_eq!(reviews[0].body["spec"]["audiences"], json!(["istio-ca"]));
 
@@ -240,7 +240,7 @@ async fn second_ca_replica_loads_the_same_root() {
     let second_env = TestEnv::new();
     let second = CaProcess::spawn_kube(bin(), &second_env, &kubeconfig, "ca-1", &[]).unwrap();
     assert_eq!(
-        api.requests_to(&Method::POST, SECRETS_PATH).len(),
+        api.calls_to(&Method::POST, SECRETS_PATH).len(),
         1,
         "the second replica created no Secret"
     );
@@ -416,10 +416,10 @@ async fn ca_on_kube_with_jwks_verifies_tokens_locally_and_checks_the_bound_pod()
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
 
     assert!(
-        api.requests_to(&Method::POST, "/apis/authentication.k8s.io/v1/tokenreviews")
+        api.calls_to(&Method::POST, "/apis/authentication.k8s.io/v1/tokenreviews")
             .is_empty(),
         "jwks mode makes no TokenReview"
     );
-    assert!(!api.requests_to(&Method::GET, "/openid/v1/jwks").is_empty());
+    assert!(!api.calls_to(&Method::GET, "/openid/v1/jwks").is_empty());
     api.assert_all_served();
 }

@@ -4,9 +4,9 @@ use axum::http::Method;
 use meshid::test_helpers::{run_kube, TestEnv};
 use serde_json::json;
 
-use super::fake_api::{FakeApi, NAMESPACES, PEER_AUTHENTICATIONS, PODS};
 use super::{namespace, pod, seed_cluster};
 use crate::support::bin;
+use meshid::test_helpers::kube_api::{FakeApi, NAMESPACES, PEER_AUTHENTICATIONS, PODS};
 
 #[test]
 fn mtls_set_mode_on_kube_applies_and_status_reads_the_cluster() {
@@ -38,8 +38,8 @@ fn mtls_set_mode_on_kube_applies_and_status_reads_the_cluster() {
 
     // One server-side apply, field manager meshid, to the namespace's `default` policy.
     let path = "/apis/security.istio.io/v1beta1/namespaces/shop/peerauthentications/default";
-    let patches = api.requests_to(&Method::PATCH, path);
-    assert_eq!(patches.len(), 1, "{:?}", api.requests());
+    let patches = api.calls_to(&Method::PATCH, path);
+    assert_eq!(patches.len(), 1, "{:?}", api.calls());
     let patch = &patches[0];
     assert_eq!(
         patch.content_type.as_deref(),
@@ -52,7 +52,7 @@ fn mtls_set_mode_on_kube_applies_and_status_reads_the_cluster() {
     assert_eq!(stored["spec"]["mtls"]["mode"], "STRICT");
     // security.istio.io/v1 is not served here: read, answered 404, and skipped.
     assert!(!api
-        .requests_to(&Method::GET, "/apis/security.istio.io/v1/")
+        .calls_to(&Method::GET, "/apis/security.istio.io/v1/")
         .is_empty());
 
     let out = run_kube(bin(), &kubeconfig, &["mtls", "status", "-n", "shop"]);

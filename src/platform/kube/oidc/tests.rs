@@ -16,9 +16,9 @@ use zeroize::Zeroizing;
 
 use super::discovery::{DISCOVERY_PATH, STANDARD_JWKS_PATH};
 use super::*;
-use crate::platform::kube::mock_api::{refusal_reason, unavailable_message, MockApi, Reply};
 use crate::platform::local::{TokenIssuer, TokenRequest, LOCAL_ISSUER};
 use crate::platform::VerifyFuture;
+use crate::test_helpers::kube_api::{refusal_reason, unavailable_message, MockApi, Reply};
 use crate::time::{Clock as _, TestClock};
 
 const T0: OffsetDateTime = datetime!(2025-06-01 12:00:00 UTC);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::platform::kube::mock_api::{self, Call, MockApi, Reply};
+use crate::test_helpers::kube_api::{self, Call, MockApi, Reply};
 
 pub(super) const PODS: &str = "/api/v1/pods";
 pub(super) const NAMESPACES: &str = "/api/v1/namespaces";
@@ -106,7 +106,7 @@ impl FakeCluster {
                     "ADDED"
                 }
             };
-            publish(c, revision, mock_api::event(kind, object));
+            publish(c, revision, kube_api::event(kind, object));
         });
     }
 
@@ -122,7 +122,7 @@ impl FakeCluster {
             };
             let mut object = c.items.remove(i);
             object["metadata"]["resourceVersion"] = json!(revision.to_string());
-            publish(c, revision, mock_api::event("DELETED", object));
+            publish(c, revision, kube_api::event("DELETED", object));
         });
     }
 
@@ -150,7 +150,7 @@ impl FakeCluster {
             c.compacted_below = revision + 1;
             c.history.clear();
             for watcher in c.watchers.drain(..) {
-                let _ = watcher.try_send(mock_api::gone_event());
+                let _ = watcher.try_send(kube_api::gone_event());
             }
         });
     }
@@ -235,7 +235,7 @@ fn route(state: &mut State, call: &Call) -> Reply {
         return Reply::status(405, "MethodNotAllowed", "not supported by the fake cluster");
     }
     if !call.is_watch() {
-        return Reply::ok(mock_api::list(
+        return Reply::ok(kube_api::list(
             c.api_version,
             c.kind,
             &state.revision.to_string(),
@@ -248,7 +248,7 @@ fn route(state: &mut State, call: &Call) -> Reply {
         .unwrap_or(0);
     let (tx, rx) = mpsc::channel(256);
     if from < c.compacted_below {
-        let _ = tx.try_send(mock_api::gone_event());
+        let _ = tx.try_send(kube_api::gone_event());
         return Reply::Stream(rx);
     }
     for (_, event) in c.history.iter().filter(|(rv, _)| *rv > from) {

@@ -4,11 +4,11 @@ use http::Method;
 use serde_json::{json, Value};
 
 use super::cluster::{namespace, pod, v1beta1_policy};
-use crate::platform::kube::mock_api::{self, MockApi, Reply};
 use crate::platform::kube::policy_write::{
     apply_namespace_mode, list_namespaces, list_peer_authentications, list_pods,
 };
 use crate::policy::{ApiVersion, MtlsMode};
+use crate::test_helpers::kube_api::{self, MockApi, Reply};
 
 const V1: &str = "/apis/security.istio.io/v1/";
 const V1BETA1: &str = "/apis/security.istio.io/v1beta1/";
@@ -23,7 +23,7 @@ fn applied(body: &Value) -> Reply {
 }
 
 fn empty_list(version: &str) -> Reply {
-    Reply::ok(mock_api::list(
+    Reply::ok(kube_api::list(
         &format!("security.istio.io/{version}"),
         "PeerAuthentication",
         "10",
@@ -78,7 +78,7 @@ async fn set_mode_server_side_applies_the_default_policy() {
 async fn set_mode_updates_the_namespace_policy_in_effect_instead_of_shadowing_it() {
     let (client, api) = MockApi::start(|call| match call.method {
         Method::GET if call.path.starts_with(V1) => Reply::status(404, "NotFound", "not served"),
-        Method::GET => Reply::ok(mock_api::list(
+        Method::GET => Reply::ok(kube_api::list(
             "security.istio.io/v1beta1",
             "PeerAuthentication",
             "10",
@@ -150,7 +150,7 @@ async fn set_mode_reports_a_forbidden_write() {
 #[tokio::test]
 async fn one_shot_lists_for_status() {
     let (client, _api) = MockApi::start(|call| match call.path.as_str() {
-        "/api/v1/pods" => Reply::ok(mock_api::list(
+        "/api/v1/pods" => Reply::ok(kube_api::list(
             "v1",
             "Pod",
             "5",
@@ -159,14 +159,14 @@ async fn one_shot_lists_for_status() {
                 pod("bank", "db", "u1", "n1", Some("db")),
             ],
         )),
-        "/api/v1/namespaces" => Reply::ok(mock_api::list(
+        "/api/v1/namespaces" => Reply::ok(kube_api::list(
             "v1",
             "Namespace",
             "5",
             vec![namespace("shop"), namespace("bank")],
         )),
         p if p.starts_with(V1) => Reply::status(404, "NotFound", "not served"),
-        _ => Reply::ok(mock_api::list(
+        _ => Reply::ok(kube_api::list(
             "security.istio.io/v1beta1",
             "PeerAuthentication",
             "5",

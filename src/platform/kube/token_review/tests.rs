@@ -6,9 +6,9 @@ use serde_json::{json, Value};
 use time::Duration;
 
 use super::*;
-use crate::platform::kube::mock_api::{refusal_reason, unavailable_message, Call, MockApi, Reply};
 use crate::platform::local::{TokenIssuer, TokenRequest, LOCAL_ISSUER};
 use crate::platform::VerifyFuture;
+use crate::test_helpers::kube_api::{refusal_reason, unavailable_message, Call, MockApi, Reply};
 
 const PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 const SA_USER: &str = "system:serviceaccount:shop:web";

@@ -147,12 +147,12 @@ fn load_verifier_reports_a_missing_or_broken_jwks() {
     let dir = tempfile::tempdir().unwrap();
     assert!(matches!(
         load_verifier(dir.path()),
-        Err(PlatformError::Io { .. })
+        Err(IssuerError::Io { .. })
     ));
     fs::write(dir.path().join(JWKS_FILE), "{}").unwrap();
     assert!(matches!(
         load_verifier(dir.path()),
-        Err(PlatformError::IssuerKey { .. })
+        Err(IssuerError::Key { .. })
     ));
     fs::write(
         dir.path().join(JWKS_FILE),
@@ -161,7 +161,7 @@ fn load_verifier_reports_a_missing_or_broken_jwks() {
     .unwrap();
     assert!(matches!(
         load_verifier(dir.path()),
-        Err(PlatformError::Jwks { .. })
+        Err(IssuerError::Jwks { .. })
     ));
 }
 
@@ -260,7 +260,7 @@ fn corrupt_key_file_is_an_error_and_left_alone() {
     ] {
         fs::write(&key_path, junk).unwrap();
         let err = TokenIssuer::load_or_create(dir.path()).unwrap_err();
-        assert!(matches!(err, PlatformError::IssuerKey { .. }), "{err}");
+        assert!(matches!(err, IssuerError::Key { .. }), "{err}");
         assert!(err.to_string().contains(KEY_FILE), "{err}");
         assert_eq!(fs::read_to_string(&key_path).unwrap(), junk);
     }
@@ -311,7 +311,7 @@ fn bad_requests_are_refused() {
     for req in cases {
         let err = issuer.issue(&req, NOW).unwrap_err();
         assert!(
-            matches!(err, PlatformError::InvalidTokenRequest { .. }),
+            matches!(err, IssuerError::InvalidRequest { .. }),
             "{req:?}: {err}"
         );
     }

@@ -12,7 +12,7 @@ use x509_parser::prelude::FromDer as _;
 
 use super::*;
 use crate::pki::key::PrivateKey;
-use crate::platform::kube::mock_api::{Call, MockApi, Reply};
+use crate::test_helpers::kube_api::{Call, MockApi, Reply};
 use crate::time::SystemClock;
 
 const NS: &str = "meshid-system";

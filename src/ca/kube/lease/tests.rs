@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use time::macros::datetime;
 
 use super::*;
-use crate::platform::kube::mock_api::{Call, MockApi, Reply};
+use crate::test_helpers::kube_api::{Call, MockApi, Reply};
 use crate::time::TestClock;
 
 const NS: &str = "meshid-system";

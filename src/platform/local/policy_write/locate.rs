@@ -1,27 +1,28 @@
-//! A lenient look at the manifest files: which file holds which Pod and
+//! A lenient look at the manifest files: which file holds which namespace-wide
 //! PeerAuthentication, read as plain YAML values.
 //!
-//! The platform answers *what* the manifests say, but not *where*: `set-mode`
-//! must know which file holds a namespace's policy (and whether it holds
-//! anything else) before it rewrites it, and `status` needs every pod's name.
-//! Strictness stays the platform's job: whatever this scan finds is checked
-//! by opening the directory with the local platform afterwards. Files are
-//! listed by the platform's rule (`*.yaml` / `*.yml`, hidden files skipped).
+//! The local platform answers *what* the manifests say and records which file
+//! each object came from, but it refuses a directory with any bad document.
+//! `set-mode` must still find a namespace's policy when that very policy is
+//! what is broken (a misspelt mode it is asked to repair), and must know
+//! whether the file holds anything else before it rewrites it. So this reads
+//! every document as a plain value and keeps it whole. Strictness stays the
+//! platform's job: whatever is written after this look is checked by loading
+//! the directory with the local platform. Files are listed by the platform's
+//! rule ([`is_manifest_file_name`]).
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use serde::Deserialize;
 use serde_yaml::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::policy::PolicyRef;
+use super::PolicyWriteError;
+use crate::platform::local::manifest::is_manifest_file_name;
+use crate::policy::{PolicyRef, DEFAULT_NAMESPACE};
 
-/// The namespace of an object whose manifest names none, as kubectl assumes.
-const DEFAULT_NAMESPACE: &str = "default";
-
-/// A PeerAuthentication document and where it lives.
+/// A namespace-wide PeerAuthentication document and where it lives.
 #[derive(Debug, Clone)]
 pub(super) struct FoundPolicy {
     /// The file.
@@ -31,25 +32,21 @@ pub(super) struct FoundPolicy {
     pub(super) alone_in_file: bool,
     /// Namespace, name, creation time.
     pub(super) reference: PolicyRef,
-    /// No selector, or an empty `matchLabels`.
-    pub(super) namespace_wide: bool,
     /// The document itself, every field kept.
     pub(super) document: Value,
 }
 
-/// What the scan found.
+/// What the look found.
 #[derive(Debug, Default)]
-pub(super) struct Scan {
-    /// `(namespace, name)` of every Pod document.
-    pub(super) pods: Vec<(String, String)>,
-    /// Every PeerAuthentication document.
+pub(super) struct Found {
+    /// Every namespace-wide PeerAuthentication document.
     pub(super) policies: Vec<FoundPolicy>,
     /// Files and how many non-empty documents each holds (`None`: not YAML).
     pub(super) files: Vec<(PathBuf, Option<usize>)>,
 }
 
-impl Scan {
-    /// How many non-empty documents `file` holds: `None` when the scan did not
+impl Found {
+    /// How many non-empty documents `file` holds: `None` when the look did not
     /// list it, `Some(None)` when it is not YAML.
     pub(super) fn documents_in(&self, file: &Path) -> Option<Option<usize>> {
         self.files.iter().find(|(f, _)| f == file).map(|(_, n)| *n)
@@ -57,16 +54,21 @@ impl Scan {
 }
 
 /// Reads every manifest file of `dir`.
-pub(super) fn scan(dir: &Path) -> anyhow::Result<Scan> {
-    let mut out = Scan::default();
-    let entries = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read the manifest directory {}", dir.display()))?;
+pub(super) fn locate(dir: &Path) -> Result<Found, PolicyWriteError> {
+    let mut out = Found::default();
+    let list_error = |source| PolicyWriteError::ListDir {
+        dir: dir.to_owned(),
+        source,
+    };
+    let entries = std::fs::read_dir(dir).map_err(list_error)?;
     let mut files = Vec::new();
     for entry in entries {
-        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+        let entry = entry.map_err(|source| PolicyWriteError::ReadDir {
+            dir: dir.to_owned(),
+            source,
+        })?;
         let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if name.starts_with('.') || !(name.ends_with(".yaml") || name.ends_with(".yml")) {
+        if !name.to_str().is_some_and(is_manifest_file_name) {
             continue;
         }
         let path = entry.path();
@@ -76,35 +78,34 @@ pub(super) fn scan(dir: &Path) -> anyhow::Result<Scan> {
     }
     files.sort();
     for file in files {
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("cannot read {}", file.display()))?;
+        let text = std::fs::read_to_string(&file).map_err(|source| PolicyWriteError::Read {
+            path: file.clone(),
+            source,
+        })?;
         let Some(documents) = documents(&text) else {
             out.files.push((file, None));
             continue;
         };
         let alone = documents.len() == 1;
         for document in &documents {
-            let kind = document.get("kind").and_then(Value::as_str);
+            if document.get("kind").and_then(Value::as_str) != Some("PeerAuthentication")
+                || !is_namespace_wide(document)
+            {
+                continue;
+            }
             let meta = document.get("metadata");
             let field = |key: &str| meta.and_then(|m| m.get(key)).and_then(Value::as_str);
-            let namespace = field("namespace").unwrap_or(DEFAULT_NAMESPACE).to_owned();
-            let name = field("name").unwrap_or_default().to_owned();
-            match kind {
-                Some("Pod") => out.pods.push((namespace, name)),
-                Some("PeerAuthentication") => out.policies.push(FoundPolicy {
-                    file: file.clone(),
-                    alone_in_file: alone,
-                    reference: PolicyRef {
-                        namespace,
-                        name,
-                        creation_timestamp: field("creationTimestamp")
-                            .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok()),
-                    },
-                    namespace_wide: is_namespace_wide(document),
-                    document: document.clone(),
-                }),
-                _ => {}
-            }
+            out.policies.push(FoundPolicy {
+                file: file.clone(),
+                alone_in_file: alone,
+                reference: PolicyRef {
+                    namespace: field("namespace").unwrap_or(DEFAULT_NAMESPACE).to_owned(),
+                    name: field("name").unwrap_or_default().to_owned(),
+                    creation_timestamp: field("creationTimestamp")
+                        .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok()),
+                },
+                document: document.clone(),
+            });
         }
         out.files.push((file, Some(documents.len())));
     }

@@ -1,5 +1,6 @@
-//! A fake Kubernetes API server on 127.0.0.1, for the real `meshid` binary
-//! to reach through a kubeconfig (`server: http://127.0.0.1:PORT`, no auth).
+//! The HTTP transport of the fake API server: a stateful Kubernetes API
+//! server on 127.0.0.1, for the real `meshid` binary to reach through a
+//! kubeconfig (`server: http://127.0.0.1:PORT`, no auth).
 //!
 //! Serves what meshid uses and nothing more, with JSON shaped like the real
 //! API's: list (`{"kind": "PodList", "metadata": {"resourceVersion"}, "items"}`,
@@ -30,40 +31,14 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-pub(crate) use self::store::{
+pub use self::store::{
     Resource, CONFIGMAPS, LEASES, NAMESPACES, PEER_AUTHENTICATIONS, PODS, SECRETS,
 };
 use self::store::{Selector, Store, WriteError, SERVED};
 use self::token_review::token_review;
-pub(crate) use self::token_review::TokenIdentity;
+pub use self::token_review::TokenIdentity;
 use self::watch::watch_response;
-
-/// One request meshid made.
-#[derive(Debug, Clone)]
-pub(crate) struct Recorded {
-    pub(crate) method: Method,
-    pub(crate) path: String,
-    /// Decoded query parameters, in order.
-    pub(crate) query: Vec<(String, String)>,
-    pub(crate) content_type: Option<String>,
-    /// The body as JSON (`Null` when empty or not JSON).
-    pub(crate) body: Value,
-    /// Whether the fake serves this path, method and selector at all.
-    pub(crate) served: bool,
-}
-
-impl Recorded {
-    pub(crate) fn query(&self, key: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub(crate) fn is_watch(&self) -> bool {
-        matches!(self.query("watch"), Some("true" | "1"))
-    }
-}
+use super::Call;
 
 /// State shared by the server's handlers and the test.
 #[derive(Debug)]
@@ -74,7 +49,7 @@ struct Shared {
     tokens: Mutex<HashMap<String, TokenIdentity>>,
     /// Resources whose list and watch answer `503`.
     failing: Mutex<HashSet<&'static str>>,
-    requests: Mutex<Vec<Recorded>>,
+    requests: Mutex<Vec<Call>>,
     /// Service-account issuer discovery: `(issuer, JWKS)`; unset answers 404.
     oidc: Mutex<Option<(String, Value)>>,
 }
@@ -85,20 +60,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The running fake API server; stops (every open watch included) on drop.
 #[derive(Debug)]
-pub(crate) struct FakeApi {
-    pub(crate) addr: SocketAddr,
+pub struct FakeApi {
+    pub addr: SocketAddr,
     shared: Arc<Shared>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl FakeApi {
     /// Serves on a free port of 127.0.0.1.
-    pub(crate) fn start() -> Self {
+    pub fn start() -> Self {
         Self::start_at("127.0.0.1:0".parse().unwrap())
     }
 
     /// Serves on `addr` (a port reserved earlier).
-    pub(crate) fn start_at(addr: SocketAddr) -> Self {
+    pub fn start_at(addr: SocketAddr) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -130,20 +105,20 @@ impl FakeApi {
     }
 
     /// Writes a kubeconfig pointing at this server (plain HTTP, no user) to `dir`.
-    pub(crate) fn kubeconfig(&self, dir: &Path) -> PathBuf {
+    pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
         kubeconfig(dir, self.addr)
     }
 
     /// Creates or replaces `object` as another client would (no checks).
-    pub(crate) fn put(&self, r: &'static Resource, object: Value) -> Value {
+    pub fn put(&self, r: &'static Resource, object: Value) -> Value {
         self.mutate(|store| store.put(r, object))
     }
 
-    pub(crate) fn delete(&self, r: &'static Resource, namespace: &str, name: &str) {
+    pub fn delete(&self, r: &'static Resource, namespace: &str, name: &str) {
         self.mutate(|store| store.delete(r, namespace, name));
     }
 
-    pub(crate) fn get(&self, r: &'static Resource, namespace: &str, name: &str) -> Option<Value> {
+    pub fn get(&self, r: &'static Resource, namespace: &str, name: &str) -> Option<Value> {
         lock(&self.shared.store).get(r, namespace, name)
     }
 
@@ -151,16 +126,16 @@ impl FakeApi {
     /// Serves service-account issuer discovery as the API server does:
     /// `/.well-known/openid-configuration` naming `issuer` and a `jwks_uri` on
     /// the standard path, and `/openid/v1/jwks` with `jwks`.
-    pub(crate) fn set_oidc(&self, issuer: &str, jwks: Value) {
+    pub fn set_oidc(&self, issuer: &str, jwks: Value) {
         *lock(&self.shared.oidc) = Some((issuer.to_owned(), jwks));
     }
 
-    pub(crate) fn add_token(&self, token: &str, identity: TokenIdentity) {
+    pub fn add_token(&self, token: &str, identity: TokenIdentity) {
         lock(&self.shared.tokens).insert(token.to_owned(), identity);
     }
 
     /// While `failing`, lists and watches of `r` answer `503 ServiceUnavailable`.
-    pub(crate) fn set_failing(&self, r: &'static Resource, failing: bool) {
+    pub fn set_failing(&self, r: &'static Resource, failing: bool) {
         let mut set = lock(&self.shared.failing);
         if failing {
             set.insert(r.plural);
@@ -170,7 +145,7 @@ impl FakeApi {
     }
 
     /// Every request so far, in order.
-    pub(crate) fn requests(&self) -> Vec<Recorded> {
+    pub fn calls(&self) -> Vec<Call> {
         lock(&self.shared.requests).clone()
     }
 
@@ -178,9 +153,9 @@ impl FakeApi {
     /// or selector: meshid asked for something this fake, written from the
     /// API's documentation, does not know), except `security.istio.io/v1`,
     /// which it does not serve on purpose.
-    pub(crate) fn assert_all_served(&self) {
-        let unserved: Vec<Recorded> = self
-            .requests()
+    pub fn assert_all_served(&self) {
+        let unserved: Vec<Call> = self
+            .calls()
             .into_iter()
             .filter(|r| !r.served && !r.path.starts_with("/apis/security.istio.io/v1/"))
             .collect();
@@ -191,8 +166,8 @@ impl FakeApi {
     }
 
     /// The requests with `method` whose path starts with `prefix`.
-    pub(crate) fn requests_to(&self, method: &Method, prefix: &str) -> Vec<Recorded> {
-        self.requests()
+    pub fn calls_to(&self, method: &Method, prefix: &str) -> Vec<Call> {
+        self.calls()
             .into_iter()
             .filter(|r| r.method == *method && r.path.starts_with(prefix))
             .collect()
@@ -212,7 +187,7 @@ impl Drop for FakeApi {
 }
 
 /// A kubeconfig for `server` at `addr`, written to `dir/kubeconfig`.
-pub(crate) fn kubeconfig(dir: &Path, addr: SocketAddr) -> PathBuf {
+pub fn kubeconfig(dir: &Path, addr: SocketAddr) -> PathBuf {
     let path = dir.join("kubeconfig");
     let text = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
@@ -275,25 +250,14 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     let bytes = axum::body::to_bytes(body, 1 << 20)
         .await
         .unwrap_or_default();
-    let recorded = Recorded {
-        method: parts.method.clone(),
-        path: parts.uri.path().to_owned(),
-        query: parts.uri.query().map(decode_query).unwrap_or_default(),
-        content_type: parts
-            .headers
-            .get(axum::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        served: true,
-    };
+    let recorded = Call::new(&parts, &bytes);
     let (response, served) = respond(&shared, &recorded);
-    lock(&shared.requests).push(Recorded { served, ..recorded });
+    lock(&shared.requests).push(Call { served, ..recorded });
     response
 }
 
 /// The answer, and whether the request was one the fake serves.
-fn respond(shared: &Arc<Shared>, r: &Recorded) -> (Response, bool) {
+fn respond(shared: &Arc<Shared>, r: &Call) -> (Response, bool) {
     if r.method == Method::POST && r.path == "/apis/authentication.k8s.io/v1/tokenreviews" {
         return (token_review(shared, r.body.clone()), true);
     }
@@ -409,14 +373,10 @@ fn list(
             item
         })
         .collect();
+    let version = store.resource_version().to_string();
     json_response(
         200,
-        json!({
-            "kind": format!("{}List", resource.kind),
-            "apiVersion": resource.api_version(),
-            "metadata": {"resourceVersion": store.resource_version().to_string()},
-            "items": items,
-        }),
+        super::list(&resource.api_version(), resource.kind, &version, items),
     )
 }
 
@@ -450,18 +410,7 @@ fn not_found(resource: &'static Resource, name: &str) -> Response {
 
 /// A `Status` answer, as every API error is.
 fn status(code: u16, reason: &str, message: &str) -> Response {
-    json_response(
-        code,
-        json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": message,
-            "reason": reason,
-            "code": code,
-        }),
-    )
+    json_response(code, super::status(code, reason, message))
 }
 
 fn json_response(code: u16, value: Value) -> Response {
@@ -473,43 +422,4 @@ fn json_response(code: u16, value: Value) -> Response {
         body,
     )
         .into_response()
-}
-
-/// `a=b&c=d%3De` → pairs, `%XX` and `+` decoded.
-fn decode_query(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

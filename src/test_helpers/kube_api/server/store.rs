@@ -13,19 +13,19 @@ use serde_json::{json, Map, Value};
 
 /// A resource the fake API serves.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Resource {
+pub struct Resource {
     /// API group, empty for the core group.
-    pub(crate) group: &'static str,
-    pub(crate) version: &'static str,
+    pub group: &'static str,
+    pub version: &'static str,
     /// URL segment, unique among [`SERVED`].
-    pub(crate) plural: &'static str,
-    pub(crate) kind: &'static str,
-    pub(crate) namespaced: bool,
+    pub plural: &'static str,
+    pub kind: &'static str,
+    pub namespaced: bool,
 }
 
 impl Resource {
     /// `v1` or `group/version`.
-    pub(crate) fn api_version(&self) -> String {
+    pub fn api_version(&self) -> String {
         if self.group.is_empty() {
             self.version.to_owned()
         } else {
@@ -34,11 +34,11 @@ impl Resource {
     }
 }
 
-pub(crate) const NAMESPACES: Resource = core("namespaces", "Namespace", false);
-pub(crate) const PODS: Resource = core("pods", "Pod", true);
-pub(crate) const SECRETS: Resource = core("secrets", "Secret", true);
-pub(crate) const CONFIGMAPS: Resource = core("configmaps", "ConfigMap", true);
-pub(crate) const LEASES: Resource = Resource {
+pub const NAMESPACES: Resource = core("namespaces", "Namespace", false);
+pub const PODS: Resource = core("pods", "Pod", true);
+pub const SECRETS: Resource = core("secrets", "Secret", true);
+pub const CONFIGMAPS: Resource = core("configmaps", "ConfigMap", true);
+pub const LEASES: Resource = Resource {
     group: "coordination.k8s.io",
     version: "v1",
     plural: "leases",
@@ -48,7 +48,7 @@ pub(crate) const LEASES: Resource = Resource {
 /// Only `v1beta1` is served: `security.istio.io/v1` answers `404`, as on a
 /// cluster with Istio's older CRDs, so meshid's fallback between the two
 /// versions is exercised.
-pub(crate) const PEER_AUTHENTICATIONS: Resource = Resource {
+pub const PEER_AUTHENTICATIONS: Resource = Resource {
     group: "security.istio.io",
     version: "v1beta1",
     plural: "peerauthentications",
@@ -67,7 +67,7 @@ const fn core(plural: &'static str, kind: &'static str, namespaced: bool) -> Res
 }
 
 /// Every resource served, for URL routing.
-pub(crate) const SERVED: [&Resource; 6] = [
+pub const SERVED: [&Resource; 6] = [
     &NAMESPACES,
     &PODS,
     &SECRETS,
@@ -78,7 +78,7 @@ pub(crate) const SERVED: [&Resource; 6] = [
 
 /// Why a write was refused (the HTTP layer turns it into a `Status`).
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum WriteError {
+pub enum WriteError {
     AlreadyExists,
     NotFound,
     Conflict { stored: String, sent: String },
@@ -100,7 +100,7 @@ type Key = (&'static str, String, String);
 
 /// Every object, and every change since the start.
 #[derive(Debug, Default)]
-pub(crate) struct Store {
+pub struct Store {
     resource_version: u64,
     objects: BTreeMap<Key, Value>,
     log: Vec<Change>,
@@ -108,16 +108,16 @@ pub(crate) struct Store {
 
 impl Store {
     /// The newest resourceVersion handed out.
-    pub(crate) fn resource_version(&self) -> u64 {
+    pub fn resource_version(&self) -> u64 {
         self.resource_version
     }
 
-    pub(crate) fn get(&self, r: &'static Resource, namespace: &str, name: &str) -> Option<Value> {
+    pub fn get(&self, r: &'static Resource, namespace: &str, name: &str) -> Option<Value> {
         self.objects.get(&key(r, namespace, name)).cloned()
     }
 
     /// The objects of `r` (in `namespace`, or all) matching `selector`.
-    pub(crate) fn list(
+    pub fn list(
         &self,
         r: &'static Resource,
         namespace: Option<&str>,
@@ -135,7 +135,7 @@ impl Store {
     }
 
     /// Watch events of `r` after `after`, as `{"type", "object"}` values.
-    pub(crate) fn events_after(
+    pub fn events_after(
         &self,
         after: u64,
         r: &'static Resource,
@@ -154,7 +154,7 @@ impl Store {
     }
 
     /// POST: `409 AlreadyExists` when the name is taken.
-    pub(crate) fn create(
+    pub fn create(
         &mut self,
         r: &'static Resource,
         namespace: &str,
@@ -169,7 +169,7 @@ impl Store {
     }
 
     /// PUT: `409 Conflict` when the body's resourceVersion is not the stored one.
-    pub(crate) fn replace(
+    pub fn replace(
         &mut self,
         r: &'static Resource,
         namespace: &str,
@@ -189,7 +189,7 @@ impl Store {
     }
 
     /// Server-side apply: creates, or merges the applied fields into the stored object.
-    pub(crate) fn apply(
+    pub fn apply(
         &mut self,
         r: &'static Resource,
         namespace: &str,
@@ -211,19 +211,14 @@ impl Store {
     }
 
     /// Creates or replaces without checks (what a test or another client does).
-    pub(crate) fn put(&mut self, r: &'static Resource, object: Value) -> Value {
+    pub fn put(&mut self, r: &'static Resource, object: Value) -> Value {
         let namespace = namespace_of(&object).to_owned();
         let name = name_of(&object).unwrap_or_default();
         let stored = self.get(r, &namespace, &name);
         self.write(r, &namespace, object, stored.as_ref())
     }
 
-    pub(crate) fn delete(
-        &mut self,
-        r: &'static Resource,
-        namespace: &str,
-        name: &str,
-    ) -> Option<Value> {
+    pub fn delete(&mut self, r: &'static Resource, namespace: &str, name: &str) -> Option<Value> {
         let mut object = self.objects.remove(&key(r, namespace, name))?;
         self.resource_version += 1;
         object["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
@@ -331,7 +326,7 @@ fn now_rfc3339() -> String {
 /// A `fieldSelector` and `labelSelector` (equality-based: `a=b`, `a==b`,
 /// `a!=b`; labels also `key` alone for "exists").
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Selector {
+pub struct Selector {
     fields: Vec<Requirement>,
     labels: Vec<Requirement>,
 }
@@ -344,7 +339,7 @@ enum Requirement {
 }
 
 impl Selector {
-    pub(crate) fn parse(fields: Option<&str>, labels: Option<&str>) -> Result<Self, String> {
+    pub fn parse(fields: Option<&str>, labels: Option<&str>) -> Result<Self, String> {
         let parse = |text: Option<&str>, allow_exists: bool| -> Result<Vec<Requirement>, String> {
             text.unwrap_or_default()
                 .split(',')
@@ -370,7 +365,7 @@ impl Selector {
         })
     }
 
-    pub(crate) fn matches(&self, object: &Value) -> bool {
+    pub fn matches(&self, object: &Value) -> bool {
         let field = |path: &str| -> String {
             let value = path.split('.').fold(object, |v, part| &v[part]);
             value.as_str().map(str::to_owned).unwrap_or_default()

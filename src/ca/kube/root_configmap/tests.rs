@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::platform::kube::mock_api::{event, list, Call, MockApi, Reply};
+use crate::test_helpers::kube_api::{event, list, Call, MockApi, Reply};
 
 const OLD: &str = "-----BEGIN CERTIFICATE-----\nb2xk\n-----END CERTIFICATE-----\n";
 const NEW: &str = "-----BEGIN CERTIFICATE-----\nbmV3\n-----END CERTIFICATE-----\n";

@@ -10,7 +10,7 @@ use super::{json_response, lock, Shared};
 
 /// What TokenReview answers for one token.
 #[derive(Debug, Clone)]
-pub(crate) struct TokenIdentity {
+pub struct TokenIdentity {
     username: String,
     audiences: Vec<String>,
     extra: BTreeMap<String, Vec<String>>,
@@ -18,7 +18,7 @@ pub(crate) struct TokenIdentity {
 
 impl TokenIdentity {
     /// `system:serviceaccount:<namespace>:<name>`, audience `istio-ca`, bound to nothing.
-    pub(crate) fn service_account(namespace: &str, name: &str) -> Self {
+    pub fn service_account(namespace: &str, name: &str) -> Self {
         Self {
             username: format!("system:serviceaccount:{namespace}:{name}"),
             audiences: vec!["istio-ca".to_owned()],
@@ -27,7 +27,7 @@ impl TokenIdentity {
     }
 
     /// Bound to pod `name` (uid) on `node`, as a projected token is.
-    pub(crate) fn bound_to(mut self, pod: &str, pod_uid: &str, node: &str) -> Self {
+    pub fn bound_to(mut self, pod: &str, pod_uid: &str, node: &str) -> Self {
         let prefix = "authentication.kubernetes.io";
         for (key, value) in [("pod-name", pod), ("pod-uid", pod_uid), ("node-name", node)] {
             self.extra

@@ -25,7 +25,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use tokio::sync::watch;
 
-use super::backoff::SteadyBackoff;
+use crate::platform::kube::backoff::SteadyBackoff;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use plan::{plan, Action, ObservedConfigMap, ObservedNamespace};

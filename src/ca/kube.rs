@@ -1,0 +1,15 @@
+//! The CA's jobs against the Kubernetes API server: its key material in
+//! Secrets ([`secret`]), leader election over a Lease ([`lease`]) and the
+//! root-certificate ConfigMap in every namespace ([`root_configmap`]),
+//! written by the leader only.
+//!
+//! Owns what one CA deployment writes to Kubernetes. Does not own facts about
+//! pods, namespaces, tokens or policies (that is [`crate::platform::kube`],
+//! read-only apart from `meshid mtls`'s policy writes) and does not sign
+//! anything ([`crate::pki`]). Rule enforced by every job here: no home-made
+//! consensus — each write is a create, or a replace carrying the
+//! `resourceVersion` just read, so the API server arbitrates between replicas.
+
+pub mod lease;
+pub mod root_configmap;
+pub mod secret;
