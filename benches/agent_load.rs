@@ -15,6 +15,9 @@
 //! Without `--max-concurrent-csrs` the agent runs with its default (8).
 //! `--pause S` waits S seconds after start (pids on stderr) to attach a profiler.
 
+// A load generator measures the real clock.
+#![allow(clippy::disallowed_methods)]
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

@@ -5,6 +5,9 @@
 //!
 //! `cargo bench --bench ca_crypto`
 
+// A load generator measures the real clock.
+#![allow(clippy::disallowed_methods)]
+
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};

@@ -14,6 +14,9 @@
 //! cargo just built), so that two builds can be compared back to back under
 //! the same machine load.
 
+// A load generator measures the real clock.
+#![allow(clippy::disallowed_methods)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -6,6 +6,9 @@
 //!
 //! `cargo bench --bench h2_authority`
 
+// A load generator measures the real clock.
+#![allow(clippy::disallowed_methods)]
+
 use std::hint::black_box;
 
 use bytes::{BufMut, BytesMut};

@@ -24,6 +24,9 @@
 //! The proxies run as `meshid-proxy` (the sidecar binary); `--all-in-one`
 //! runs them as `meshid proxy` instead.
 
+// A load generator measures the real clock.
+#![allow(clippy::disallowed_methods)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;

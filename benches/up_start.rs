@@ -21,6 +21,9 @@
 //!
 //! `cargo bench --bench up_start -- [--runs 10] [--port-base 17000]`
 
+// A load generator measures the real clock.
+#![allow(clippy::disallowed_methods)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;

@@ -266,6 +266,8 @@ impl Managed {
             if let Some(status) = child.try_wait()? {
                 return Ok(status);
             }
+            // A child's exit has no event to wait on short of blocking.
+            #[allow(clippy::disallowed_methods)]
             std::thread::sleep(Duration::from_millis(100));
         }
         child.kill()?;

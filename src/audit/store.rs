@@ -417,6 +417,9 @@ impl Writer {
     /// `commit_delay`: while at least `commit_siblings` announced records are on
     /// their way and the batch has room, waits for them (woken by the last one to
     /// arrive), at most `commit_delay` in all, then drains the queue again.
+    /// The writer is its own thread, parked against the real clock (fsync is real
+    /// time too), hence the std clock.
+    #[allow(clippy::disallowed_methods)]
     fn wait_for_expected(
         &mut self,
         records: &mut Vec<AuditRecord>,
@@ -437,6 +440,8 @@ impl Writer {
         self.drain(records, waiters)
     }
 
+    /// Writes a batch and answers its waiters.
+    #[allow(clippy::disallowed_methods)] // `failing_since`: real time, on the writer thread.
     fn commit(
         &mut self,
         records: &mut Vec<AuditRecord>,

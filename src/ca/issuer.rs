@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
 use tokio::sync::Semaphore;
@@ -117,7 +117,7 @@ impl Issuer {
 
     /// Handles one request end to end, auditing the outcome before returning.
     pub async fn issue(&self, req: IssueRequest) -> Result<Issued, CaError> {
-        let started = Instant::now();
+        let started = tokio::time::Instant::now();
         // Every path below records exactly one decision; announcing it now lets the
         // audit writer hold a ready batch back (briefly, and only while others are
         // on their way) so that one fsync covers this record too.

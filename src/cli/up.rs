@@ -26,10 +26,11 @@ mod status;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use tokio::time::Instant;
 
 use super::agent::AgentArgs;
 use super::ca::CaArgs;

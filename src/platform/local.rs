@@ -205,6 +205,8 @@ impl LocalPlatform {
             // A file being written (truncate, then write) must not be read
             // half-way: a change is applied only once the directory has held
             // still for a moment; otherwise the next poll tries again.
+            // A blocking poll (its own thread), timed by the real file system.
+            #[allow(clippy::disallowed_methods)]
             std::thread::sleep(WRITE_SETTLE);
             let again = manifest::fingerprint(&self.dir)?;
             if again.files != fingerprint.files {

@@ -16,6 +16,26 @@ struct InProcessCa {
     fail: AtomicBool,
     lie: AtomicBool,
     calls: AtomicUsize,
+    /// Woken on every call, so tests wait on calls instead of the clock.
+    called: tokio::sync::Notify,
+}
+
+impl InProcessCa {
+    /// Waits until the CA has been asked `n` times in all.
+    async fn asked(&self, n: usize) {
+        let wait = async {
+            loop {
+                let called = self.called.notified();
+                if self.calls.load(Ordering::SeqCst) >= n {
+                    return;
+                }
+                called.await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .expect("the CA is asked in time");
+    }
 }
 
 impl CertSigner for InProcessCa {
@@ -29,6 +49,7 @@ impl CertSigner for InProcessCa {
     > {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::SeqCst);
+            self.called.notify_waiters();
             if self.fail.load(Ordering::SeqCst) {
                 return Err(CaClientError::Refused {
                     code: tonic::Code::Unavailable,
@@ -83,6 +104,7 @@ fn fixture(ttl: Duration) -> Fixture {
         fail: AtomicBool::new(false),
         lie: AtomicBool::new(false),
         calls: AtomicUsize::new(0),
+        called: tokio::sync::Notify::new(),
     });
     let cfg = CacheConfig {
         workload_ttl: ttl,
@@ -159,11 +181,9 @@ async fn ca_failure_keeps_the_current_certificate_and_retries() {
     let first = next_svid(&mut rx).await;
     f.ca.fail.store(true, Ordering::SeqCst);
     let calls = f.ca.calls.load(Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(
-        f.ca.calls.load(Ordering::SeqCst) >= calls + 2,
-        "retried with backoff"
-    );
+    // The renewal fails, and is retried (with backoff): the first failure
+    // has been handled by the time the retry asks.
+    f.ca.asked(calls + 2).await;
     assert_eq!(
         rx.borrow().as_ref().unwrap().serial_hex,
         first.serial_hex,
@@ -189,8 +209,10 @@ async fn an_answer_for_the_wrong_identity_is_refused_and_the_old_one_kept() {
     let sub = f.cache.subscribe(&id);
     let mut rx = sub.receiver();
     let first = next_svid(&mut rx).await;
+    let calls = f.ca.calls.load(Ordering::SeqCst);
     f.ca.lie.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(1800)).await;
+    // The CA is asked, lies, and is asked again: the lie has been judged.
+    f.ca.asked(calls + 2).await;
     let current = rx.borrow().clone().unwrap();
     assert_eq!(current.serial_hex, first.serial_hex);
     assert_eq!(current.identity, id);

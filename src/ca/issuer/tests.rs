@@ -152,7 +152,7 @@ async fn saturated_ca_refuses_with_resource_exhausted_instead_of_queueing() {
     let issuer = issuer(&env, Box::new(SqliteBackend::open(&db).unwrap()), 1);
     // Every slot is taken by requests still in flight.
     let _busy = issuer.inflight.clone().try_acquire_owned().unwrap();
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let err = issuer.issue(web_request(&env)).await.unwrap_err();
     assert!(matches!(err, CaError::Overloaded(1)), "{err}");
     assert!(

@@ -2,9 +2,10 @@
 //! prints one `PASS|FAIL <step>: <detail>` line per step. The mode switch is
 //! made by running `meshid mtls set-mode` as another process, as the user would.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::bail;
+use tokio::time::Instant;
 
 use super::status::{backend_saw, issued};
 use super::{demo, Mesh};

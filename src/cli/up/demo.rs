@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -299,7 +299,7 @@ pub(crate) struct CallLog {
 /// Calls `via` (the frontend's outbound route to the backend) every second.
 pub(crate) fn call_every_second(
     via: SocketAddr,
-    started: Instant,
+    started: tokio::time::Instant,
     log: Arc<Mutex<CallLog>>,
     shutdown: &Shutdown,
 ) {

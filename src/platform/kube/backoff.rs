@@ -8,7 +8,9 @@
 //! ignores a reset that comes within [`STEADY`] of the last error: only a
 //! watch that has stayed healthy that long starts again from the shortest delay.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use ::kube::runtime::utils::Backoff;
 use ::kube::runtime::watcher::DefaultBackoff;

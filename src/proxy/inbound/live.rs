@@ -192,7 +192,7 @@ mod tests {
         assert_eq!(m.closed_on_mode_change.get(), 1);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn the_drain_period_delays_the_close() {
         let live = Arc::new(LiveConns::default());
         let plain = CancellationToken::new();
@@ -209,10 +209,14 @@ mod tests {
             Duration::from_millis(300),
             &metrics(),
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!plain.is_cancelled());
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        assert!(plain.is_cancelled());
+        tokio::time::sleep(Duration::from_millis(299)).await;
+        assert!(
+            !plain.is_cancelled(),
+            "closed before the drain period ended"
+        );
+        tokio::time::timeout(Duration::from_millis(2), plain.cancelled())
+            .await
+            .expect("closed when the drain period ends");
     }
 
     #[tokio::test]

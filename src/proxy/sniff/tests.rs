@@ -218,7 +218,7 @@ async fn peek_classifies_http_as_plaintext_at_once() {
 #[tokio::test]
 async fn a_client_that_sends_nothing_is_plaintext_after_the_wait() {
     let (_client, server) = accepted_pair().await;
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let verdict = peek_first_bytes(&server, Duration::from_millis(100)).await;
     assert_eq!(verdict.unwrap(), Sniffed::Plaintext);
     assert!(started.elapsed() >= Duration::from_millis(100));

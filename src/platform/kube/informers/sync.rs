@@ -14,7 +14,9 @@
 //! would have failed again by then.
 
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use ::kube::runtime::watcher;
 
@@ -243,33 +245,33 @@ mod tests {
         assert_eq!(status.phase(Feed::Pods), Phase::Pending);
     }
 
-    #[test]
-    fn failing_watch_keeps_readiness_unless_stale_for_too_long() {
+    #[tokio::test(start_paused = true)]
+    async fn failing_watch_keeps_readiness_unless_stale_for_too_long() {
         let status = SyncStatus::default();
         sync_all(&status);
         status.on_error(Feed::Pods, &watcher::Error::WatchFailed(api_error(500)));
         assert!(status.is_ready(None));
         assert!(status.is_ready(Some(Duration::from_secs(60))));
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::advance(Duration::from_millis(20)).await;
         assert!(!status.is_ready(Some(Duration::from_millis(10))));
         status.on_progress(Feed::Pods);
         assert!(status.is_ready(Some(Duration::from_millis(10))));
     }
 
-    #[test]
-    fn quiet_watch_counts_as_recovered_once_errors_stop() {
+    #[tokio::test(start_paused = true)]
+    async fn quiet_watch_counts_as_recovered_once_errors_stop() {
         let status = SyncStatus::with_retry_window(Duration::from_millis(50));
         sync_all(&status);
         status.on_error(
             Feed::Namespaces,
             &watcher::Error::WatchFailed(api_error(500)),
         );
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::advance(Duration::from_millis(20)).await;
         assert!(
             !status.is_ready(Some(Duration::from_millis(10))),
             "stale, still failing"
         );
-        std::thread::sleep(Duration::from_millis(60));
+        tokio::time::advance(Duration::from_millis(60)).await;
         assert!(
             status.is_ready(Some(Duration::from_millis(10))),
             "no error for a whole window"

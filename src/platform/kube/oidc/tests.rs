@@ -301,7 +301,7 @@ async fn a_hung_refetch_of_stale_keys_stalls_no_other_caller() {
     // …the second finds the gate taken and verifies with the cached keys.
     let other = async {
         tokio::task::yield_now().await;
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let got = f.oidc.verify(&token, &aud).await;
         (got, started.elapsed())
     };
