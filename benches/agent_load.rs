@@ -302,13 +302,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
 
     let env = TestEnv::new();
-    env.add_pod(
-        "meshid-system",
-        "agent-a",
-        "uid-agent-a",
-        "meshid-agent",
-        NODE,
-    );
+    env.add_node_agent(NODE);
     write_pods(&env.manifests, identities)?;
     eprintln!("pre-generating {identities} bound tokens…");
     let work: Vec<(String, String)> = (0..identities)
@@ -324,13 +318,7 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     let work = Arc::new(work);
-    let agent_token = env.token_file(
-        "agent.token",
-        "meshid-system",
-        "meshid-agent",
-        Some(("agent-a", "uid-agent-a")),
-        Some(NODE),
-    );
+    let agent_token = env.node_agent_token_file(NODE);
 
     std::env::set_var("MESHID_TEST_CA_LOG", "warn");
     std::env::set_var("MESHID_TEST_AGENT_LOG", "warn");

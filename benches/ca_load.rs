@@ -136,20 +136,9 @@ fn main() -> anyhow::Result<()> {
 
     let env = TestEnv::new();
     env.add_pod("default", "web-1", "uid-web-1", "web", "node-a");
-    env.add_pod(
-        "meshid-system",
-        "agent-a",
-        "uid-agent-a",
-        "meshid-agent",
-        "node-a",
-    );
+    env.add_node_agent("node-a");
     let id = env.id("default", "web");
-    let agent_token = env.token(
-        "meshid-system",
-        "meshid-agent",
-        Some(("agent-a", "uid-agent-a")),
-        Some("node-a"),
-    );
+    let agent_token = env.node_agent_token("node-a");
     let impersonate = agent_mode.then(|| id.to_string());
     eprintln!("pre-generating {total} keys, CSRs and tokens…");
     let work: Vec<(String, String)> = (0..total + 200)

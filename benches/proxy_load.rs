@@ -415,13 +415,7 @@ fn start_mesh(app: SocketAddr, nginx: Option<SocketAddr>) -> anyhow::Result<Mesh
         None => Path::new(PROXY_BIN),
     };
     let env = TestEnv::new();
-    env.add_pod(
-        "meshid-system",
-        "agent-a",
-        "uid-agent-a",
-        "meshid-agent",
-        "node-a",
-    );
+    env.add_node_agent("node-a");
     for sa in ["frontend", "backend"] {
         env.add_pod(
             "default",
@@ -436,13 +430,7 @@ fn start_mesh(app: SocketAddr, nginx: Option<SocketAddr>) -> anyhow::Result<Mesh
         &env,
         &["--trusted-node-accounts", "meshid-system/meshid-agent"],
     )?;
-    let agent_token = env.token_file(
-        "agent.token",
-        "meshid-system",
-        "meshid-agent",
-        Some(("agent-a", "uid-agent-a")),
-        Some("node-a"),
-    );
+    let agent_token = env.node_agent_token_file("node-a");
     let agent = AgentProcess::spawn(
         bin,
         &env,

@@ -70,6 +70,36 @@ impl TestEnv {
         std::fs::write(self.manifests.join(format!("pod-{ns}-{name}.yaml")), yaml).unwrap();
     }
 
+    /// Writes the node agent's pod on `node`: `meshid-system/agent-a`,
+    /// service account `meshid-agent` (the account the CA is told to trust
+    /// with `--trusted-node-accounts meshid-system/meshid-agent`).
+    pub fn add_node_agent(&self, node: &str) {
+        self.add_pod(
+            "meshid-system",
+            "agent-a",
+            "uid-agent-a",
+            "meshid-agent",
+            node,
+        );
+    }
+
+    /// A token of the node agent on `node` (see [`Self::add_node_agent`]).
+    pub fn node_agent_token(&self, node: &str) -> String {
+        self.token(
+            "meshid-system",
+            "meshid-agent",
+            Some(("agent-a", "uid-agent-a")),
+            Some(node),
+        )
+    }
+
+    /// [`Self::node_agent_token`] in the file `agent.token`; returns its path.
+    pub fn node_agent_token_file(&self, node: &str) -> PathBuf {
+        let path = self.dir.path().join("agent.token");
+        std::fs::write(&path, self.node_agent_token(node)).unwrap();
+        path
+    }
+
     /// Writes a Running pod manifest whose processes run as Unix `unix_uid`
     /// (annotation `meshid.io/unix-uid`), so the agent can attest them.
     pub fn add_pod_with_unix_uid(

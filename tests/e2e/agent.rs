@@ -20,13 +20,7 @@ pub(crate) struct Mesh {
 
 pub(crate) fn mesh(workload_ttl: &str, attestable: bool, extra: &[&str]) -> Mesh {
     let env = TestEnv::new();
-    env.add_pod(
-        "meshid-system",
-        "agent-a",
-        "uid-agent-a",
-        "meshid-agent",
-        "node-a",
-    );
+    env.add_node_agent("node-a");
     let unix_uid = if attestable {
         my_unix_uid()
     } else {
@@ -39,13 +33,7 @@ pub(crate) fn mesh(workload_ttl: &str, attestable: bool, extra: &[&str]) -> Mesh
         &["--trusted-node-accounts", "meshid-system/meshid-agent"],
     )
     .unwrap();
-    let token = env.token_file(
-        "agent.token",
-        "meshid-system",
-        "meshid-agent",
-        Some(("agent-a", "uid-agent-a")),
-        Some("node-a"),
-    );
+    let token = env.node_agent_token_file("node-a");
     let mut args = vec!["--workload-ttl", workload_ttl];
     args.extend_from_slice(extra);
     let agent = AgentProcess::spawn(bin(), &env, ca.addr, "node-a", &token, &args).unwrap();
@@ -117,13 +105,7 @@ async fn an_unattested_caller_is_denied_and_the_agent_keeps_serving() {
 #[tokio::test]
 async fn the_agent_starts_without_its_ca_and_serves_once_the_ca_is_up() {
     let env = TestEnv::new();
-    env.add_pod(
-        "meshid-system",
-        "agent-a",
-        "uid-agent-a",
-        "meshid-agent",
-        "node-a",
-    );
+    env.add_node_agent("node-a");
     env.add_pod_with_unix_uid(
         "default",
         "web-1",
@@ -141,13 +123,7 @@ async fn the_agent_starts_without_its_ca_and_serves_once_the_ca_is_up() {
     .unwrap();
     let port = first.addr.port();
     first.terminate().unwrap();
-    let token = env.token_file(
-        "agent.token",
-        "meshid-system",
-        "meshid-agent",
-        Some(("agent-a", "uid-agent-a")),
-        Some("node-a"),
-    );
+    let token = env.node_agent_token_file("node-a");
     let agent = AgentProcess::spawn(bin(), &env, first.addr, "node-a", &token, &[]).unwrap();
 
     let endpoint = agent.endpoint();
@@ -230,13 +206,7 @@ async fn write_certs_keeps_files_current_with_a_private_key() {
 #[test]
 fn a_socket_path_that_is_a_regular_file_stops_the_agent_with_a_clear_message() {
     let env = TestEnv::new();
-    env.add_pod(
-        "meshid-system",
-        "agent-a",
-        "uid-agent-a",
-        "meshid-agent",
-        "node-a",
-    );
+    env.add_node_agent("node-a");
     let ca = CaProcess::spawn(bin(), &env, &[]).unwrap();
     let token = env.token_file(
         "agent.token",

@@ -179,12 +179,7 @@ fn hex(bytes: &[u8]) -> String {
 #[tokio::test]
 async fn trusted_node_agent_gets_identity_of_a_pod_on_its_node() {
     let (env, ca) = ca_with_web_pod(&[]);
-    let agent_token = env.token(
-        "meshid-system",
-        "meshid-agent",
-        Some(("agent-a", "uid-agent-a")),
-        Some("node-a"),
-    );
+    let agent_token = env.node_agent_token("node-a");
     let target = env.id("default", "web");
     let (_key, csr) = key_and_csr(&target);
     let mut client = ca.client(&env.root_pem()).await.unwrap();

@@ -324,12 +324,7 @@ async fn impersonation_is_refused_unless_trusted_and_on_node() {
     .await;
 
     // A trusted agent asking for a service account with no pod on its node.
-    let agent = env.token(
-        "meshid-system",
-        "meshid-agent",
-        Some(("agent-a", "uid-agent-a")),
-        Some("node-a"),
-    );
+    let agent = env.node_agent_token("node-a");
     let cart = env.id("shop", "cart");
     let (_k, csr) = key_and_csr(&cart);
     let req = request(&csr, 600, Some(&agent), Some(&cart.to_string()));

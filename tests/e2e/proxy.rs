@@ -97,13 +97,7 @@ async fn echo_server() -> SocketAddr {
 /// uid-annotated) and a CA.
 fn env_and_ca() -> (TestEnv, CaProcess) {
     let env = TestEnv::new();
-    env.add_pod(
-        "meshid-system",
-        "agent-a",
-        "uid-agent-a",
-        "meshid-agent",
-        "node-a",
-    );
+    env.add_node_agent("node-a");
     for sa in ["frontend", "backend", "client"] {
         env.add_pod(
             "default",
@@ -124,13 +118,7 @@ fn env_and_ca() -> (TestEnv, CaProcess) {
 
 /// The agent on node-a, writing `default/client`'s files into the returned directory.
 fn start_agent(env: &TestEnv, ca: &CaProcess, ttl: &str) -> (AgentProcess, PathBuf) {
-    let agent_token = env.token_file(
-        "agent.token",
-        "meshid-system",
-        "meshid-agent",
-        Some(("agent-a", "uid-agent-a")),
-        Some("node-a"),
-    );
+    let agent_token = env.node_agent_token_file("node-a");
     let client_certs = env.dir.path().join("client-certs");
     let write_certs = format!(
         "spiffe://cluster.local/ns/default/sa/client={}",

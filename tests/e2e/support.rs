@@ -20,13 +20,7 @@ pub(crate) fn bin() -> &'static Path {
 pub(crate) fn ca_with_web_pod(extra: &[&str]) -> (TestEnv, CaProcess) {
     let env = TestEnv::new();
     env.add_pod("default", "web-1", "uid-web-1", "web", "node-a");
-    env.add_pod(
-        "meshid-system",
-        "agent-a",
-        "uid-agent-a",
-        "meshid-agent",
-        "node-a",
-    );
+    env.add_node_agent("node-a");
     let mut args = vec!["--trusted-node-accounts", "meshid-system/meshid-agent"];
     args.extend_from_slice(extra);
     let ca = CaProcess::spawn(bin(), &env, &args).unwrap();

@@ -29,13 +29,7 @@ impl AuditBackend for BrokenDisk {
 
 fn issuer(env: &TestEnv, backend: Box<dyn AuditBackend>, max_concurrent: usize) -> Issuer {
     env.add_pod("default", "web-1", "uid-web-1", "web", "node-a");
-    env.add_pod(
-        "meshid-system",
-        "agent-a",
-        "uid-agent-a",
-        "meshid-agent",
-        "node-a",
-    );
+    env.add_node_agent("node-a");
     let clock = system_clock();
     let platform = LocalPlatform::open(LocalConfig::new(
         &env.manifests,
@@ -181,12 +175,7 @@ async fn saturated_ca_refuses_with_resource_exhausted_instead_of_queueing() {
 
 /// The node agent of node-a asking for `default/<sa>`.
 fn agent_request(env: &TestEnv, sa: &str) -> IssueRequest {
-    let token = env.token(
-        "meshid-system",
-        "meshid-agent",
-        Some(("agent-a", "uid-agent-a")),
-        Some("node-a"),
-    );
+    let token = env.node_agent_token("node-a");
     request(env, &token, sa, true)
 }
 
