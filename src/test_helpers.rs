@@ -2,8 +2,11 @@
 //! directories, tokens from the local issuer, CSRs, and the CA as a real
 //! process on `127.0.0.1:0` with a TLS client for it.
 //!
-//! Nothing here is a fake: the CA is the real binary, the tokens are signed by
-//! the same issuer code `meshid token issue` uses, and the client speaks TLS.
+//! The CA, the agent and the proxy are the real binaries, the tokens are
+//! signed by the same issuer code `meshid token issue` uses, and the client
+//! speaks TLS. The one stand-in is [`kube_api`]: a Kubernetes API server
+//! (in-process for unit tests, over HTTP for e2e), since no cluster is
+//! reachable from the tests.
 
 #![allow(clippy::unwrap_used, unreachable_pub, missing_docs)]
 
