@@ -4,7 +4,7 @@
 //! accounts over Istio's CA API; every decision is audited before the answer
 //! leaves. Module map (arrows point one way, see `DESIGN.md`):
 //!
-//! - [`identity`], [`time`]: SPIFFE IDs and the injectable clock; use nothing else.
+//! - [`identity`], [`time`]: SPIFFE IDs; the injectable clock and the one retry (`Backoff`) and renewal (`refresh_at`) rule; use nothing else.
 //! - [`token`]: `BearerToken`, the one type service-account tokens live in (redacted, zeroized, sensitive header).
 //! - [`secret_file`]: 0600 write-then-rename for key material, owner-only directories.
 //! - [`proc_self`]: this process's effective uid.
