@@ -3,7 +3,7 @@
 //! Owns the types that `security.istio.io/v1beta1` (and `v1`) PeerAuthentication
 //! YAML and JSON decode into, so that existing Istio policy files and the
 //! objects a Kubernetes API server returns apply unchanged, and resolves them
-//! as Istio does ([`resolve`]: mesh > namespace > workload, oldest wins within
+//! as Istio does ([`resolve`](mod@resolve): mesh > namespace > workload, oldest wins within
 //! a scope, port-level overrides from the workload policy), and reports the
 //! effective mode of a set of pods ([`report`](mod@report)). This module is
 //! pure: data in, decision out. It uses nothing of ours but

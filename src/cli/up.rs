@@ -6,8 +6,8 @@
 //! Every component is started by the same function as its own subcommand
 //! (`meshid ca`, `meshid agent`, `meshid proxy`), so attestation, audit and
 //! TLS are exactly what production runs. The demo side (manifests, tokens,
-//! echo servers, the caller) is [`demo`]; the live display is [`status`];
-//! `--check` (drive the scenario and report each step) is [`check`].
+//! echo servers, the caller) is `demo`; the live display is `status`;
+//! `--check` (drive the scenario and report each step) is `check`.
 //!
 //! Ports are fixed so that the printed commands work as written: CA 15012,
 //! its metrics 15014, agent metrics 15020, frontend outbound 15001, inbound

@@ -4,7 +4,7 @@
 //! Owns the one way a set of pods is turned into "effective mode per pod", for
 //! every reader of it (the agent's `ListWorkloadPolicies`, `meshid mtls status`
 //! on both platforms, `meshid up`'s status line). It does not decide a mode
-//! ([`super::resolve`] does) and does not know where pods come from: the
+//! ([`super::resolve`](mod@super::resolve) does) and does not know where pods come from: the
 //! input is anything that is a [`Workload`] (the platform's `Pod` is one).
 //!
 //! Rules enforced: pods are reported sorted by namespace and name, each once;

@@ -4,7 +4,7 @@
 //! Owns those ConfigMaps: created for new namespaces, repaired when edited or
 //! deleted, rewritten when the bundle changes. Watches Namespaces and, with a
 //! field selector, only ConfigMaps of that name. The decision is the pure
-//! [`plan`] function; this file only observes and writes.
+//! `plan` function; this file only observes and writes.
 //!
 //! Rules enforced: only the Lease holder writes (a replica that is not leader
 //! watches and does nothing); terminating namespaces are skipped; other data

@@ -5,9 +5,9 @@
 //!
 //! Owns the watches (list, then watch from the list's resourceVersion; relist
 //! on `410 Gone`; kube's default backoff while the API server is away, kept
-//! from resetting on every retry, [`super::backoff`]), the
-//! stores, the derived pod indexes ([`pod_index`]), the generation counter
-//! and readiness ([`sync`]). Pods are converted on arrival, so the store holds
+//! from resetting on every retry, `super::backoff`), the
+//! stores, the derived pod indexes (`pod_index`), the generation counter
+//! and readiness (`sync`). Pods are converted on arrival, so the store holds
 //! our small [`Pod`] rather than the API object; with a node name only that
 //! node's pods are watched (`fieldSelector=spec.nodeName=<node>`).
 //!
@@ -15,7 +15,7 @@
 //! across an `.await` (each lock is held for one in-memory map access);
 //! readiness is false until every watch's first list completed; after that
 //! the caches keep serving through API server outages; a PeerAuthentication
-//! that does not decode is skipped with a warning naming it ([`policies`]).
+//! that does not decode is skipped with a warning naming it (`policies`).
 
 pub(crate) mod convert;
 mod pod_index;
@@ -357,7 +357,7 @@ impl Informers {
         self.generation.subscribe()
     }
 
-    /// See [`sync`]: every first list done, and not stale beyond the bound.
+    /// See `sync`: every first list done, and not stale beyond the bound.
     pub fn is_ready(&self) -> bool {
         self.status.is_ready(self.max_staleness)
     }

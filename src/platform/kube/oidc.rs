@@ -10,8 +10,8 @@
 //!
 //! Rules enforced:
 //! - the issuer every token must carry is the one the API server announces;
-//!   keys come only from the API server ([`discovery::jwks_path`]);
-//! - fetching is single-flight and rate-limited ([`may_fetch`]): at most one
+//!   keys come only from the API server (`discovery::jwks_path`);
+//! - fetching is single-flight and rate-limited (`may_fetch`): at most one
 //!   fetch at a time, none within `min_refresh_interval` of the last success
 //!   nor within `retry_interval` of the last failure, so a flood of tokens
 //!   naming random `kid`s costs the API server at most one request per interval;

@@ -3,7 +3,7 @@
 //! The local twin of [`crate::platform::kube::policy_write`].
 //!
 //! Owns the write of a namespace's policy file. Finding the policy in effect
-//! is [`locate`]'s lenient look (so that a policy the platform refuses can be
+//! is `locate`'s lenient look (so that a policy the platform refuses can be
 //! repaired in place); the check of what was written is the local platform's
 //! own loading ([`Manifests::read`]).
 //!

@@ -2,7 +2,7 @@
 //! (`/.well-known/openid-configuration`), then the JWKS at its `jwks_uri`,
 //! both over the kube client's authenticated connection to the API server.
 //!
-//! Rule enforced ([`jwks_path`]): keys are only ever fetched from the API
+//! Rule enforced (`jwks_path`): keys are only ever fetched from the API
 //! server, never from a host a discovery document names. A `jwks_uri` is
 //! followed when it is a relative reference, when its host and port are the
 //! API server's (as configured), or when its path is the standard
