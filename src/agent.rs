@@ -9,9 +9,11 @@
 //! certificates and rotation), the three services on the socket — [`sds`]
 //! (Envoy SDS), [`workload_api`] (SPIFFE Workload API), [`policy_push`] (the
 //! mTLS policy stream) — [`files`] (certificates on disk), [`server`] (wiring
-//! it together), [`metrics`].
+//! it together), [`build`] (the composition root: plain settings in, a
+//! running agent out), [`metrics`].
 
 pub mod attest;
+pub mod build;
 pub mod ca_client;
 pub mod cache;
 pub mod files;
@@ -21,3 +23,5 @@ pub mod sds;
 pub mod server;
 pub mod socket;
 pub mod workload_api;
+
+pub use build::{build, AgentPlatform, AgentSetup, BuildError};

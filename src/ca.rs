@@ -6,6 +6,7 @@
 //! CSR (only its public key is used) → sign from server-side facts → check what
 //! was signed → audit → answer. Nothing is returned that has not been audited.
 //! This module owns the pipeline ([`issuer`]), the gRPC surface ([`service`]),
+//! its composition from plain settings ([`build`]),
 //! the TLS listener and its own serving certificate ([`server`], [`tls`]) and
 //! the Prometheus metrics ([`metrics`]), and on Kubernetes the CA's own jobs
 //! against the API server ([`kube`]: its key material in Secrets, the leader
@@ -14,6 +15,7 @@
 
 pub mod authn;
 pub mod authz;
+pub mod build;
 pub mod config;
 pub mod error;
 pub mod issuer;
@@ -23,6 +25,7 @@ pub mod server;
 pub mod service;
 pub mod tls;
 
+pub use build::{build, BuildError, CaPlatform, CaSetup};
 pub use config::CaConfig;
 pub use error::CaError;
 pub use issuer::{CaDeps, IssueRequest, Issuer};

@@ -53,6 +53,24 @@ pub struct AgentConfig {
     pub limits: SocketLimits,
 }
 
+impl AgentConfig {
+    /// The defaults of `meshid agent` for `node` on `socket`: trust domain
+    /// `cluster.local`, audience `istio-ca`, no metrics port, no files.
+    pub fn new(node: impl Into<String>, socket: impl Into<PathBuf>) -> Self {
+        Self {
+            node: node.into(),
+            socket: socket.into(),
+            trust_domain: TrustDomain::default(),
+            cache: CacheConfig::default(),
+            write_certs: Vec::new(),
+            metrics_listen: None,
+            audiences: vec!["istio-ca".to_owned()],
+            root_namespace: crate::policy::DEFAULT_ROOT_NAMESPACE.to_owned(),
+            limits: SocketLimits::default(),
+        }
+    }
+}
+
 /// What the agent is built from besides its config.
 pub struct AgentDeps {
     /// Facts about pods on this node.

@@ -1,7 +1,7 @@
 //! The CA's jobs against the Kubernetes API server: its key material in
 //! Secrets ([`secret`]), leader election over a Lease ([`lease`]) and the
 //! root-certificate ConfigMap in every namespace ([`root_configmap`]),
-//! written by the leader only.
+//! written by the leader only; [`root_distribution`] starts the last two.
 //!
 //! Owns what one CA deployment writes to Kubernetes. Does not own facts about
 //! pods, namespaces, tokens or policies (that is [`crate::platform::kube`],
@@ -12,4 +12,5 @@
 
 pub mod lease;
 pub mod root_configmap;
+pub mod root_distribution;
 pub mod secret;

@@ -5,24 +5,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::agent::socket::limits::SocketLimits;
-
 use anyhow::Context;
 use clap::Args;
 
 use super::platform::{PlatformArgs, PlatformKind};
-use crate::agent::ca_client::{CaClient, CaClientConfig};
+use crate::agent::build::{AgentPlatform, AgentSetup};
 use crate::agent::cache::CacheConfig;
-use crate::agent::server::{self, AgentConfig, AgentDeps};
+use crate::agent::server::{self, AgentConfig};
+use crate::agent::socket::limits::SocketLimits;
 use crate::identity::{SpiffeId, TrustDomain};
-use crate::platform::jwt::{JwtVerifier, JwtVerifierConfig};
-use crate::platform::kube::{KubeConfig, KubePlatform};
-use crate::platform::local::{load_verifier, LocalConfig, LocalPlatform};
 use crate::platform::Platform;
 use crate::policy::DEFAULT_ROOT_NAMESPACE;
 use crate::shutdown::Shutdown;
 use crate::time::system_clock;
-use crate::time::SharedClock;
 
 /// Flags of `meshid agent`.
 #[derive(Debug, Args)]
@@ -168,107 +163,44 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
 /// Builds the agent's dependencies from flags and starts it.
 pub async fn start(args: AgentArgs, shutdown: Shutdown) -> anyhow::Result<server::RunningAgent> {
-    start_on(args, shutdown, None).await
+    Ok(crate::agent::build(args.into_setup(None), shutdown).await?)
 }
 
-/// As [`start`], on a local platform that is already open and running when
-/// `local` is given (see [`super::ca::start_on`]).
-pub async fn start_on(
-    args: AgentArgs,
-    shutdown: Shutdown,
-    local: Option<Arc<dyn Platform>>,
-) -> anyhow::Result<server::RunningAgent> {
-    let clock = system_clock();
-    let root_pem = std::fs::read_to_string(&args.ca_root)
-        .with_context(|| format!("reading --ca-root {}", args.ca_root.display()))?;
-    if !args.token_file.is_file() {
-        anyhow::bail!(
-            "--token-file {} does not exist or is not a file",
-            args.token_file.display()
-        );
+impl AgentArgs {
+    /// The flags as plain settings. `shared`: a local platform already open
+    /// and running (`meshid up`).
+    pub fn into_setup(self, shared: Option<Arc<dyn Platform>>) -> AgentSetup {
+        let platform = match self.platform.platform {
+            PlatformKind::Local => AgentPlatform::Local {
+                manifests: self.manifests,
+                token_jwks_dir: self.token_jwks_dir,
+                shared,
+            },
+            PlatformKind::Kube => AgentPlatform::Kube {
+                token_verification: self.platform.token_verification,
+            },
+        };
+        AgentSetup {
+            config: AgentConfig {
+                node: self.node,
+                socket: self.socket,
+                trust_domain: self.trust_domain,
+                cache: CacheConfig {
+                    workload_ttl: self.workload_ttl,
+                    max_concurrent_csrs: self.max_concurrent_csrs,
+                    ..CacheConfig::default()
+                },
+                write_certs: self.write_certs,
+                metrics_listen: Some(self.metrics_listen),
+                audiences: self.audiences,
+                root_namespace: self.root_namespace,
+                limits: self.limits.into(),
+            },
+            ca_address: self.ca_address,
+            ca_root: self.ca_root,
+            token_file: self.token_file,
+            platform,
+            clock: system_clock(),
+        }
     }
-    let signer = CaClient::new(&CaClientConfig {
-        address: args.ca_address.clone(),
-        root_pem,
-        token_file: args.token_file.clone(),
-    })?;
-    let platform: Arc<dyn Platform> = match (args.platform.platform, local) {
-        (PlatformKind::Local, Some(shared)) => shared,
-        (PlatformKind::Local, None) => local_platform(&args, &clock, &shutdown)?,
-        (PlatformKind::Kube, _) => kube_platform(&args, &clock, &shutdown).await?,
-    };
-
-    // Printed and used as SPIFFE_ENDPOINT_SOCKET, which needs an absolute path.
-    let socket = std::path::absolute(&args.socket)
-        .with_context(|| format!("--socket {}", args.socket.display()))?;
-    let config = AgentConfig {
-        node: args.node,
-        socket,
-        trust_domain: args.trust_domain,
-        cache: CacheConfig {
-            workload_ttl: args.workload_ttl,
-            max_concurrent_csrs: args.max_concurrent_csrs,
-            ..CacheConfig::default()
-        },
-        write_certs: args.write_certs,
-        metrics_listen: Some(args.metrics_listen),
-        audiences: args.audiences,
-        root_namespace: args.root_namespace,
-        limits: args.limits.into(),
-    };
-    tracing::info!(
-        node = %config.node,
-        socket = %config.socket.display(),
-        ca = %args.ca_address,
-        workload_ttl = ?config.cache.workload_ttl,
-        "starting agent"
-    );
-    let deps = AgentDeps {
-        platform,
-        signer: Arc::new(signer),
-        clock,
-        registry: prometheus::Registry::new(),
-    };
-    Ok(server::start(config, deps, shutdown).await?)
-}
-
-/// The `local` platform: the manifest directory, workload tokens checked
-/// against the local issuer's keys (when `--token-jwks-dir` is given).
-fn local_platform(
-    args: &AgentArgs,
-    clock: &SharedClock,
-    shutdown: &Shutdown,
-) -> anyhow::Result<Arc<dyn Platform>> {
-    let verifier = match &args.token_jwks_dir {
-        Some(dir) => load_verifier(dir)
-            .with_context(|| format!("loading token keys from {}", dir.display()))?,
-        None => JwtVerifier::new(JwtVerifierConfig::new(jsonwebtoken::jwk::JwkSet {
-            keys: Vec::new(),
-        })),
-    };
-    let platform = LocalPlatform::open(LocalConfig::new(&args.manifests, verifier, clock.clone()))
-        .with_context(|| format!("reading manifests from {}", args.manifests.display()))?;
-    shutdown.spawn(platform.clone().run(shutdown.token().clone()));
-    Ok(platform)
-}
-
-/// The `kube` platform: pods of this node only (`spec.nodeName`), namespaces
-/// and PeerAuthentications from the API server; not ready until synced.
-async fn kube_platform(
-    args: &AgentArgs,
-    clock: &SharedClock,
-    shutdown: &Shutdown,
-) -> anyhow::Result<Arc<dyn Platform>> {
-    let (client, api_server) = super::platform::kube_client().await?;
-    let mode = args.platform.token_verification;
-    let verifier =
-        super::platform::token_verifier(mode, client.clone(), api_server, clock.clone(), shutdown);
-    let config = KubeConfig {
-        node_name: Some(args.node.clone()),
-        check_bound_pod: mode.needs_bound_pod_check(),
-        max_staleness: None,
-    };
-    let platform = KubePlatform::new(client, config, verifier)?;
-    shutdown.spawn(platform.clone().run(shutdown.token().clone()));
-    Ok(platform)
 }

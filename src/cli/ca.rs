@@ -1,9 +1,7 @@
 //! `meshid ca`: the certificate authority.
 
-mod root_distribution;
-
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,20 +9,14 @@ use anyhow::Context;
 use clap::Args;
 
 use super::platform::{PlatformArgs, PlatformKind};
-use crate::audit::{AuditLog, GroupCommitConfig, SqliteBackend};
 use crate::ca::authz::TrustedNodeAccounts;
-use crate::ca::kube::secret as ca_secret;
-use crate::ca::metrics::CaMetrics;
-use crate::ca::{CaConfig, CaDeps, CaServer};
+use crate::ca::build::{CaPlatform, CaSetup};
+use crate::ca::{self, CaConfig, CaServer};
 use crate::identity::TrustDomain;
-use crate::pki::authority::{Authority, AuthorityConfig};
 use crate::pki::key::KeyAlgorithm;
-use crate::platform::kube::{KubeConfig, KubePlatform};
-use crate::platform::local::{load_verifier, LocalConfig, LocalPlatform};
 use crate::platform::Platform;
 use crate::shutdown::Shutdown;
 use crate::time::system_clock;
-use crate::time::SharedClock;
 
 /// Flags of `meshid ca`.
 #[derive(Debug, Args)]
@@ -126,195 +118,47 @@ pub async fn run(args: CaArgs) -> anyhow::Result<()> {
 
 /// Builds every dependency from the flags and starts the CA.
 pub async fn start(args: CaArgs, shutdown: Shutdown) -> anyhow::Result<CaServer> {
-    start_on(args, shutdown, None).await
+    Ok(ca::build(args.into_setup(None), shutdown).await?)
 }
 
-/// As [`start`], on a local platform that is already open and running when
-/// `local` is given (`meshid up` shares one among the CA, the agent and
-/// itself, so the manifests are watched once and their warnings logged once).
-pub async fn start_on(
-    args: CaArgs,
-    shutdown: Shutdown,
-    local: Option<Arc<dyn Platform>>,
-) -> anyhow::Result<CaServer> {
-    let clock = system_clock();
-    ensure_dir(&args.data_dir)?;
-    let authority_cfg = AuthorityConfig {
-        trust_domain: args.trust_domain.clone(),
-        key_algorithm: args.root_key_algorithm,
-        clock_skew: time::Duration::seconds(60),
-    };
-    let (authority, platform): (Authority, Arc<dyn Platform>) = match args.platform.platform {
-        PlatformKind::Local => local_parts(&args, &authority_cfg, &clock, &shutdown, local)?,
-        PlatformKind::Kube => kube_parts(&args, &authority_cfg, &clock, &shutdown).await?,
-    };
-    let bundle_path = args.data_dir.join("root-cert.pem");
-    crate::secret_file::write_public(&bundle_path, authority.root_bundle_pem().as_bytes())
-        .with_context(|| format!("writing the root bundle to {}", bundle_path.display()))?;
-
-    let audit_path = args.data_dir.join("audit.db");
-    let backend = SqliteBackend::open(&audit_path)
-        .with_context(|| format!("opening the audit store {}", audit_path.display()))?;
-    let audit = AuditLog::start(
-        Box::new(backend),
-        GroupCommitConfig {
-            commit_delay: args.audit_commit_delay,
-            ..GroupCommitConfig::default()
-        },
-    );
-
-    let registry = prometheus::Registry::new();
-    let metrics = CaMetrics::register(&registry).context("registering metrics")?;
-    let config = CaConfig {
-        listen: args.listen,
-        metrics_listen: Some(args.metrics_listen),
-        trust_domain: args.trust_domain,
-        trusted_node_accounts: args.trusted_node_accounts,
-        audiences: args.audiences,
-        default_ttl: args.default_ttl,
-        max_ttl: args.max_ttl,
-        serving_dns_names: args.serving_dns_names,
-        serving_ips: args.serving_ips,
-        serving_cert_ttl: args.serving_cert_ttl,
-        max_concurrent_requests: args.max_concurrent_requests,
-        handshake_timeout: args.handshake_timeout,
-        ..CaConfig::default()
-    };
-    tracing::info!(
-        data_dir = %args.data_dir.display(),
-        platform = ?args.platform.platform,
-        plugin_ca = ?args.plugin_ca_dir,
-        trust_domain = %config.trust_domain,
-        trusted_node_accounts = %config.trusted_node_accounts,
-        audiences = ?config.audiences,
-        default_ttl = ?config.default_ttl,
-        max_ttl = ?config.max_ttl,
-        "starting CA"
-    );
-    let deps = CaDeps {
-        platform,
-        audit,
-        authority: Arc::new(authority),
-        clock,
-        metrics,
-    };
-    Ok(CaServer::start(config, deps, registry, shutdown).await?)
-}
-
-/// The `local` platform: the CA in DATA_DIR (or the plug-in directory), facts
-/// from the manifest directory, tokens from the local issuer.
-fn local_parts(
-    args: &CaArgs,
-    authority_cfg: &AuthorityConfig,
-    clock: &SharedClock,
-    shutdown: &Shutdown,
-    shared: Option<Arc<dyn Platform>>,
-) -> anyhow::Result<(Authority, Arc<dyn Platform>)> {
-    let authority = match &args.plugin_ca_dir {
-        Some(dir) => Authority::load_plugin(dir, authority_cfg, clock.as_ref())
-            .with_context(|| format!("loading the plug-in CA from {}", dir.display()))?,
-        None => {
-            Authority::load_or_create_self_signed(&args.data_dir, authority_cfg, clock.as_ref())
-                .with_context(|| format!("loading the CA from {}", args.data_dir.display()))?
+impl CaArgs {
+    /// The flags as plain settings. `shared`: a local platform already open
+    /// and running (`meshid up` shares one among the CA, the agent and
+    /// itself).
+    pub fn into_setup(self, shared: Option<Arc<dyn Platform>>) -> CaSetup {
+        let platform = match self.platform.platform {
+            PlatformKind::Local => CaPlatform::Local {
+                manifests: self.manifests,
+                shared,
+            },
+            PlatformKind::Kube => CaPlatform::Kube {
+                token_verification: self.platform.token_verification,
+                namespace: self.namespace,
+                pod_name: self.pod_name,
+            },
+        };
+        CaSetup {
+            config: CaConfig {
+                listen: self.listen,
+                metrics_listen: Some(self.metrics_listen),
+                trust_domain: self.trust_domain,
+                trusted_node_accounts: self.trusted_node_accounts,
+                audiences: self.audiences,
+                default_ttl: self.default_ttl,
+                max_ttl: self.max_ttl,
+                serving_dns_names: self.serving_dns_names,
+                serving_ips: self.serving_ips,
+                serving_cert_ttl: self.serving_cert_ttl,
+                max_concurrent_requests: self.max_concurrent_requests,
+                handshake_timeout: self.handshake_timeout,
+                ..CaConfig::default()
+            },
+            data_dir: self.data_dir,
+            plugin_ca_dir: self.plugin_ca_dir,
+            root_key_algorithm: self.root_key_algorithm,
+            audit_commit_delay: self.audit_commit_delay,
+            platform,
+            clock: system_clock(),
         }
-    };
-    if let Some(platform) = shared {
-        return Ok((authority, platform));
     }
-    let manifests = match &args.manifests {
-        Some(dir) => dir.clone(),
-        None => {
-            let dir = args.data_dir.join("manifests");
-            ensure_dir(&dir)?;
-            dir
-        }
-    };
-    // Rule: the CA reads only the issuer's public JWKS; it never creates or
-    // reads the issuer's private key (`meshid token issue` and `meshid up` do).
-    let verifier = load_verifier(&args.data_dir).with_context(|| {
-        format!(
-            "reading the token issuer's public keys ({}) from {}: create the local issuer first \
-             with `meshid token issue --data-dir {}` (or run `meshid up`)",
-            crate::platform::local::JWKS_FILE,
-            args.data_dir.display(),
-            args.data_dir.display()
-        )
-    })?;
-    let platform = LocalPlatform::open(LocalConfig {
-        manifest_dir: manifests.clone(),
-        verifier,
-        clock: clock.clone(),
-        poll_interval: crate::platform::local::DEFAULT_POLL_INTERVAL,
-    })
-    .with_context(|| format!("reading manifests from {}", manifests.display()))?;
-    shutdown.spawn(platform.clone().run(shutdown.token().clone()));
-    tracing::info!(manifests = %manifests.display(), "local platform");
-    Ok((authority, platform))
-}
-
-/// The `kube` platform: the CA from Secret `cacerts` or the shared
-/// self-signed root in `istio-ca-secret` (retried while the API server is
-/// away), informers over every pod, and the root-certificate ConfigMap in
-/// every namespace, written by the replica holding the Lease.
-async fn kube_parts(
-    args: &CaArgs,
-    authority_cfg: &AuthorityConfig,
-    clock: &SharedClock,
-    shutdown: &Shutdown,
-) -> anyhow::Result<(Authority, Arc<dyn Platform>)> {
-    if args.plugin_ca_dir.is_some() {
-        anyhow::bail!(
-            "--plugin-ca-dir is for --platform local; on Kubernetes put the plug-in CA in Secret {}/{}",
-            args.namespace,
-            ca_secret::PLUGIN_SECRET
-        );
-    }
-    let (client, api_server) = super::platform::kube_client().await?;
-    let loaded = ca_secret::load_ca(
-        &client,
-        &args.namespace,
-        authority_cfg,
-        clock.as_ref(),
-        &ca_secret::RetryPolicy::default(),
-        shutdown.token(),
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "loading the CA from Secrets in namespace {}",
-            args.namespace
-        )
-    })?;
-    tracing::info!(source = ?loaded.source, namespace = %args.namespace, "CA loaded from the cluster");
-
-    let mode = args.platform.token_verification;
-    let verifier =
-        super::platform::token_verifier(mode, client.clone(), api_server, clock.clone(), shutdown);
-    let config = KubeConfig {
-        node_name: None,
-        check_bound_pod: mode.needs_bound_pod_check(),
-        max_staleness: None,
-    };
-    let platform = KubePlatform::new(client.clone(), config, verifier)?;
-    shutdown.spawn(platform.clone().run(shutdown.token().clone()));
-    root_distribution::spawn(
-        client,
-        &args.namespace,
-        args.pod_name.clone(),
-        loaded.authority.root_bundle_pem(),
-        clock.clone(),
-        shutdown,
-    );
-    Ok((loaded.authority, platform))
-}
-
-fn ensure_dir(dir: &Path) -> anyhow::Result<()> {
-    crate::secret_file::ensure_private_dir(dir)
-        .with_context(|| format!("cannot create directory {}", dir.display()))?;
-    // Fail now, with the path, rather than at the first key or audit write.
-    let probe = dir.join(".meshid-write-probe");
-    std::fs::write(&probe, b"")
-        .with_context(|| format!("directory {} is not writable", dir.display()))?;
-    let _ = std::fs::remove_file(probe);
-    Ok(())
 }

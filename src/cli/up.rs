@@ -23,7 +23,7 @@ mod manifest_watch;
 mod ports;
 mod status;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,8 +32,10 @@ use anyhow::{bail, Context};
 use clap::Args;
 use tokio::time::Instant;
 
-use super::agent::AgentArgs;
-use super::ca::CaArgs;
+use crate::agent::cache::CacheConfig;
+use crate::agent::server::AgentConfig;
+use crate::agent::{AgentPlatform, AgentSetup};
+use crate::ca::{CaConfig, CaPlatform, CaSetup};
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::pki::key::KeyAlgorithm;
 use crate::platform::local::{LocalConfig, LocalPlatform, TokenIssuer};
@@ -197,10 +199,9 @@ async fn start(
     .with_context(|| format!("reading manifests from {}", manifests.display()))?;
     shutdown.spawn(platform.clone().run(shutdown.token().clone()));
 
-    let ca = super::ca::start_on(
-        ca_args(data_dir, &manifests, ports)?,
+    let ca = crate::ca::build(
+        ca_setup(data_dir, ports, platform.clone())?,
         shutdown.clone(),
-        Some(platform.clone()),
     )
     .await
     .context("starting the CA")?;
@@ -226,27 +227,27 @@ async fn start(
     demo::keep_tokens_fresh(issuer, platform.clone(), tokens, shutdown.clone());
 
     let socket = data_dir.join("agent.sock");
-    let agent = super::agent::start_on(
-        AgentArgs {
-            node: demo::NODE.to_owned(),
+    let agent = crate::agent::build(
+        AgentSetup {
+            config: AgentConfig {
+                cache: CacheConfig {
+                    workload_ttl: ttl,
+                    ..CacheConfig::default()
+                },
+                metrics_listen: Some(ports.agent_metrics()),
+                ..AgentConfig::new(demo::NODE, socket.clone())
+            },
             ca_address: format!("https://{}", ca.addr),
             ca_root: data_dir.join("root-cert.pem"),
             token_file: token_paths[0].clone(),
-            manifests: manifests.clone(),
-            token_jwks_dir: Some(data_dir.to_owned()),
-            socket: socket.clone(),
-            trust_domain: TrustDomain::default(),
-            workload_ttl: ttl,
-            write_certs: Vec::new(),
-            metrics_listen: ports.agent_metrics(),
-            audiences: vec!["istio-ca".to_owned()],
-            max_concurrent_csrs: 8,
-            root_namespace: crate::policy::DEFAULT_ROOT_NAMESPACE.to_owned(),
-            limits: super::agent::SocketLimitArgs::default(),
-            platform: super::platform::PlatformArgs::default(),
+            platform: AgentPlatform::Local {
+                manifests: manifests.clone(),
+                token_jwks_dir: Some(data_dir.to_owned()),
+                shared: Some(platform.clone()),
+            },
+            clock: system_clock(),
         },
         shutdown.clone(),
-        Some(platform.clone()),
     )
     .await
     .context("starting the node agent")?;
@@ -323,32 +324,29 @@ async fn start(
     Ok(mesh)
 }
 
-fn ca_args(data_dir: &Path, manifests: &Path, ports: Ports) -> anyhow::Result<CaArgs> {
-    Ok(CaArgs {
+fn ca_setup(
+    data_dir: &Path,
+    ports: Ports,
+    platform: Arc<LocalPlatform>,
+) -> anyhow::Result<CaSetup> {
+    let trusted_node_accounts = format!("{}/{}", demo::AGENT_NS, demo::AGENT_SA)
+        .parse()
+        .map_err(|e| anyhow::anyhow!("trusted node accounts: {e}"))?;
+    Ok(CaSetup {
+        config: CaConfig {
+            listen: ports.ca(),
+            metrics_listen: Some(ports.ca_metrics()),
+            trusted_node_accounts,
+            ..CaConfig::default()
+        },
         data_dir: data_dir.to_owned(),
-        manifests: Some(manifests.to_owned()),
-        listen: ports.ca(),
-        metrics_listen: ports.ca_metrics(),
-        trust_domain: TrustDomain::default(),
-        trusted_node_accounts: format!("{}/{}", demo::AGENT_NS, demo::AGENT_SA)
-            .parse()
-            .map_err(|e| anyhow::anyhow!("trusted node accounts: {e}"))?,
         plugin_ca_dir: None,
         root_key_algorithm: KeyAlgorithm::EcdsaP256,
-        default_ttl: Duration::from_secs(24 * 3600),
-        max_ttl: Duration::from_secs(90 * 24 * 3600),
-        audiences: vec!["istio-ca".to_owned()],
-        serving_dns_names: vec![
-            "meshid-ca.meshid-system.svc".to_owned(),
-            "localhost".to_owned(),
-        ],
-        serving_ips: vec![Ipv4Addr::LOCALHOST.into()],
-        serving_cert_ttl: Duration::from_secs(24 * 3600),
-        max_concurrent_requests: 256,
-        handshake_timeout: Duration::from_secs(10),
         audit_commit_delay: Duration::from_millis(1),
-        platform: super::platform::PlatformArgs::default(),
-        namespace: "meshid-system".to_owned(),
-        pod_name: None,
+        platform: CaPlatform::Local {
+            manifests: None,
+            shared: Some(platform),
+        },
+        clock: system_clock(),
     })
 }

@@ -3,7 +3,8 @@
 //! Owns the Kubernetes backend of [`super::Platform`]: [`KubePlatform`]
 //! (lookups served from reflector stores, [`informers`]; token verification
 //! through the [`TokenVerifier`] seam, implemented by TokenReview or by the
-//! API server's service-account issuer keys, [`token_review`], [`oidc`]); the
+//! API server's service-account issuer keys, [`token_review`], [`oidc`]);
+//! reaching the API server ([`connect`]); the
 //! `meshid mtls` write side ([`policy_write`]). The CA's own jobs (its key
 //! material in Secrets, the leader Lease, the root-certificate ConfigMaps) are
 //! [`crate::ca::kube`]'s: this module does not touch keys (it uses no `pki`).
@@ -15,6 +16,7 @@
 //! once that pod (by namespace, name and uid) is gone from the cache.
 
 pub(crate) mod backoff;
+pub mod connect;
 pub mod informers;
 pub mod oidc;
 pub mod policy_write;

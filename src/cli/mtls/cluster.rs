@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 
 use super::status::{print_rows, print_warnings, rows};
 use super::{check_namespace, SetModeArgs, StatusArgs};
-use crate::cli::platform::kube_client;
+use crate::platform::kube::connect::ApiServer;
 use crate::platform::kube::policy_write::{
     apply_namespace_mode, list_peer_authentications, list_pods, FIELD_MANAGER,
 };
@@ -16,7 +16,7 @@ use crate::policy::Policies;
 pub(super) async fn set_mode(args: SetModeArgs) -> anyhow::Result<()> {
     let namespace = args.namespace.as_str();
     check_namespace(namespace)?;
-    let (client, url) = kube_client().await?;
+    let ApiServer { client, url } = ApiServer::infer().await?;
     let applied = apply_namespace_mode(&client, namespace, args.mode)
         .await
         .with_context(|| format!("setting the mTLS mode of namespace {namespace} on {url}"))?;
@@ -51,7 +51,7 @@ pub(super) async fn set_mode(args: SetModeArgs) -> anyhow::Result<()> {
 }
 
 pub(super) async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let (client, url) = kube_client().await?;
+    let ApiServer { client, url } = ApiServer::infer().await?;
     let policies = list_peer_authentications(&client)
         .await
         .with_context(|| format!("reading PeerAuthentications from {url}"))?;

@@ -1,14 +1,14 @@
 //! The CA's singleton job on Kubernetes: keep ConfigMap `istio-ca-root-cert`
 //! in every namespace, done only by the replica holding the Lease.
 //!
-//! Owns wiring only: leader election is [`crate::ca::kube::lease`], the
-//! reconciliation of ConfigMaps is [`crate::ca::kube::root_configmap`].
+//! Owns wiring only: leader election is [`super::lease`], the
+//! reconciliation of ConfigMaps is [`super::root_configmap`].
 
 use ::kube::Client;
 use tokio::sync::watch;
 
-use crate::ca::kube::lease::{LeaderElector, LeaseConfig};
-use crate::ca::kube::root_configmap::RootCertDistributor;
+use super::lease::{LeaderElector, LeaseConfig};
+use super::root_configmap::RootCertDistributor;
 use crate::shutdown::Shutdown;
 use crate::time::SharedClock;
 
@@ -18,7 +18,7 @@ pub(crate) const LEASE_NAME: &str = "meshid-ca-root-cert";
 /// Starts leader election and the ConfigMap reconciler as tasks of `shutdown`.
 /// `holder` is this replica's identity in the Lease (the pod name; the host
 /// name when not given, which is the pod name on Kubernetes).
-pub(super) fn spawn(
+pub fn spawn(
     client: Client,
     namespace: &str,
     holder: Option<String>,

@@ -1,0 +1,386 @@
+//! The CA's composition root: from plain settings ([`CaSetup`]) to a running
+//! [`CaServer`] — its authority, its platform, its audit store, its metrics.
+//!
+//! `meshid ca` fills a [`CaSetup`] from flags, `meshid up` and the tests fill
+//! it directly; nothing here knows about clap. Owns the order things are
+//! opened in and the errors that name what could not be; the parts are
+//! [`crate::pki`], [`crate::platform`], [`crate::audit`] and [`super::kube`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::audit::{AuditError, AuditLog, GroupCommitConfig, SqliteBackend};
+use crate::ca::config::CaConfig;
+use crate::ca::issuer::CaDeps;
+use crate::ca::kube::root_distribution;
+use crate::ca::kube::secret::{self as ca_secret, CaSecretError};
+use crate::ca::metrics::CaMetrics;
+use crate::ca::server::{CaServer, ServerError};
+use crate::pki::authority::{Authority, AuthorityConfig, AuthorityError};
+use crate::pki::key::KeyAlgorithm;
+use crate::platform::kube::connect::{ApiServer, ConnectError};
+use crate::platform::kube::{KubeConfig, KubeConfigError, KubePlatform, TokenVerification};
+use crate::platform::local::{load_verifier, IssuerError, LocalConfig, LocalPlatform, JWKS_FILE};
+use crate::platform::{Platform, PlatformError};
+use crate::shutdown::Shutdown;
+use crate::time::SharedClock;
+
+/// Everything a CA is built from besides the shutdown it runs under.
+pub struct CaSetup {
+    /// The gRPC server's settings.
+    pub config: CaConfig,
+    /// Where the self-signed root, the root bundle (`root-cert.pem`), the
+    /// local issuer's public keys and the audit database live.
+    pub data_dir: PathBuf,
+    /// A plug-in CA directory (local platform only); `None`: the
+    /// self-signed root in `data_dir`.
+    pub plugin_ca_dir: Option<PathBuf>,
+    /// Key algorithm of a newly created self-signed root.
+    pub root_key_algorithm: KeyAlgorithm,
+    /// Longest the audit writer holds a commit back to group requests.
+    pub audit_commit_delay: Duration,
+    /// Where facts come from.
+    pub platform: CaPlatform,
+    /// Time.
+    pub clock: SharedClock,
+}
+
+/// Where the CA's facts (and, on Kubernetes, its key) come from.
+pub enum CaPlatform {
+    /// A manifest directory and the local token issuer's public keys.
+    Local {
+        /// The manifest directory; `None`: `DATA_DIR/manifests`, created.
+        manifests: Option<PathBuf>,
+        /// A local platform already open and running (`meshid up` shares
+        /// one among the CA, the agent and itself, so the manifests are
+        /// watched once and their warnings logged once).
+        shared: Option<Arc<dyn Platform>>,
+    },
+    /// The API server; the key from Secret `cacerts` or `istio-ca-secret`.
+    Kube {
+        /// How service-account tokens are verified.
+        token_verification: TokenVerification,
+        /// The CA's namespace (its Secrets and the leader Lease).
+        namespace: String,
+        /// This replica's identity in the Lease; `None`: the host name.
+        pod_name: Option<String>,
+    },
+}
+
+/// Why the CA could not be built; each names what it could not open.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A directory could not be created.
+    #[error("cannot create directory {}", dir.display())]
+    CreateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A directory cannot be written to.
+    #[error("directory {} is not writable", dir.display())]
+    NotWritable {
+        /// The directory.
+        dir: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The plug-in CA breaks a rule.
+    #[error("loading the plug-in CA from {}", dir.display())]
+    PluginCa {
+        /// The plug-in directory.
+        dir: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: Box<AuthorityError>,
+    },
+    /// The self-signed root could not be loaded or created.
+    #[error("loading the CA from {}", dir.display())]
+    SelfSigned {
+        /// The data directory.
+        dir: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: Box<AuthorityError>,
+    },
+    /// The local issuer's public keys are missing or unreadable. Rule: the
+    /// CA reads only the issuer's public JWKS; it never creates or reads the
+    /// issuer's private key (`meshid token issue` and `meshid up` do).
+    #[error(
+        "reading the token issuer's public keys ({JWKS_FILE}) from {dir}: create the local issuer \
+         first with `meshid token issue --data-dir {dir}` (or run `meshid up`)",
+        dir = dir.display()
+    )]
+    IssuerKeys {
+        /// The data directory.
+        dir: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: IssuerError,
+    },
+    /// The manifest directory could not be read.
+    #[error("reading manifests from {}", dir.display())]
+    Manifests {
+        /// The manifest directory.
+        dir: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: PlatformError,
+    },
+    /// A plug-in directory was given on Kubernetes.
+    #[error(
+        "--plugin-ca-dir is for --platform local; on Kubernetes put the plug-in CA in Secret {namespace}/{}",
+        ca_secret::PLUGIN_SECRET
+    )]
+    PluginDirOnKube {
+        /// The CA's namespace.
+        namespace: String,
+    },
+    /// No client for the API server.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The CA could not be loaded from the cluster's Secrets.
+    #[error("loading the CA from Secrets in namespace {namespace}")]
+    CaSecret {
+        /// The CA's namespace.
+        namespace: String,
+        /// What is wrong.
+        #[source]
+        source: Box<CaSecretError>,
+    },
+    /// A setting of the kube platform cannot work.
+    #[error(transparent)]
+    KubeConfig(#[from] KubeConfigError),
+    /// `root-cert.pem` could not be written.
+    #[error("writing the root bundle to {}", path.display())]
+    RootBundle {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The audit store could not be opened.
+    #[error("opening the audit store {}", path.display())]
+    Audit {
+        /// The database.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: Box<AuditError>,
+    },
+    /// Metrics could not be registered.
+    #[error("registering metrics")]
+    Metrics(#[source] prometheus::Error),
+    /// The server could not start.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+/// Opens everything `setup` names, in order (data directory, authority,
+/// platform, root bundle, audit store, metrics), and starts the CA in tasks
+/// of `shutdown`. Returns once it is ready to answer.
+pub async fn build(setup: CaSetup, shutdown: Shutdown) -> Result<CaServer, BuildError> {
+    let CaSetup {
+        config,
+        data_dir,
+        plugin_ca_dir,
+        root_key_algorithm,
+        audit_commit_delay,
+        platform,
+        clock,
+    } = setup;
+    ensure_writable_dir(&data_dir)?;
+    let authority_cfg = AuthorityConfig {
+        trust_domain: config.trust_domain.clone(),
+        key_algorithm: root_key_algorithm,
+        clock_skew: time::Duration::seconds(60),
+    };
+    let (authority, platform) = match platform {
+        CaPlatform::Local { manifests, shared } => {
+            let authority = match &plugin_ca_dir {
+                Some(dir) => Authority::load_plugin(dir, &authority_cfg, clock.as_ref()).map_err(
+                    |source| BuildError::PluginCa {
+                        dir: dir.clone(),
+                        source: Box::new(source),
+                    },
+                )?,
+                None => {
+                    Authority::load_or_create_self_signed(&data_dir, &authority_cfg, clock.as_ref())
+                        .map_err(|source| BuildError::SelfSigned {
+                            dir: data_dir.clone(),
+                            source: Box::new(source),
+                        })?
+                }
+            };
+            let platform = match shared {
+                Some(platform) => platform,
+                None => local_platform(&data_dir, manifests, &clock, &shutdown)?,
+            };
+            (authority, platform)
+        }
+        CaPlatform::Kube {
+            token_verification,
+            namespace,
+            pod_name,
+        } => {
+            if plugin_ca_dir.is_some() {
+                return Err(BuildError::PluginDirOnKube { namespace });
+            }
+            kube_parts(
+                &authority_cfg,
+                token_verification,
+                namespace,
+                pod_name,
+                &clock,
+                &shutdown,
+            )
+            .await?
+        }
+    };
+    let bundle_path = data_dir.join("root-cert.pem");
+    crate::secret_file::write_public(&bundle_path, authority.root_bundle_pem().as_bytes())
+        .map_err(|source| BuildError::RootBundle {
+            path: bundle_path,
+            source,
+        })?;
+
+    let audit_path = data_dir.join("audit.db");
+    let backend = SqliteBackend::open(&audit_path).map_err(|source| BuildError::Audit {
+        path: audit_path,
+        source: Box::new(source),
+    })?;
+    let audit = AuditLog::start(
+        Box::new(backend),
+        GroupCommitConfig {
+            commit_delay: audit_commit_delay,
+            ..GroupCommitConfig::default()
+        },
+    );
+    let registry = prometheus::Registry::new();
+    let metrics = CaMetrics::register(&registry).map_err(BuildError::Metrics)?;
+    tracing::info!(
+        data_dir = %data_dir.display(),
+        plugin_ca = ?plugin_ca_dir,
+        trust_domain = %config.trust_domain,
+        trusted_node_accounts = %config.trusted_node_accounts,
+        audiences = ?config.audiences,
+        default_ttl = ?config.default_ttl,
+        max_ttl = ?config.max_ttl,
+        "starting CA"
+    );
+    let deps = CaDeps {
+        platform,
+        audit,
+        authority: Arc::new(authority),
+        clock,
+        metrics,
+    };
+    Ok(CaServer::start(config, deps, registry, shutdown).await?)
+}
+
+/// The `local` platform: facts from the manifest directory, tokens checked
+/// against the local issuer's public keys in `data_dir`.
+fn local_platform(
+    data_dir: &Path,
+    manifests: Option<PathBuf>,
+    clock: &SharedClock,
+    shutdown: &Shutdown,
+) -> Result<Arc<dyn Platform>, BuildError> {
+    let manifests = match manifests {
+        Some(dir) => dir,
+        None => {
+            let dir = data_dir.join("manifests");
+            ensure_writable_dir(&dir)?;
+            dir
+        }
+    };
+    let verifier = load_verifier(data_dir).map_err(|source| BuildError::IssuerKeys {
+        dir: data_dir.to_owned(),
+        source,
+    })?;
+    let platform = LocalPlatform::open(LocalConfig {
+        manifest_dir: manifests.clone(),
+        verifier,
+        clock: clock.clone(),
+        poll_interval: crate::platform::local::DEFAULT_POLL_INTERVAL,
+    })
+    .map_err(|source| BuildError::Manifests {
+        dir: manifests.clone(),
+        source,
+    })?;
+    shutdown.spawn(platform.clone().run(shutdown.token().clone()));
+    tracing::info!(manifests = %manifests.display(), "local platform");
+    Ok(platform)
+}
+
+/// The `kube` platform: the CA from Secret `cacerts` or the shared
+/// self-signed root in `istio-ca-secret` (retried while the API server is
+/// away), informers over every pod, and the root-certificate ConfigMap in
+/// every namespace, written by the replica holding the Lease.
+async fn kube_parts(
+    authority_cfg: &AuthorityConfig,
+    mode: TokenVerification,
+    namespace: String,
+    pod_name: Option<String>,
+    clock: &SharedClock,
+    shutdown: &Shutdown,
+) -> Result<(Authority, Arc<dyn Platform>), BuildError> {
+    let api = ApiServer::infer().await?;
+    let loaded = ca_secret::load_ca(
+        &api.client,
+        &namespace,
+        authority_cfg,
+        clock.as_ref(),
+        &ca_secret::RetryPolicy::default(),
+        shutdown.token(),
+    )
+    .await
+    .map_err(|source| BuildError::CaSecret {
+        namespace: namespace.clone(),
+        source: Box::new(source),
+    })?;
+    tracing::info!(source = ?loaded.source, %namespace, "CA loaded from the cluster");
+
+    let (verifier, warm) = api.token_verifier(mode, clock.clone(), shutdown.token().clone());
+    if let Some(warm) = warm {
+        shutdown.spawn(warm);
+    }
+    let config = KubeConfig {
+        node_name: None,
+        check_bound_pod: mode.needs_bound_pod_check(),
+        max_staleness: None,
+    };
+    let platform = KubePlatform::new(api.client.clone(), config, verifier)?;
+    shutdown.spawn(platform.clone().run(shutdown.token().clone()));
+    root_distribution::spawn(
+        api.client,
+        &namespace,
+        pod_name,
+        loaded.authority.root_bundle_pem(),
+        clock.clone(),
+        shutdown,
+    );
+    Ok((loaded.authority, platform))
+}
+
+/// Creates `dir` (0700) if missing and checks now, naming the path, that it
+/// can be written, rather than at the first key or audit write.
+fn ensure_writable_dir(dir: &Path) -> Result<(), BuildError> {
+    crate::secret_file::ensure_private_dir(dir).map_err(|source| BuildError::CreateDir {
+        dir: dir.to_owned(),
+        source,
+    })?;
+    let probe = dir.join(".meshid-write-probe");
+    std::fs::write(&probe, b"").map_err(|source| BuildError::NotWritable {
+        dir: dir.to_owned(),
+        source,
+    })?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
