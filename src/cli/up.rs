@@ -39,6 +39,7 @@ use crate::ca::{CaConfig, CaPlatform, CaSetup};
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::pki::key::KeyAlgorithm;
 use crate::platform::local::{LocalConfig, LocalPlatform, TokenIssuer};
+use crate::platform::Platform;
 use crate::proxy::inbound::InboundRoute;
 use crate::proxy::outbound::OutboundRoute;
 use crate::proxy::server::{self as proxy_server, ProxyConfig, RunningProxy};
@@ -92,6 +93,10 @@ pub(crate) struct Mesh {
     pub(crate) started: Instant,
     pub(crate) started_at: time::OffsetDateTime,
     pub(crate) ttl: Duration,
+    /// Whether the manifest directory is there ([`manifest_watch`]).
+    pub(crate) manifests_present: tokio::sync::watch::Receiver<bool>,
+    /// Bumped on every change the platform reads (pods, policies).
+    pub(crate) platform_changes: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Mesh {
@@ -304,7 +309,7 @@ async fn start(
     }
     let mesh = Mesh {
         data_dir: data_dir.to_owned(),
-        manifests,
+        manifests: manifests.clone(),
         socket: agent.socket,
         ca_addr: ca.addr,
         metrics: metrics
@@ -316,8 +321,9 @@ async fn start(
         started,
         started_at,
         ttl,
+        manifests_present: manifest_watch::watch_manifest_dir(manifests.clone(), shutdown),
+        platform_changes: platform.changes(),
     };
-    manifest_watch::watch_manifest_dir(mesh.manifests.clone(), shutdown);
     if let Some(via) = mesh.via_frontend() {
         demo::call_every_second(via, started, mesh.calls.clone(), shutdown);
     }

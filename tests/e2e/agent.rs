@@ -3,22 +3,47 @@
 
 use std::time::{Duration, Instant};
 
-use meshid::test_helpers::{my_unix_uid, AgentProcess, CaProcess, TestEnv};
+use meshid::test_helpers::{
+    my_unix_uid, AgentProcess, CaProcess, InProcessAgent, InProcessCa, TestEnv,
+};
 use tokio_stream::StreamExt;
 
 use crate::support::*;
 
-/// A CA and an agent on node-a; this test process is the workload
-/// `default/web` (its pod is annotated with our Unix uid) unless
-/// `attestable` is false.
-pub(crate) struct Mesh {
+/// A CA and an agent on node-a, both built in this process unless the test
+/// needs the agent's signals or log (`A` = [`AgentProcess`]); this test
+/// process is the workload `default/web` (its pod is annotated with our Unix
+/// uid) unless `attestable` is false.
+pub(crate) struct Mesh<A = InProcessAgent> {
     pub(crate) env: TestEnv,
     /// Held so the CA lives as long as the mesh.
-    pub(crate) _ca: CaProcess,
-    pub(crate) agent: AgentProcess,
+    pub(crate) _ca: InProcessCa,
+    pub(crate) agent: A,
 }
 
 pub(crate) fn mesh(workload_ttl: &str, attestable: bool, extra: &[&str]) -> Mesh {
+    mesh_with(workload_ttl, attestable, extra, |env, ca, token, args| {
+        InProcessAgent::with_flags(env, ca.addr, "node-a", token, args).unwrap()
+    })
+}
+
+/// [`mesh`] with the agent as a child process.
+pub(crate) fn mesh_process(
+    workload_ttl: &str,
+    attestable: bool,
+    extra: &[&str],
+) -> Mesh<AgentProcess> {
+    mesh_with(workload_ttl, attestable, extra, |env, ca, token, args| {
+        AgentProcess::spawn(bin(), env, ca.addr, "node-a", token, args).unwrap()
+    })
+}
+
+fn mesh_with<A>(
+    workload_ttl: &str,
+    attestable: bool,
+    extra: &[&str],
+    agent: impl FnOnce(&TestEnv, &InProcessCa, &std::path::Path, &[&str]) -> A,
+) -> Mesh<A> {
     let env = TestEnv::new();
     env.add_node_agent("node-a");
     let unix_uid = if attestable {
@@ -27,8 +52,7 @@ pub(crate) fn mesh(workload_ttl: &str, attestable: bool, extra: &[&str]) -> Mesh
         my_unix_uid().wrapping_add(4242)
     };
     env.add_pod_with_unix_uid("default", "web-1", "uid-web-1", "web", "node-a", unix_uid);
-    let ca = CaProcess::spawn(
-        bin(),
+    let ca = InProcessCa::with_flags(
         &env,
         &["--trusted-node-accounts", "meshid-system/meshid-agent"],
     )
@@ -36,7 +60,7 @@ pub(crate) fn mesh(workload_ttl: &str, attestable: bool, extra: &[&str]) -> Mesh
     let token = env.node_agent_token_file("node-a");
     let mut args = vec!["--workload-ttl", workload_ttl];
     args.extend_from_slice(extra);
-    let agent = AgentProcess::spawn(bin(), &env, ca.addr, "node-a", &token, &args).unwrap();
+    let agent = agent(&env, &ca, &token, &args);
     Mesh {
         env,
         _ca: ca,
@@ -88,7 +112,7 @@ async fn spiffe_crate_fetches_an_svid_and_receives_the_rotation_on_the_same_stre
 
 #[tokio::test]
 async fn an_unattested_caller_is_denied_and_the_agent_keeps_serving() {
-    let m = mesh("1h", false, &[]);
+    let m = mesh_process("1h", false, &[]);
     let client = spiffe::WorkloadApiClient::connect_to(m.agent.endpoint())
         .await
         .unwrap();
@@ -281,7 +305,7 @@ async fn a_thousand_clients_at_once_all_get_their_svid() {
 
 #[tokio::test]
 async fn agent_metrics_report_the_cache_and_sigterm_stops_it_cleanly() {
-    let mut m = mesh("1h", true, &[]);
+    let mut m = mesh_process("1h", true, &[]);
     let client = spiffe::WorkloadApiClient::connect_to(m.agent.endpoint())
         .await
         .unwrap();

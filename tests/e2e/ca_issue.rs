@@ -1,7 +1,7 @@
 //! The CA issues what it should: valid X.509-SVIDs, audited, to the right callers.
 
 use meshid::audit::Outcome;
-use meshid::test_helpers::{connect, key_and_csr, request, CaClient, CaProcess};
+use meshid::test_helpers::{connect, key_and_csr, request, CaClient, CaProcess, InProcessCa};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::*;
@@ -271,7 +271,7 @@ async fn renewal_with_an_issued_client_certificate_needs_no_token() {
 
 #[tokio::test]
 async fn restart_on_the_same_data_dir_keeps_the_root_and_the_audit_history() {
-    let (env, mut ca) = ca_with_web_pod(&[]);
+    let (env, mut ca) = ca_process_with_web_pod(&[]);
     let root_before = env.root_pem();
     let token = env.token("default", "web", None, None);
     let id = env.id("default", "web");
@@ -425,7 +425,7 @@ fn lifetime_secs(chain: &[String]) -> i64 {
 
 /// Renews with the leaf+key of `chain`/`key`, asking for `validity` seconds.
 async fn renew(
-    ca: &CaProcess,
+    ca: &InProcessCa,
     env: &meshid::test_helpers::TestEnv,
     chain: &[String],
     key: &meshid::pki::key::PrivateKey,
@@ -451,10 +451,10 @@ async fn renew(
 
 /// Stops `ca`, deletes pod `default/web-1`, and starts a CA on the same data
 /// directory: the restarted CA knows the pod is gone from its first request.
-fn restart_without_web_1(mut ca: CaProcess, env: &meshid::test_helpers::TestEnv) -> CaProcess {
-    assert!(ca.terminate().unwrap().success());
+fn restart_without_web_1(ca: InProcessCa, env: &meshid::test_helpers::TestEnv) -> InProcessCa {
+    drop(ca);
     env.remove_pod("default", "web-1");
-    CaProcess::spawn(bin(), env, &[]).unwrap()
+    InProcessCa::with_flags(env, &[]).unwrap()
 }
 
 /// The attack of issue 12: a 60 s certificate, renewed with
@@ -538,7 +538,7 @@ async fn a_renewal_stops_when_no_pod_of_the_account_runs() {
 /// file. Now it is unready and issues nothing until the file is back.
 #[tokio::test]
 async fn a_ca_whose_audit_database_was_deleted_is_unready_and_issues_nothing() {
-    let (env, ca) = ca_with_web_pod(&[]);
+    let (env, ca) = ca_process_with_web_pod(&[]);
     let token = env.token("default", "web", None, None);
     let id = env.id("default", "web");
     let mut client = ca.client(&env.root_pem()).await.unwrap();

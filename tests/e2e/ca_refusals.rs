@@ -196,7 +196,7 @@ async fn csr_for_another_identity_is_denied_naming_both() {
 
 #[tokio::test]
 async fn bad_tokens_are_unauthenticated_with_an_opaque_message() {
-    let (env, ca) = ca_with_web_pod(&[]);
+    let (env, ca) = ca_process_with_web_pod(&[]);
     let mut client = ca.client(&env.root_pem()).await.unwrap();
     let (_k, csr) = key_and_csr(&env.id("default", "web"));
     let now = time::OffsetDateTime::now_utc();

@@ -333,9 +333,12 @@ async fn metrics(addr: SocketAddr) -> String {
 const TLS_LOOKALIKE: &[u8] =
     b"\x16\x03\x01\x00\x30\x01\x00\x00\x2cGET / HTTP/1.1\r\nConnection: close\r\n\r\n";
 
+/// Sends `bytes`, half-closes (so a proxy still waiting for the rest of a
+/// TLS handshake sees the end at once), and reads to the end.
 async fn send_raw(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let _ = s.write_all(bytes).await;
+    let _ = s.shutdown().await;
     let mut got = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
     String::from_utf8_lossy(&got).into_owned()

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use meshid::audit::{AuditBackend, AuditQuery, AuditRecord, SqliteBackend};
-use meshid::test_helpers::{CaProcess, TestEnv};
+use meshid::test_helpers::{CaProcess, InProcessCa, TestEnv};
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_meshid");
 
@@ -16,15 +16,31 @@ pub(crate) fn bin() -> &'static Path {
 }
 
 /// A CA with one pod `default/web-1` (sa `web`, node `node-a`) and the agent
-/// account `meshid-system/meshid-agent` trusted, running as a process.
-pub(crate) fn ca_with_web_pod(extra: &[&str]) -> (TestEnv, CaProcess) {
+/// account `meshid-system/meshid-agent` trusted, built in this process.
+pub(crate) fn ca_with_web_pod(extra: &[&str]) -> (TestEnv, InProcessCa) {
+    let env = web_pod_env();
+    let ca = InProcessCa::with_flags(&env, &trusting_the_agent(extra)).unwrap();
+    (env, ca)
+}
+
+/// [`ca_with_web_pod`] as a child process, for tests of signals and logs.
+pub(crate) fn ca_process_with_web_pod(extra: &[&str]) -> (TestEnv, CaProcess) {
+    let env = web_pod_env();
+    let ca = CaProcess::spawn(bin(), &env, &trusting_the_agent(extra)).unwrap();
+    (env, ca)
+}
+
+fn web_pod_env() -> TestEnv {
     let env = TestEnv::new();
     env.add_pod("default", "web-1", "uid-web-1", "web", "node-a");
     env.add_node_agent("node-a");
+    env
+}
+
+fn trusting_the_agent<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["--trusted-node-accounts", "meshid-system/meshid-agent"];
     args.extend_from_slice(extra);
-    let ca = CaProcess::spawn(bin(), &env, &args).unwrap();
-    (env, ca)
+    args
 }
 
 /// A token of `default/web` bound to pod `web-1` on `node-a` (the pod of

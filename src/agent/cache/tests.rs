@@ -1,13 +1,13 @@
 //! Cache behaviour with an in-process signer built on the real authority.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::*;
 use crate::pki::authority::{Authority, AuthorityConfig};
 use crate::pki::csr::validate_csr;
 use crate::pki::template::LeafRequest;
 use crate::platform::local::{LocalConfig, LocalPlatform};
-use crate::test_helpers::TestEnv;
+use crate::test_helpers::{Calls, TestEnv};
 use crate::time::{system_clock, SystemClock};
 
 /// Signs with a real authority; can be told to fail or to answer for the wrong identity.
@@ -15,26 +15,14 @@ struct InProcessCa {
     authority: Authority,
     fail: AtomicBool,
     lie: AtomicBool,
-    calls: AtomicUsize,
-    /// Woken on every call, so tests wait on calls instead of the clock.
-    called: tokio::sync::Notify,
+    /// Tests wait on calls instead of the clock.
+    calls: Calls,
 }
 
 impl InProcessCa {
     /// Waits until the CA has been asked `n` times in all.
     async fn asked(&self, n: usize) {
-        let wait = async {
-            loop {
-                let called = self.called.notified();
-                if self.calls.load(Ordering::SeqCst) >= n {
-                    return;
-                }
-                called.await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), wait)
-            .await
-            .expect("the CA is asked in time");
+        self.calls.reach(n, "the CA's signing calls").await;
     }
 }
 
@@ -48,8 +36,7 @@ impl CertSigner for InProcessCa {
         Box<dyn std::future::Future<Output = Result<Vec<String>, CaClientError>> + Send + 'a>,
     > {
         Box::pin(async move {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            self.called.notify_waiters();
+            self.calls.hit();
             if self.fail.load(Ordering::SeqCst) {
                 return Err(CaClientError::Refused {
                     code: tonic::Code::Unavailable,
@@ -103,8 +90,7 @@ fn fixture(ttl: Duration) -> Fixture {
         authority,
         fail: AtomicBool::new(false),
         lie: AtomicBool::new(false),
-        calls: AtomicUsize::new(0),
-        called: tokio::sync::Notify::new(),
+        calls: Calls::default(),
     });
     let cfg = CacheConfig {
         workload_ttl: ttl,
@@ -149,7 +135,7 @@ async fn one_certificate_per_identity_is_shared_and_the_bundle_follows() {
     let (mut ra, mut rb) = (a.receiver(), b.receiver());
     let (sa, sb) = (next_svid(&mut ra).await, next_svid(&mut rb).await);
     assert!(Arc::ptr_eq(&sa, &sb), "one certificate per identity");
-    assert_eq!(f.ca.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(f.ca.calls.count(), 1);
     let bundle = f.cache.bundle().borrow().clone().unwrap();
     assert_eq!(bundle.pem, f.ca.authority.root_bundle_pem());
     f.shutdown.trigger();
@@ -180,7 +166,7 @@ async fn ca_failure_keeps_the_current_certificate_and_retries() {
     let mut rx = sub.receiver();
     let first = next_svid(&mut rx).await;
     f.ca.fail.store(true, Ordering::SeqCst);
-    let calls = f.ca.calls.load(Ordering::SeqCst);
+    let calls = f.ca.calls.count();
     // The renewal fails, and is retried (with backoff): the first failure
     // has been handled by the time the retry asks.
     f.ca.asked(calls + 2).await;
@@ -209,7 +195,7 @@ async fn an_answer_for_the_wrong_identity_is_refused_and_the_old_one_kept() {
     let sub = f.cache.subscribe(&id);
     let mut rx = sub.receiver();
     let first = next_svid(&mut rx).await;
-    let calls = f.ca.calls.load(Ordering::SeqCst);
+    let calls = f.ca.calls.count();
     f.ca.lie.store(true, Ordering::SeqCst);
     // The CA is asked, lies, and is asked again: the lie has been judged.
     f.ca.asked(calls + 2).await;

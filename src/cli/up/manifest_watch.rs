@@ -6,6 +6,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use crate::platform::local::Manifests;
 use crate::shutdown::Shutdown;
 
@@ -25,9 +27,14 @@ const WATCH_EVERY: Duration = Duration::from_millis(500);
 /// Logs (once each way) when the manifest directory disappears and when it
 /// is back: the components' own errors name only the file-system error. The
 /// return is judged one look later, once the files are likely in place, and
-/// says which demo workloads the new directory lacks a pod for.
-pub(crate) fn watch_manifest_dir(manifests: std::path::PathBuf, shutdown: &Shutdown) {
+/// says which demo workloads the new directory lacks a pod for. The
+/// returned receiver says whether the directory is there now.
+pub(crate) fn watch_manifest_dir(
+    manifests: std::path::PathBuf,
+    shutdown: &Shutdown,
+) -> watch::Receiver<bool> {
     let stop = shutdown.clone();
+    let (tx, rx) = watch::channel(true);
     shutdown.spawn(async move {
         let mut present = true;
         let mut returning = false;
@@ -44,8 +51,10 @@ pub(crate) fn watch_manifest_dir(manifests: std::path::PathBuf, shutdown: &Shutd
             }
             returning = !present && now;
             present = now;
+            tx.send_if_modified(|was| std::mem::replace(was, now) != now);
         }
     });
+    rx
 }
 
 /// What the components find in a manifest directory that is back.

@@ -1,4 +1,5 @@
-//! The live status of `meshid up`: plain lines every few seconds (no TUI),
+//! The live status of `meshid up`: plain lines every few seconds and at
+//! once when the manifests change or their directory goes (no TUI),
 //! read through the same library queries a user's commands go through: the
 //! audit store as `meshid audit list` reads it ([`read_sqlite`]), the per-pod
 //! mTLS report as `meshid mtls status` builds it ([`report`]), the proxies'
@@ -20,8 +21,11 @@ use crate::shutdown::Shutdown;
 /// How often the status is printed.
 const EVERY: Duration = Duration::from_secs(5);
 
-/// Prints the status every few seconds until shutdown.
+/// Prints the status every few seconds, and when the platform reads a
+/// change or the manifest directory goes or comes back, until shutdown.
 pub(crate) async fn run(mesh: &Mesh, shutdown: &Shutdown) {
+    let mut present = mesh.manifests_present.clone();
+    let mut changes = mesh.platform_changes.clone();
     // Let the first calls through the mesh happen before the first report.
     tokio::select! {
         () = shutdown.triggered() => return,
@@ -36,6 +40,8 @@ pub(crate) async fn run(mesh: &Mesh, shutdown: &Shutdown) {
         tokio::select! {
             () = shutdown.triggered() => return,
             () = tokio::time::sleep(EVERY) => {}
+            Ok(()) = present.changed() => {}
+            Ok(()) = changes.changed() => {}
         }
     }
 }

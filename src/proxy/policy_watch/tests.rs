@@ -12,6 +12,7 @@ use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::{Request, Response, Status};
 
 use super::*;
+use crate::test_helpers::Calls;
 use proto::policy_discovery_server::{PolicyDiscovery, PolicyDiscoveryServer};
 
 fn update(
@@ -115,10 +116,20 @@ fn an_update_with_any_bad_field_is_refused_whole() {
 // ---- the reconnect loop against a scripted agent --------------------------
 
 /// An agent that answers each call with the next script: its updates, then
-/// the end of the stream (or, for an empty script, `UNAVAILABLE`).
+/// the end of the stream (or, with no script left, `UNAVAILABLE`). It counts
+/// the calls, so a test can wait for the proxy's next attempt, which it makes
+/// only once the previous stream has been read to its end.
 #[derive(Clone, Default)]
 struct ScriptedAgent {
     scripts: Arc<Mutex<Vec<Vec<proto::PolicyUpdate>>>>,
+    calls: Arc<Calls>,
+}
+
+impl ScriptedAgent {
+    /// Waits until the proxy has called at least `n` times.
+    async fn calls_reach(&self, n: usize) {
+        self.calls.reach(n, "the proxy's policy calls").await;
+    }
 }
 
 #[tonic::async_trait]
@@ -129,6 +140,7 @@ impl PolicyDiscovery for ScriptedAgent {
         &self,
         _request: Request<proto::WatchPolicyRequest>,
     ) -> Result<Response<Self::WatchPolicyStream>, Status> {
+        self.calls.hit();
         let script = {
             let mut scripts = self.scripts.lock().unwrap();
             if scripts.is_empty() {
@@ -177,9 +189,11 @@ fn socket(dir: &tempfile::TempDir) -> PathBuf {
 }
 
 #[tokio::test]
-async fn a_missing_agent_socket_is_retried_and_the_policy_kept_across_reconnects() {
+async fn a_refusing_agent_is_retried_and_the_policy_kept_across_reconnects() {
     let dir = tempfile::tempdir().unwrap();
     let path = socket(&dir);
+    let agent = ScriptedAgent::default();
+    let _server = serve(agent.clone(), &path);
     let (tx, mut rx) = watch::channel(None);
     let shutdown = Shutdown::new();
     let watcher = tokio::spawn(watch_policy(
@@ -188,19 +202,16 @@ async fn a_missing_agent_socket_is_retried_and_the_policy_kept_across_reconnects
         shutdown.clone(),
     ));
 
-    // No agent yet: nothing, and no panic.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The agent refuses (no script yet): the proxy tries again, and has no policy.
+    agent.calls_reach(2).await;
     assert!(rx.borrow().is_none());
 
-    // The agent appears; its first stream sends STRICT, then ends.
-    let agent = ScriptedAgent::default();
+    // Its next stream sends STRICT, then ends.
     let script = |s: Vec<proto::PolicyUpdate>| agent.scripts.lock().unwrap().push(s);
     script(vec![update(proto::MtlsMode::Strict, &[], "a")]);
-    let server = serve(agent.clone(), &path);
     assert_eq!(changed_to(&mut rx).await.mode, MtlsMode::Strict);
 
-    // The stream ended; the proxy retries (refused meanwhile) and reconnects.
-    // The repeated "a" is not news.
+    // The stream ended; the proxy reconnects. The repeated "a" is not news.
     script(vec![
         update(proto::MtlsMode::Strict, &[], "a"),
         update(
@@ -213,9 +224,10 @@ async fn a_missing_agent_socket_is_retried_and_the_policy_kept_across_reconnects
     assert_eq!((b.mode, b.version.as_str()), (MtlsMode::Audit, "b"));
     assert_eq!(b.mode_for_port(8080), MtlsMode::Disable);
 
-    // The agent goes away: the last policy stays.
-    server.trigger();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The agent refuses again, twice over: the last policy stays.
+    let before = agent.calls.count();
+    agent.calls_reach(before + 2).await;
+    assert!(!rx.has_changed().unwrap());
     assert_eq!(
         rx.borrow().as_ref().map(|p| p.version.clone()),
         Some("b".into())
@@ -247,7 +259,9 @@ async fn a_refused_update_leaves_the_current_policy_in_force() {
         shutdown.clone(),
     ));
     assert_eq!(changed_to(&mut rx).await.version, "a");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A second call comes only after the first stream, bad update and all,
+    // was read to its end.
+    agent.calls_reach(2).await;
     assert!(!rx.has_changed().unwrap(), "the bad update changed nothing");
     script(vec![update(proto::MtlsMode::Permissive, &[], "c")]);
     assert_eq!(
