@@ -9,7 +9,7 @@
 //! certificates and rotation), the three services on the socket — [`sds`]
 //! (Envoy SDS), [`workload_api`] (SPIFFE Workload API), [`policy_push`] (the
 //! mTLS policy stream) — [`files`] (certificates on disk), [`server`] (wiring
-//! it together), [`build`] (the composition root: plain settings in, a
+//! it together), [`mod@build`] (the composition root: plain settings in, a
 //! running agent out), [`metrics`].
 
 pub mod attest;

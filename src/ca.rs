@@ -6,7 +6,7 @@
 //! CSR (only its public key is used) → sign from server-side facts → check what
 //! was signed → audit → answer. Nothing is returned that has not been audited.
 //! This module owns the pipeline ([`issuer`]), the gRPC surface ([`service`]),
-//! its composition from plain settings ([`build`]),
+//! its composition from plain settings ([`mod@build`]),
 //! the TLS listener and its own serving certificate ([`server`], [`tls`]) and
 //! the Prometheus metrics ([`metrics`]), and on Kubernetes the CA's own jobs
 //! against the API server ([`kube`]: its key material in Secrets, the leader

@@ -13,11 +13,11 @@
 //! - [`audit`]: the audit record and its stores (SQLite, group commit).
 //! - [`policy`]: PeerAuthentication types, their resolution and the per-pod mode report (pure).
 //! - [`platform`]: facts in (tokens, pods, namespaces, policies), policy writes out: `local` manifests, `kube`.
-//! - [`ca`]: the Istio-compatible CA server, and its own Kubernetes jobs (Secrets, Lease, root ConfigMaps).
-//! - [`agent`]: the node agent (attestation, certificate cache, SDS, Workload API).
+//! - [`ca`]: the Istio-compatible CA server, its composition root (`ca::build`), and its own Kubernetes jobs (Secrets, Lease, root ConfigMaps).
+//! - [`agent`]: the node agent (attestation, certificate cache, SDS, Workload API) and its composition root (`agent::build`).
 //! - [`proxy`]: the per-workload proxy's parts (sniffing, mode decisions, SPIFFE TLS).
 //! - [`telemetry`], [`shutdown`]: logs, metrics endpoints, cancellation.
-//! - [`cli`]: the `meshid` subcommands.
+//! - [`cli`]: the `meshid` subcommands: flags into the plain setups the library builds from.
 //! - [`proto`]: generated code only.
 
 #![forbid(unsafe_code)]
