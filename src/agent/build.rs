@@ -12,8 +12,10 @@ use crate::agent::server::{self, AgentConfig, AgentDeps, AgentError, RunningAgen
 use crate::platform::jwt::{JwtVerifier, JwtVerifierConfig};
 use crate::platform::kube::connect::{ApiServer, ConnectError};
 use crate::platform::kube::{KubeConfig, KubeConfigError, KubePlatform, TokenVerification};
-use crate::platform::local::{load_verifier, IssuerError, LocalConfig, LocalPlatform};
-use crate::platform::{Platform, PlatformError};
+use crate::platform::local::{
+    load_verifier, IssuerError, LocalConfig, LocalPlatform, ManifestDirError,
+};
+use crate::platform::Platform;
 use crate::shutdown::Shutdown;
 use crate::time::SharedClock;
 
@@ -84,14 +86,8 @@ pub enum BuildError {
         source: IssuerError,
     },
     /// The manifest directory could not be read.
-    #[error("reading manifests from {}", dir.display())]
-    Manifests {
-        /// The directory.
-        dir: PathBuf,
-        /// What is wrong.
-        #[source]
-        source: PlatformError,
-    },
+    #[error(transparent)]
+    Manifests(#[from] ManifestDirError),
     /// No client for the API server.
     #[error(transparent)]
     Connect(#[from] ConnectError),
@@ -185,11 +181,7 @@ fn local_platform(
             keys: Vec::new(),
         })),
     };
-    let platform = LocalPlatform::open(LocalConfig::new(&manifests, verifier, clock.clone()))
-        .map_err(|source| BuildError::Manifests {
-            dir: manifests,
-            source,
-        })?;
+    let platform = LocalPlatform::open_dir(LocalConfig::new(&manifests, verifier, clock.clone()))?;
     shutdown.spawn(platform.clone().run(shutdown.token().clone()));
     Ok(platform)
 }

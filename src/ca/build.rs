@@ -21,8 +21,10 @@ use crate::pki::authority::{Authority, AuthorityConfig, AuthorityError};
 use crate::pki::key::KeyAlgorithm;
 use crate::platform::kube::connect::{ApiServer, ConnectError};
 use crate::platform::kube::{KubeConfig, KubeConfigError, KubePlatform, TokenVerification};
-use crate::platform::local::{load_verifier, IssuerError, LocalConfig, LocalPlatform, JWKS_FILE};
-use crate::platform::{Platform, PlatformError};
+use crate::platform::local::{
+    load_verifier, IssuerError, LocalConfig, LocalPlatform, ManifestDirError, JWKS_FILE,
+};
+use crate::platform::Platform;
 use crate::shutdown::Shutdown;
 use crate::time::SharedClock;
 
@@ -124,14 +126,8 @@ pub enum BuildError {
         source: IssuerError,
     },
     /// The manifest directory could not be read.
-    #[error("reading manifests from {}", dir.display())]
-    Manifests {
-        /// The manifest directory.
-        dir: PathBuf,
-        /// What is wrong.
-        #[source]
-        source: PlatformError,
-    },
+    #[error(transparent)]
+    Manifests(#[from] ManifestDirError),
     /// A plug-in directory was given on Kubernetes.
     #[error(
         "--plugin-ca-dir is for --platform local; on Kubernetes put the plug-in CA in Secret {namespace}/{}",
@@ -304,15 +300,11 @@ fn local_platform(
         dir: data_dir.to_owned(),
         source,
     })?;
-    let platform = LocalPlatform::open(LocalConfig {
+    let platform = LocalPlatform::open_dir(LocalConfig {
         manifest_dir: manifests.clone(),
         verifier,
         clock: clock.clone(),
         poll_interval: crate::platform::local::DEFAULT_POLL_INTERVAL,
-    })
-    .map_err(|source| BuildError::Manifests {
-        dir: manifests.clone(),
-        source,
     })?;
     shutdown.spawn(platform.clone().run(shutdown.token().clone()));
     tracing::info!(manifests = %manifests.display(), "local platform");

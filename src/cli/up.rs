@@ -196,12 +196,11 @@ async fn start(
     // manifests are watched once and their warnings logged once.
     let issuer = TokenIssuer::load_or_create(data_dir)
         .with_context(|| format!("loading the token issuer from {}", data_dir.display()))?;
-    let platform = LocalPlatform::open(LocalConfig::new(
+    let platform = LocalPlatform::open_dir(LocalConfig::new(
         &manifests,
         issuer.verifier(),
         system_clock(),
-    ))
-    .with_context(|| format!("reading manifests from {}", manifests.display()))?;
+    ))?;
     shutdown.spawn(platform.clone().run(shutdown.token().clone()));
 
     let ca = crate::ca::build(

@@ -134,7 +134,25 @@ fn load(dir: &Path) -> Result<(Fingerprint, Snapshot), PlatformError> {
     Ok((fingerprint, snapshot))
 }
 
+/// A manifest directory that could not be opened, naming it.
+#[derive(Debug, thiserror::Error)]
+#[error("reading manifests from {}", dir.display())]
+pub struct ManifestDirError {
+    /// The manifest directory.
+    pub dir: std::path::PathBuf,
+    /// What is wrong.
+    #[source]
+    pub source: PlatformError,
+}
+
 impl LocalPlatform {
+    /// [`Self::open`], its error naming the directory (what the CA, the
+    /// agent and `meshid up` report).
+    pub fn open_dir(cfg: LocalConfig) -> Result<Arc<Self>, ManifestDirError> {
+        let dir = cfg.manifest_dir.clone();
+        Self::open(cfg).map_err(|source| ManifestDirError { dir, source })
+    }
+
     /// Reads the manifest directory. A missing directory or a bad manifest is an error.
     pub fn open(cfg: LocalConfig) -> Result<Arc<Self>, PlatformError> {
         let (fingerprint, snapshot) = load(&cfg.manifest_dir)?;

@@ -102,6 +102,19 @@ fn log_filter(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| "meshid=debug,info".to_owned())
 }
 
+/// `bin ca` with the env's data directory, listening on `listen`, metrics on
+/// `metrics`, logging as `MESHID_TEST_CA_LOG` says.
+fn ca_command(bin: &Path, env: &TestEnv, listen: &str, metrics: SocketAddr) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("ca")
+        .arg("--data-dir")
+        .arg(&env.data_dir)
+        .args(["--listen", listen, "--metrics-listen"])
+        .arg(metrics.to_string())
+        .env("RUST_LOG", log_filter("MESHID_TEST_CA_LOG"));
+    cmd
+}
+
 /// The CA binary running as a child process; killed on drop.
 #[derive(Debug)]
 pub struct CaProcess {
@@ -125,16 +138,8 @@ impl CaProcess {
         extra: &[&str],
     ) -> anyhow::Result<Self> {
         let metrics = free_port()?;
-        let mut cmd = Command::new(bin);
-        cmd.arg("ca")
-            .arg("--data-dir")
-            .arg(&env.data_dir)
-            .arg("--manifests")
-            .arg(&env.manifests)
-            .args(["--listen", listen, "--metrics-listen"])
-            .arg(metrics.to_string())
-            .args(extra)
-            .env("RUST_LOG", log_filter("MESHID_TEST_CA_LOG"));
+        let mut cmd = ca_command(bin, env, listen, metrics);
+        cmd.arg("--manifests").arg(&env.manifests).args(extra);
         let log = env.dir.path().join(format!("ca-{}.log", metrics.port()));
         Self::start(cmd, log, metrics)
     }
@@ -391,17 +396,11 @@ impl CaProcess {
         extra: &[&str],
     ) -> anyhow::Result<Self> {
         let metrics = free_port()?;
-        let mut cmd = Command::new(bin);
-        cmd.arg("ca")
-            .arg("--data-dir")
-            .arg(&env.data_dir)
-            .args(["--listen", "127.0.0.1:0", "--serving-ips", "127.0.0.1"])
-            .arg("--metrics-listen")
-            .arg(metrics.to_string())
+        let mut cmd = ca_command(bin, env, "127.0.0.1:0", metrics);
+        cmd.args(["--serving-ips", "127.0.0.1"])
             .args(extra)
             .env("POD_NAMESPACE", "meshid-system")
-            .env("POD_NAME", pod_name)
-            .env("RUST_LOG", log_filter("MESHID_TEST_CA_LOG"));
+            .env("POD_NAME", pod_name);
         use_kubeconfig(&mut cmd, kubeconfig);
         let log = env.dir.path().join(format!("ca-{pod_name}.log"));
         Self::start(cmd, log, metrics)
