@@ -1,4 +1,7 @@
-//! `meshid proxy`: the sidecar proxy next to one workload.
+//! `meshid proxy`: the sidecar proxy next to one workload; `meshid proxy
+//! init`: its capture rules ([`init`]).
+
+pub mod init;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,7 +20,11 @@ use crate::time::system_clock;
 
 /// Flags of `meshid proxy`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ProxyArgs {
+    /// `init`: program this network namespace's capture rules instead of running the proxy.
+    #[command(subcommand)]
+    pub command: Option<ProxyCommand>,
     /// The node agent's Unix socket (SDS and the mTLS policy stream).
     #[arg(
         long,
@@ -53,6 +60,13 @@ pub struct ProxyArgs {
     #[arg(long, env = "MESHID_PROXY_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS,
         value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+}
+
+/// What `meshid proxy` does besides proxying.
+#[derive(Debug, clap::Subcommand)]
+pub enum ProxyCommand {
+    /// Program the netfilter rules that send this network namespace's TCP traffic through the proxy (run once per pod, before the proxy, with NET_ADMIN and NET_RAW).
+    Init(init::InitArgs),
 }
 
 /// `--max-connections` when not given.
@@ -99,8 +113,11 @@ fn parse_outbound(s: &str) -> Result<OutboundRoute, String> {
     })
 }
 
-/// Runs the proxy until SIGINT or SIGTERM.
+/// Runs the proxy until SIGINT or SIGTERM (or `init`, and returns).
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    if let Some(ProxyCommand::Init(init)) = &args.command {
+        return init::run(init);
+    }
     let shutdown = Shutdown::new();
     shutdown
         .trigger_on_signals()
