@@ -58,6 +58,10 @@ pub struct Pod {
     pub phase: Option<String>,
     /// `metadata.creationTimestamp`.
     pub creation_timestamp: Option<OffsetDateTime>,
+    /// `status.podIPs` (with `status.podIP` first when only it is set): where
+    /// the pod is reached; outbound capture learns a destination's identity
+    /// from it.
+    pub pod_ips: Vec<std::net::IpAddr>,
 }
 
 impl Pod {
@@ -265,6 +269,10 @@ pub trait Platform: Send + Sync + 'static {
 
     /// Every pod scheduled on `node` (`spec.nodeName`), in any phase.
     fn pods_on_node(&self, node: &str) -> Vec<Pod>;
+
+    /// Pods whose `status.podIPs` hold `ip`: one, normally; more when a
+    /// finished pod's address was reused (the caller picks the running one).
+    fn pods_with_ip(&self, ip: std::net::IpAddr) -> Vec<Pod>;
 
     /// Every pod of `namespace` running as `service_account`, in any phase.
     fn pods_for_service_account(&self, namespace: &str, service_account: &str) -> Vec<Pod>;
