@@ -33,6 +33,13 @@ use time::OffsetDateTime;
 use crate::identity::{IdentityError, SpiffeId, TrustDomain};
 use crate::policy::PeerAuthentication;
 
+/// The label that says a pod's proxy terminates meshid mTLS (set by the
+/// injector; read by outbound capture, which then requires mTLS to it).
+pub const TLS_MODE_LABEL: &str = "security.meshid.io/tlsMode";
+
+/// [`TLS_MODE_LABEL`]'s value on a meshed pod.
+pub const TLS_MODE_MESHID: &str = "meshid";
+
 /// The service account Kubernetes gives a pod that names none.
 pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
 
@@ -99,6 +106,11 @@ impl Pod {
             });
         }
         Ok(())
+    }
+
+    /// Whether the pod's proxy terminates meshid mTLS ([`TLS_MODE_LABEL`]).
+    pub fn is_meshed(&self) -> bool {
+        self.labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_MESHID)
     }
 
     /// The pod's SPIFFE ID, `spiffe://<td>/ns/<namespace>/sa/<service account>`.
