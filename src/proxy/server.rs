@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::identity::SpiffeId;
 use crate::proxy::accept::Listening;
 use crate::proxy::agent_link::{AgentLink, AgentLinkError};
-use crate::proxy::inbound::{Inbound, InboundRoute};
+use crate::proxy::inbound::{Inbound, InboundRoute, InboundTarget};
 use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::outbound::{Outbound, OutboundRoute};
 use crate::proxy::policy_watch;
@@ -181,7 +181,7 @@ pub async fn start(
         let listener = bind("--inbound", route.listen).await?;
         inbound.push(listener.local_addr().unwrap_or(route.listen));
         let side = Inbound::new(
-            route.app,
+            InboundTarget::App(route.app),
             store.clone(),
             store.identity().trust_domain().clone(),
             policy_rx.clone(),
