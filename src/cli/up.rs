@@ -281,6 +281,7 @@ async fn start(
             metrics_listen: Some(ports.proxy_metrics(i)),
             mode_change_drain: Duration::ZERO,
             max_connections: super::proxy::DEFAULT_MAX_CONNECTIONS as usize,
+            capture: None,
         };
         let registry = prometheus::Registry::new();
         let start = proxy_server::start(config, system_clock(), registry.clone(), shutdown.clone());
