@@ -83,9 +83,9 @@ fn set_mode(env: &TestEnv, mode: &str) {
     std::fs::write(env.manifests.join("pa-default.yaml"), yaml).unwrap();
 }
 
-/// Python's HTTP server on `APP_PORT` in `ns`, answering `body` at `/`.
-fn app(ns: &NetNs, dir: &Path, body: &str) -> Managed {
-    let root = dir.join(format!("www-{}", ns.name));
+/// Python's HTTP server on `port` in `ns`, answering `body` at `/`.
+fn app(ns: &NetNs, dir: &Path, port: u16, body: &str) -> Managed {
+    let root = dir.join(format!("www-{}-{port}", ns.name));
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("index.html"), body).unwrap();
     let mut cmd = ns.command("python3");
@@ -93,7 +93,7 @@ fn app(ns: &NetNs, dir: &Path, body: &str) -> Managed {
         .arg(format!(
             "import http.server, functools, sys\n\
              h = functools.partial(http.server.SimpleHTTPRequestHandler, directory={:?})\n\
-             s = http.server.ThreadingHTTPServer(('0.0.0.0', {APP_PORT}), h)\n\
+             s = http.server.ThreadingHTTPServer(('0.0.0.0', {port}), h)\n\
              print('serving', flush=True)\n\
              s.serve_forever()\n",
             root.display().to_string()
@@ -109,9 +109,18 @@ fn app(ns: &NetNs, dir: &Path, body: &str) -> Managed {
     .0
 }
 
-/// `proxy init` and `meshid proxy --capture` as uid 1337 in `ns`.
-fn meshed(ns: &NetNs, env: &TestEnv, agent: &InProcessAgent, name: &str) -> Managed {
-    let init = ns.exec(&[BIN, "proxy", "init", "--proxy-uid", PROXY_UID]);
+/// `proxy init` (with `init_args`) and `meshid proxy --capture` as uid 1337
+/// in `ns`, attested with the token of pod `name`.
+fn meshed(
+    ns: &NetNs,
+    env: &TestEnv,
+    agent: &InProcessAgent,
+    name: &str,
+    init_args: &[&str],
+) -> Managed {
+    let mut argv = vec![BIN, "proxy", "init", "--proxy-uid", PROXY_UID];
+    argv.extend_from_slice(init_args);
+    let init = ns.exec(&argv);
     assert!(
         init.status.success(),
         "{}",
@@ -188,48 +197,62 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     panic!("{what}: not within 10 s");
 }
 
+/// Why this machine cannot run the capture tests, if it cannot.
+fn unavailable() -> Option<String> {
+    if let Some(why) = NetNs::unavailable() {
+        return Some(why);
+    }
+    ["iptables-save", "curl", "python3", "setpriv"]
+        .into_iter()
+        .find(|tool| {
+            Command::new("which")
+                .arg(tool)
+                .output()
+                .map_or(true, |o| !o.status.success())
+        })
+        .map(|tool| format!("{tool} is not installed (.ci/run installs it)"))
+}
+
+/// A CA and an agent on the host side, the agent's socket reachable by uid 1337.
+fn control_plane(env: &TestEnv) -> (InProcessCa, InProcessAgent) {
+    set_readable_dir(env.dir.path());
+    env.add_node_agent("node-a");
+    let ca = InProcessCa::with_flags(
+        env,
+        &["--trusted-node-accounts", "meshid-system/meshid-agent"],
+    )
+    .unwrap();
+    let agent_token = env.node_agent_token_file("node-a");
+    let agent = InProcessAgent::with_flags(env, ca.addr, "node-a", &agent_token, &[]).unwrap();
+    (ca, agent)
+}
+
 #[test]
 fn unmodified_apps_get_mtls_by_pod_ip_and_strict_refuses_the_unmeshed() {
-    if let Some(why) = NetNs::unavailable() {
+    if let Some(why) = unavailable() {
         eprintln!("skipped: {why}");
         return;
     }
-    for tool in ["iptables-save", "curl", "python3", "setpriv"] {
-        if Command::new("which")
-            .arg(tool)
-            .output()
-            .map(|o| !o.status.success())
-            .unwrap_or(true)
-        {
-            eprintln!("skipped: {tool} is not installed (.ci/run installs it)");
-            return;
-        }
-    }
     let env = TestEnv::new();
-    set_readable_dir(env.dir.path());
-    env.add_node_agent("node-a");
     let (a_ip, b_ip, c_ip) = ("10.77.0.2", "10.77.0.3", "10.77.0.4");
     write_pod(&env, "a", a_ip, true);
     write_pod(&env, "b", b_ip, true);
     write_pod(&env, "c", c_ip, false);
     set_mode(&env, "PERMISSIVE");
-    let ca = InProcessCa::with_flags(
-        &env,
-        &["--trusted-node-accounts", "meshid-system/meshid-agent"],
-    )
-    .unwrap();
-    let agent_token = env.node_agent_token_file("node-a");
-    let agent = InProcessAgent::with_flags(&env, ca.addr, "node-a", &agent_token, &[]).unwrap();
+    let (ca, agent) = control_plane(&env);
 
     let mut lan = Lan::new();
     let (a, b, c) = (lan.pod("a", a_ip), lan.pod("b", b_ip), lan.pod("c", c_ip));
     let (a, b, c) = (&lan.pods[a], &lan.pods[b], &lan.pods[c]);
     let _apps = [
-        app(a, env.dir.path(), "hello from a"),
-        app(b, env.dir.path(), "hello from b"),
-        app(c, env.dir.path(), "hello from c"),
+        app(a, env.dir.path(), APP_PORT, "hello from a"),
+        app(b, env.dir.path(), APP_PORT, "hello from b"),
+        app(c, env.dir.path(), APP_PORT, "hello from c"),
     ];
-    let _proxies = [meshed(a, &env, &agent, "a"), meshed(b, &env, &agent, "b")];
+    let _proxies = [
+        meshed(a, &env, &agent, "a", &[]),
+        meshed(b, &env, &agent, "b", &[]),
+    ];
     let b_url = format!("http://{b_ip}:{APP_PORT}/");
 
     // a → b by pod IP, on the application's own port: mTLS, a's identity
@@ -264,4 +287,106 @@ fn unmodified_apps_get_mtls_by_pod_ip_and_strict_refuses_the_unmeshed() {
 fn set_readable_dir(dir: &Path) {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// b's own policy: `mode` on every port but 8081, which stays PERMISSIVE.
+fn set_b_ports(env: &TestEnv, mode: &str) {
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata:\n  \
+         name: b-ports\n  namespace: default\nspec:\n  selector:\n    matchLabels:\n      \
+         app: b\n  mtls:\n    mode: {mode}\n  portLevelMtls:\n    8081:\n      mode: PERMISSIVE\n"
+    );
+    std::fs::write(env.manifests.join("pa-b-ports.yaml"), yaml).unwrap();
+}
+
+#[test]
+fn capture_keeps_port_modes_exclusions_and_disable_and_refuses_impostors_and_loops() {
+    if let Some(why) = unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let env = TestEnv::new();
+    let (a_ip, b_ip, c_ip, d_ip) = ("10.78.0.2", "10.78.0.3", "10.78.0.4", "10.78.0.5");
+    write_pod(&env, "a", a_ip, true);
+    write_pod(&env, "b", b_ip, true);
+    write_pod(&env, "c", c_ip, false);
+    // d is meshed as service account d, but the proxy in its namespace holds
+    // b's identity: an impostor at d's address.
+    write_pod(&env, "d", d_ip, true);
+    set_mode(&env, "PERMISSIVE");
+    set_b_ports(&env, "STRICT");
+    let (ca, agent) = control_plane(&env);
+
+    let mut lan = Lan::new();
+    let (a, b, c, d) = (
+        lan.pod("a", a_ip),
+        lan.pod("b", b_ip),
+        lan.pod("c", c_ip),
+        lan.pod("d", d_ip),
+    );
+    let (a, b, c, d) = (&lan.pods[a], &lan.pods[b], &lan.pods[c], &lan.pods[d]);
+    let dir = env.dir.path();
+    let _apps = [
+        app(b, dir, APP_PORT, "b on 8080"),
+        app(b, dir, 8081, "b on 8081"),
+        app(b, dir, 9090, "b on 9090"),
+        app(d, dir, APP_PORT, "d on 8080"),
+    ];
+    let _proxies = [
+        meshed(a, &env, &agent, "a", &[]),
+        meshed(b, &env, &agent, "b", &["--exclude-inbound-ports", "9090"]),
+        meshed(d, &env, &agent, "b", &[]),
+    ];
+
+    // Port-level modes name the application's real ports: 8080 is STRICT,
+    // 8081 PERMISSIVE, for the unmeshed c.
+    let (ok, body) = curl(c, &format!("http://{b_ip}:8081/"));
+    assert!(ok && body.contains("b on 8081"), "{body}");
+    assert!(
+        !curl(c, &format!("http://{b_ip}:{APP_PORT}/")).0,
+        "STRICT 8080"
+    );
+    let (ok, body) = curl(a, &format!("http://{b_ip}:{APP_PORT}/"));
+    assert!(
+        ok && body.contains("b on 8080"),
+        "meshed a passes STRICT: {body}"
+    );
+
+    // An excluded port never reaches the proxy: plaintext even in STRICT.
+    let (ok, body) = curl(c, &format!("http://{b_ip}:9090/"));
+    assert!(ok && body.contains("b on 9090"), "{body}");
+
+    // Straight to b's capture port: refused, not looped.
+    assert!(!curl(c, &format!("http://{b_ip}:15006/")).0);
+    assert!(
+        metrics(b).contains(r#"direction="inbound",mode="NONE",outcome="refused""#),
+        "{}",
+        metrics(b)
+    );
+
+    // The impostor at d's address: a expects d's identity and gets b's.
+    let (ok, body) = curl(a, &format!("http://{d_ip}:{APP_PORT}/"));
+    assert!(!ok, "no plaintext fallback to a meshed destination: {body}");
+    assert!(
+        metrics(a).contains(r#"direction="outbound",mode="mtls",outcome="upstream_refused""#),
+        "{}",
+        metrics(a)
+    );
+    let log = std::fs::read_to_string(env.dir.path().join("proxy-a.log")).unwrap();
+    assert!(
+        log.contains("spiffe://cluster.local/ns/default/sa/d")
+            && log.contains("spiffe://cluster.local/ns/default/sa/b"),
+        "both identities are logged: {log}"
+    );
+
+    // DISABLE: b's proxy passes plaintext through untouched.
+    set_b_ports(&env, "DISABLE");
+    eventually("DISABLE lets c in on 8080", || {
+        curl(c, &format!("http://{b_ip}:{APP_PORT}/"))
+            .1
+            .contains("b on 8080")
+    });
+    assert!(metrics(b).contains(r#"direction="inbound",mode="DISABLE",outcome="allowed""#));
+    drop(agent);
+    drop(ca);
 }
