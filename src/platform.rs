@@ -286,6 +286,18 @@ pub trait Platform: Send + Sync + 'static {
     /// finished pod's address was reused (the caller picks the running one).
     fn pods_with_ip(&self, ip: std::net::IpAddr) -> Vec<Pod>;
 
+    /// Whether [`Self::pods_with_ip`] has seen every pod (on Kubernetes, the
+    /// agent's cluster-wide address watch listed once). Until then no
+    /// destination is answered: an address not yet seen may be meshed.
+    fn addresses_synced(&self) -> bool {
+        self.is_ready()
+    }
+
+    /// Bumped on every change [`Self::pods_with_ip`] would show.
+    fn address_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes()
+    }
+
     /// Every pod of `namespace` running as `service_account`, in any phase.
     fn pods_for_service_account(&self, namespace: &str, service_account: &str) -> Vec<Pod>;
 

@@ -148,6 +148,12 @@ impl DestinationDiscovery for DestinationService {
                 tracing::warn!(error = %e, "destination stream caller refused");
                 Status::permission_denied(e.to_string())
             })?;
+        if !self.platform.addresses_synced() {
+            // Not UNKNOWN: an address not yet seen may belong to a meshed pod.
+            return Err(Status::unavailable(
+                "the node agent has not yet listed the cluster's pod addresses; retry",
+            ));
+        }
         tracing::debug!(identity = %workload.identity, "destination stream opened");
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(self.clone().follow(request.into_inner(), tx));
@@ -161,7 +167,7 @@ impl DestinationService {
     /// One stream: answer what is asked, then re-answer what changed.
     async fn follow(self, mut incoming: Streaming<proto::DestinationRequest>, tx: Sender) {
         let mut asked: BTreeMap<String, (IpAddr, proto::Destination)> = BTreeMap::new();
-        let mut changes = self.platform.changes();
+        let mut changes = self.platform.address_changes();
         loop {
             let update = tokio::select! {
                 () = self.stop.cancelled() => {
