@@ -29,36 +29,25 @@ use tokio_util::sync::CancellationToken;
 use super::backoff::SteadyBackoff;
 use crate::platform::{Pod, DEFAULT_SERVICE_ACCOUNT, TLS_MODE_LABEL, TLS_MODE_MESHID};
 
-/// What destination discovery needs of a pod.
+/// What destination discovery needs of a pod: namespace and service
+/// account interned (shared by every pod that has them), the name shared
+/// with the index's key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Slim {
-    namespace: Box<str>,
-    name: Box<str>,
-    service_account: Box<str>,
+    namespace: Arc<str>,
+    name: Arc<str>,
+    service_account: Arc<str>,
     meshed: bool,
-    phase: Option<Box<str>>,
+    /// `Running` or `Pending` (or no phase): may serve; anything else: done.
+    running: bool,
     created: Option<time::OffsetDateTime>,
     ips: Box<[IpAddr]>,
 }
 
+type Key = (Arc<str>, Arc<str>);
+
 impl Slim {
-    fn from_pod(pod: k8s::Pod) -> Self {
-        Self::from_ours(&super::informers::convert::pod(pod))
-    }
-
-    fn from_ours(pod: &Pod) -> Self {
-        Self {
-            namespace: pod.namespace.as_str().into(),
-            name: pod.name.as_str().into(),
-            service_account: pod.service_account.as_str().into(),
-            meshed: pod.is_meshed(),
-            phase: pod.phase.as_deref().map(Into::into),
-            created: pod.creation_timestamp,
-            ips: pod.pod_ips.clone().into(),
-        }
-    }
-
-    fn key(&self) -> (Box<str>, Box<str>) {
+    fn key(&self) -> Key {
         (self.namespace.clone(), self.name.clone())
     }
 
@@ -73,47 +62,119 @@ impl Slim {
             name: self.name.to_string(),
             uid: String::new(),
             node_name: None,
-            service_account: if self.service_account.is_empty() {
-                DEFAULT_SERVICE_ACCOUNT.to_owned()
-            } else {
-                self.service_account.to_string()
-            },
+            service_account: self.service_account.to_string(),
             labels,
             annotations: std::collections::BTreeMap::new(),
-            phase: self.phase.as_deref().map(str::to_owned),
+            phase: Some(if self.running { "Running" } else { "Succeeded" }.to_owned()),
             creation_timestamp: self.created,
             pod_ips: self.ips.to_vec(),
         }
     }
 }
 
+/// The pods on one address: almost always one.
+#[derive(Debug)]
+enum Holders {
+    One(Arc<Slim>),
+    Many(Vec<Arc<Slim>>),
+}
+
 #[derive(Debug, Default)]
 struct Maps {
-    by_key: HashMap<(Box<str>, Box<str>), Arc<Slim>>,
-    by_ip: HashMap<IpAddr, Vec<Arc<Slim>>>,
+    by_key: HashMap<Key, Arc<Slim>>,
+    by_ip: HashMap<IpAddr, Holders>,
+    /// Namespaces and service accounts, each string kept once.
+    strings: std::collections::HashSet<Arc<str>>,
 }
 
 impl Maps {
-    fn insert(&mut self, slim: Slim) {
-        let slim = Arc::new(slim);
-        self.remove(&slim.key());
-        for ip in slim.ips.iter() {
-            self.by_ip.entry(*ip).or_default().push(slim.clone());
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(held) = self.strings.get(s) {
+            return held.clone();
         }
-        self.by_key.insert(slim.key(), slim);
+        let held: Arc<str> = s.into();
+        self.strings.insert(held.clone());
+        held
     }
 
-    fn remove(&mut self, key: &(Box<str>, Box<str>)) {
+    /// The slim form of `pod`, its strings interned.
+    fn slim(&mut self, pod: k8s::Pod) -> Slim {
+        let pod = super::informers::convert::pod(pod);
+        Slim {
+            namespace: self.intern(&pod.namespace),
+            service_account: self.intern(if pod.service_account.is_empty() {
+                DEFAULT_SERVICE_ACCOUNT
+            } else {
+                &pod.service_account
+            }),
+            meshed: pod.is_meshed(),
+            running: pod.is_running(),
+            created: pod.creation_timestamp,
+            ips: pod.pod_ips.into(),
+            name: pod.name.into(),
+        }
+    }
+
+    fn apply(&mut self, pod: k8s::Pod) {
+        let slim = self.slim(pod);
+        self.insert(slim);
+    }
+
+    fn delete(&mut self, pod: k8s::Pod) {
+        let slim = self.slim(pod);
+        self.remove(&slim.key());
+    }
+
+    fn insert(&mut self, slim: Slim) {
+        let slim = Arc::new(slim);
+        let key = slim.key();
+        self.remove(&key);
+        for ip in slim.ips.iter() {
+            match self.by_ip.remove(ip) {
+                None => {
+                    self.by_ip.insert(*ip, Holders::One(slim.clone()));
+                }
+                Some(Holders::One(other)) => {
+                    self.by_ip
+                        .insert(*ip, Holders::Many(vec![other, slim.clone()]));
+                }
+                Some(Holders::Many(mut others)) => {
+                    others.push(slim.clone());
+                    self.by_ip.insert(*ip, Holders::Many(others));
+                }
+            }
+        }
+        self.by_key.insert(key, slim);
+    }
+
+    fn remove(&mut self, key: &Key) {
         let Some(old) = self.by_key.remove(key) else {
             return;
         };
         for ip in old.ips.iter() {
-            if let Some(pods) = self.by_ip.get_mut(ip) {
-                pods.retain(|p| !Arc::ptr_eq(p, &old));
-                if pods.is_empty() {
-                    self.by_ip.remove(ip);
+            let left = match self.by_ip.remove(ip) {
+                Some(Holders::Many(mut pods)) => {
+                    pods.retain(|p| !Arc::ptr_eq(p, &old));
+                    match pods.len() {
+                        0 => None,
+                        1 => pods.pop().map(Holders::One),
+                        _ => Some(Holders::Many(pods)),
+                    }
                 }
+                Some(Holders::One(p)) if !Arc::ptr_eq(&p, &old) => Some(Holders::One(p)),
+                _ => None,
+            };
+            if let Some(left) = left {
+                self.by_ip.insert(*ip, left);
             }
+        }
+    }
+
+    fn with_ip(&self, ip: IpAddr) -> Vec<Pod> {
+        match self.by_ip.get(&ip) {
+            None => Vec::new(),
+            Some(Holders::One(p)) => vec![p.to_pod()],
+            Some(Holders::Many(pods)) => pods.iter().map(|p| p.to_pod()).collect(),
         }
     }
 }
@@ -155,10 +216,7 @@ impl AddressIndex {
         self.maps
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .by_ip
-            .get(&ip)
-            .map(|pods| pods.iter().map(|p| p.to_pod()).collect())
-            .unwrap_or_default()
+            .with_ip(ip)
     }
 
     /// Pods indexed.
@@ -198,14 +256,14 @@ impl AddressIndex {
 
     /// Applies one watch event (the list arrives as `Init`, `InitApply`…,
     /// `InitDone`, and replaces the index only when complete).
-    fn apply(&self, event: Event<k8s::Pod>) {
+    pub fn apply(&self, event: Event<k8s::Pod>) {
         let relist = || self.relist.lock().unwrap_or_else(PoisonError::into_inner);
         let maps = || self.maps.write().unwrap_or_else(PoisonError::into_inner);
         match event {
             Event::Init => *relist() = Some(Maps::default()),
             Event::InitApply(pod) => {
                 if let Some(list) = relist().as_mut() {
-                    list.insert(Slim::from_pod(pod));
+                    list.apply(pod);
                 }
             }
             Event::InitDone => {
@@ -218,12 +276,11 @@ impl AddressIndex {
                 self.bump();
             }
             Event::Apply(pod) => {
-                maps().insert(Slim::from_pod(pod));
+                maps().apply(pod);
                 self.bump();
             }
             Event::Delete(pod) => {
-                let key = Slim::from_pod(pod).key();
-                maps().remove(&key);
+                maps().delete(pod);
                 self.bump();
             }
         }
