@@ -131,14 +131,26 @@ impl Inbound {
     /// live connections. Connections are tracked by `shutdown` and cut
     /// [`CONNECTION_GRACE`](crate::shutdown::CONNECTION_GRACE) after it triggers.
     pub async fn run(self, listening: Listening) {
+        self.run_all(vec![listening]).await;
+    }
+
+    /// As [`Self::run`] on several listeners at once (capture's IPv4 and
+    /// IPv6 sockets), following the policy once for all of them.
+    pub async fn run_all(self, listenings: Vec<Listening>) {
         let this = Arc::new(self);
-        let shutdown = &listening.shutdown;
+        let Some(first) = listenings.first() else {
+            return;
+        };
+        let shutdown = first.shutdown.clone();
         shutdown.spawn(this.clone().follow_policy(shutdown.clone()));
-        serve(listening, "inbound", move |stream, peer, stop| {
+        let serving = listenings.into_iter().map(|listening| {
             let this = this.clone();
-            async move { this.handle(stream, peer, stop).await }
-        })
-        .await;
+            serve(listening, "inbound", move |stream, peer, stop| {
+                let this = this.clone();
+                async move { this.handle(stream, peer, stop).await }
+            })
+        });
+        futures::future::join_all(serving).await;
     }
 
     /// Re-evaluates live connections whenever the policy changes.

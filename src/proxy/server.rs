@@ -237,11 +237,11 @@ pub async fn start(
     }
     let capture = match (config.capture, destinations) {
         (Some(capture), Some(destinations)) => {
-            let out_listener = bind("--capture (outbound)", capture.outbound).await?;
-            let in_listener = bind("--capture (inbound)", capture.inbound).await?;
+            let out_listeners = bind_capture("--capture (outbound)", capture.outbound).await?;
+            let in_listeners = bind_capture("--capture (inbound)", capture.inbound).await?;
             let bound = (
-                out_listener.local_addr().unwrap_or(capture.outbound),
-                in_listener.local_addr().unwrap_or(capture.inbound),
+                out_listeners[0].local_addr().unwrap_or(capture.outbound),
+                in_listeners[0].local_addr().unwrap_or(capture.inbound),
             );
             let side = CapturedOutbound::new(
                 store.clone(),
@@ -249,7 +249,7 @@ pub async fn start(
                 capture.ports(),
                 metrics.clone(),
             );
-            shutdown.spawn(side.run(listening(out_listener)));
+            shutdown.spawn(side.run(out_listeners.into_iter().map(listening).collect()));
             let side = Inbound::new(
                 InboundTarget::OriginalDst {
                     capture_ports: capture.ports(),
@@ -260,7 +260,7 @@ pub async fn start(
                 metrics.clone(),
                 config.mode_change_drain,
             )?;
-            shutdown.spawn(side.run(listening(in_listener)));
+            shutdown.spawn(side.run_all(in_listeners.into_iter().map(listening).collect()));
             Some(bound)
         }
         _ => None,
@@ -272,6 +272,43 @@ pub async fn start(
         metrics_addr,
         identity: store.identity().clone(),
     })
+}
+
+/// A capture listener on `addr`, and when `addr` is `0.0.0.0` also on `[::]`
+/// with the same port (IPv6 only, so each socket reports its own family's
+/// original destination) when this network namespace has IPv6: `proxy init`
+/// redirects IPv6 traffic to the same ports.
+async fn bind_capture(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<Vec<TcpListener>, ProxyError> {
+    let mut listeners = vec![bind(what, addr).await?];
+    if addr.ip() == std::net::Ipv4Addr::UNSPECIFIED
+        && crate::proxy::capture::init::namespace_has_ipv6()
+    {
+        let v6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, addr.port()));
+        match bind_v6_only(v6) {
+            Ok(listener) => listeners.push(listener),
+            Err(source) => {
+                tracing::warn!(%v6, error = %source, "cannot listen for captured IPv6 connections; IPv6 traffic redirected here is refused");
+            }
+        }
+    }
+    Ok(listeners)
+}
+
+fn bind_v6_only(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV6,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_only_v6(true)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ProxyError> {

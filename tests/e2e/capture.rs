@@ -32,7 +32,8 @@ impl Lan {
         }
     }
 
-    /// A pod namespace with `ip`/24 on `eth0`, plugged into the bridge.
+    /// A pod namespace with `ip`/24 on `eth0` (and, when IPv6 is on, the
+    /// IPv6 address of [`v6_of`]), plugged into the bridge.
     fn pod(&mut self, tag: &str, ip: &str) -> usize {
         let ns = NetNs::new(tag);
         let hub_side = format!("vh{}-{}", tag, self.pods.len());
@@ -49,6 +50,10 @@ impl Lan {
             String::from_utf8_lossy(&out.stderr)
         );
         ns.ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        if ipv6() {
+            let v6 = format!("{}/64", v6_of(ip));
+            ns.ok(&["ip", "-6", "addr", "add", &v6, "dev", "eth0", "nodad"]);
+        }
         ns.ok(&["ip", "link", "set", "eth0", "up"]);
         self.hub
             .ok(&["ip", "link", "set", &hub_side, "master", "br0"]);
@@ -56,6 +61,16 @@ impl Lan {
         self.pods.push(ns);
         self.pods.len() - 1
     }
+}
+
+/// Whether this kernel has IPv6 (pods then get an IPv6 address too).
+fn ipv6() -> bool {
+    Path::new("/proc/net/if_inet6").exists()
+}
+
+/// The IPv6 address of the pod with IPv4 address `ip`: `fd77::<last byte>`.
+fn v6_of(ip: &str) -> String {
+    format!("fd77::{}", ip.rsplit('.').next().unwrap_or("1"))
 }
 
 /// A pod manifest with its IP, meshed (the tlsMode label) or not.
@@ -69,7 +84,8 @@ fn write_pod(env: &TestEnv, name: &str, ip: &str, meshed: bool) {
     let yaml = format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n  uid: uid-{name}\n\
          {labels}spec:\n  nodeName: node-a\n  serviceAccountName: {name}\n\
-         status:\n  phase: Running\n  podIP: {ip}\n"
+         status:\n  phase: Running\n  podIP: {ip}\n  podIPs:\n  - ip: {ip}\n  - ip: {}\n",
+        v6_of(ip)
     );
     std::fs::write(env.manifests.join(format!("pod-default-{name}.yaml")), yaml).unwrap();
 }
@@ -93,7 +109,8 @@ fn app(ns: &NetNs, dir: &Path, port: u16, body: &str) -> Managed {
         .arg(format!(
             "import http.server, functools, sys\n\
              h = functools.partial(http.server.SimpleHTTPRequestHandler, directory={:?})\n\
-             s = http.server.ThreadingHTTPServer(('0.0.0.0', {port}), h)\n\
+             class S(http.server.ThreadingHTTPServer): address_family = __import__('socket').AF_INET6\n\
+             s = S(('::', {port}), h)\n\
              print('serving', flush=True)\n\
              s.serve_forever()\n",
             root.display().to_string()
@@ -275,11 +292,22 @@ fn unmodified_apps_get_mtls_by_pod_ip_and_strict_refuses_the_unmeshed() {
     let (ok, body) = curl(c, &b_url);
     assert!(ok && body.contains("hello from b"), "{body}");
 
+    // The same over IPv6.
+    if ipv6() {
+        let (ok, body) = curl(a, &format!("http://[{}]:{APP_PORT}/", v6_of(b_ip)));
+        assert!(ok && body.contains("hello from b"), "IPv6: {body}");
+    }
+
     // STRICT: c is refused, a still gets through.
     set_mode(&env, "STRICT");
     eventually("c refused in STRICT", || !curl(c, &b_url).0);
     let (ok, body) = curl(a, &b_url);
     assert!(ok && body.contains("hello from b"), "{body}");
+    if ipv6() {
+        let b6 = format!("http://[{}]:{APP_PORT}/", v6_of(b_ip));
+        assert!(!curl(c, &b6).0, "STRICT holds over IPv6 too");
+        assert!(curl(a, &b6).0);
+    }
     drop(agent);
     drop(ca);
 }

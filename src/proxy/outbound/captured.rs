@@ -66,13 +66,17 @@ impl CapturedOutbound {
     }
 
     /// Serves until shutdown.
-    pub async fn run(self, listening: Listening) {
+    /// Serves on each listener (capture's IPv4 and IPv6 sockets) until shutdown.
+    pub async fn run(self, listenings: Vec<Listening>) {
         let this = Arc::new(self);
-        serve(listening, "outbound", move |stream, peer, _stop| {
+        let serving = listenings.into_iter().map(|listening| {
             let this = this.clone();
-            async move { this.handle(stream, peer).await }
-        })
-        .await;
+            serve(listening, "outbound", move |stream, peer, _stop| {
+                let this = this.clone();
+                async move { this.handle(stream, peer).await }
+            })
+        });
+        futures::future::join_all(serving).await;
     }
 
     /// A client verifying exactly `identity` (built once per identity).
