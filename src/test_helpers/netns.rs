@@ -71,6 +71,71 @@ impl Drop for NetNs {
     }
 }
 
+/// A hub namespace with a bridge, and pods plugged into it.
+pub struct Lan {
+    pub hub: NetNs,
+    pub pods: Vec<NetNs>,
+}
+
+impl Default for Lan {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Lan {
+    /// A hub namespace with bridge `br0` up, and no pods yet.
+    pub fn new() -> Self {
+        let hub = NetNs::new("hub");
+        hub.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
+        hub.ok(&["ip", "link", "set", "br0", "up"]);
+        Self {
+            hub,
+            pods: Vec::new(),
+        }
+    }
+
+    /// A pod namespace with `ip`/24 on `eth0` (and, when IPv6 is on, the
+    /// IPv6 address of [`v6_of`]), plugged into the bridge.
+    pub fn pod(&mut self, tag: &str, ip: &str) -> usize {
+        let ns = NetNs::new(tag);
+        let hub_side = format!("vh{}-{}", tag, self.pods.len());
+        let out = Command::new("ip")
+            .args([
+                "link", "add", "eth0", "netns", &ns.name, "type", "veth", "peer", "name",
+            ])
+            .args([hub_side.as_str(), "netns", self.hub.name.as_str()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ns.ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        if ipv6() {
+            let v6 = format!("{}/64", v6_of(ip));
+            ns.ok(&["ip", "-6", "addr", "add", &v6, "dev", "eth0", "nodad"]);
+        }
+        ns.ok(&["ip", "link", "set", "eth0", "up"]);
+        self.hub
+            .ok(&["ip", "link", "set", &hub_side, "master", "br0"]);
+        self.hub.ok(&["ip", "link", "set", &hub_side, "up"]);
+        self.pods.push(ns);
+        self.pods.len() - 1
+    }
+}
+
+/// Whether this kernel has IPv6 (pods then get an IPv6 address too).
+pub fn ipv6() -> bool {
+    std::path::Path::new("/proc/net/if_inet6").exists()
+}
+
+/// The IPv6 address of the pod with IPv4 address `ip`: `fd77::<last byte>`.
+pub fn v6_of(ip: &str) -> String {
+    format!("fd77::{}", ip.rsplit('.').next().unwrap_or("1"))
+}
+
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap();
     assert!(

@@ -8,70 +8,13 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use meshid::test_helpers::netns::{ipv6, v6_of, Lan};
 use meshid::test_helpers::{InProcessAgent, InProcessCa, Managed, NetNs, TestEnv};
 
 use crate::support::*;
 
 const PROXY_UID: &str = "1337";
 const APP_PORT: u16 = 8080;
-
-/// A hub namespace with a bridge, and pods plugged into it.
-struct Lan {
-    hub: NetNs,
-    pods: Vec<NetNs>,
-}
-
-impl Lan {
-    fn new() -> Self {
-        let hub = NetNs::new("hub");
-        hub.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
-        hub.ok(&["ip", "link", "set", "br0", "up"]);
-        Self {
-            hub,
-            pods: Vec::new(),
-        }
-    }
-
-    /// A pod namespace with `ip`/24 on `eth0` (and, when IPv6 is on, the
-    /// IPv6 address of [`v6_of`]), plugged into the bridge.
-    fn pod(&mut self, tag: &str, ip: &str) -> usize {
-        let ns = NetNs::new(tag);
-        let hub_side = format!("vh{}-{}", tag, self.pods.len());
-        let out = Command::new("ip")
-            .args([
-                "link", "add", "eth0", "netns", &ns.name, "type", "veth", "peer", "name",
-            ])
-            .args([hub_side.as_str(), "netns", self.hub.name.as_str()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        ns.ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-        if ipv6() {
-            let v6 = format!("{}/64", v6_of(ip));
-            ns.ok(&["ip", "-6", "addr", "add", &v6, "dev", "eth0", "nodad"]);
-        }
-        ns.ok(&["ip", "link", "set", "eth0", "up"]);
-        self.hub
-            .ok(&["ip", "link", "set", &hub_side, "master", "br0"]);
-        self.hub.ok(&["ip", "link", "set", &hub_side, "up"]);
-        self.pods.push(ns);
-        self.pods.len() - 1
-    }
-}
-
-/// Whether this kernel has IPv6 (pods then get an IPv6 address too).
-fn ipv6() -> bool {
-    Path::new("/proc/net/if_inet6").exists()
-}
-
-/// The IPv6 address of the pod with IPv4 address `ip`: `fd77::<last byte>`.
-fn v6_of(ip: &str) -> String {
-    format!("fd77::{}", ip.rsplit('.').next().unwrap_or("1"))
-}
 
 /// A pod manifest with its IP, meshed (the tlsMode label) or not.
 fn write_pod(env: &TestEnv, name: &str, ip: &str, meshed: bool) {
