@@ -131,6 +131,53 @@ fn report(what: &str, (run, cpu): &(WrkRun, Vec<f64>)) {
     );
 }
 
+/// VmRSS of `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// One iperf3 run from the client to the server's pod IP (a server started
+/// for it in the server's namespace), in Gbit/s; `None` without iperf3.
+fn iperf(client: &NetNs, server: &NetNs, seconds: u64) -> Option<f64> {
+    let mut daemon = server
+        .command("iperf3")
+        .args(["-s", "-1", "-p", "5201"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut out = None;
+    for _ in 0..50 {
+        let run = client.exec(&[
+            "iperf3",
+            "-c",
+            SERVER_IP,
+            "-p",
+            "5201",
+            "-t",
+            &seconds.to_string(),
+            "-J",
+        ]);
+        if run.status.success() {
+            out = Some(run.stdout);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let json: serde_json::Value = serde_json::from_slice(&out?).ok()?;
+    json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|b| b / 1e9)
+}
+
 fn main() {
     if let Some(why) = NetNs::unavailable() {
         println!("skipped: {why}");
@@ -177,6 +224,7 @@ fn main() {
         "direct",
         measure(client, &direct_url, &[], connections, seconds),
     ));
+    let bulk_direct = iperf(client, server, seconds);
 
     // The same kernel for both: capture rules in both namespaces, and each
     // side's one proxy serving an explicit route and capture at once (the
@@ -228,6 +276,8 @@ fn main() {
             measure(client, &direct_url, &both, connections, seconds),
         ));
     }
+    let bulk_capture = iperf(client, server, seconds);
+    let rss: Vec<u64> = both.iter().map(|p| rss_kib(p.pid().unwrap())).collect();
     println!(
         "wrk (1 thread, {connections} connections, {seconds} s) against nginx (1 worker) across two network namespaces; proxies: [frontend, backend]"
     );
@@ -242,6 +292,16 @@ fn main() {
             .collect();
         runs.iter().sum::<f64>() / runs.len().max(1) as f64
     };
+    match (bulk_direct, bulk_capture) {
+        (Some(d), Some(c)) => {
+            println!("iperf3 bulk ({seconds} s): direct {d:.2} Gbit/s, capture {c:.2} Gbit/s")
+        }
+        _ => println!("iperf3 bulk: skipped (iperf3 is not installed)"),
+    }
+    println!(
+        "proxies' RSS after the runs: frontend {} KiB, backend {} KiB",
+        rss[0], rss[1]
+    );
     let (routes, capture) = (mean("routes"), mean("capture"));
     println!(
         "both proxies' CPU per request: routes {routes:.1} µs, capture {capture:.1} µs ({:+.1} %)",
