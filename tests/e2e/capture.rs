@@ -78,6 +78,18 @@ fn meshed(
     name: &str,
     init_args: &[&str],
 ) -> Managed {
+    meshed_at(ns, env, &agent.socket, name, init_args)
+}
+
+/// [`meshed`] against the agent socket `socket`, which may not exist yet:
+/// returns once the proxy says it is ready.
+fn meshed_at(ns: &NetNs, env: &TestEnv, socket: &Path, name: &str, init_args: &[&str]) -> Managed {
+    init(ns, init_args);
+    proxy_at(ns, env, socket, name)
+}
+
+/// `meshid proxy init --proxy-uid 1337` with `init_args` in `ns`.
+fn init(ns: &NetNs, init_args: &[&str]) {
     let mut argv = vec![BIN, "proxy", "init", "--proxy-uid", PROXY_UID];
     argv.extend_from_slice(init_args);
     let init = ns.exec(&argv);
@@ -86,6 +98,11 @@ fn meshed(
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
+}
+
+/// `meshid proxy --capture` as uid 1337 in `ns` (rules already in place),
+/// attested with pod `name`'s token; returns once it is ready.
+fn proxy_at(ns: &NetNs, env: &TestEnv, socket: &Path, name: &str) -> Managed {
     let token = env.token_file(
         &format!("{name}.token"),
         "default",
@@ -110,7 +127,7 @@ fn meshed(
         "127.0.0.1:15020",
         "--agent-socket",
     ])
-    .arg(&agent.socket)
+    .arg(socket)
     .arg("--token-file")
     .arg(&token)
     .env("RUST_LOG", "meshid=debug,info");
@@ -360,4 +377,52 @@ fn capture_keeps_port_modes_exclusions_and_disable_and_refuses_impostors_and_loo
     assert!(metrics(b).contains(r#"direction="inbound",mode="DISABLE",outcome="allowed""#));
     drop(agent);
     drop(ca);
+}
+
+/// A capture proxy started before its node agent waits (not ready, nothing
+/// guessed), then serves once the agent is up.
+#[test]
+fn a_capture_proxy_started_before_its_agent_serves_once_the_agent_is_up() {
+    if let Some(why) = unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let env = TestEnv::new();
+    let (a_ip, b_ip) = ("10.76.0.2", "10.76.0.3");
+    write_pod(&env, "a", a_ip, true);
+    write_pod(&env, "b", b_ip, true);
+    set_mode(&env, "PERMISSIVE");
+    set_readable_dir(env.dir.path());
+    env.add_node_agent("node-a");
+    let ca = InProcessCa::with_flags(
+        &env,
+        &["--trusted-node-accounts", "meshid-system/meshid-agent"],
+    )
+    .unwrap();
+    let mut lan = Lan::new();
+    let (a, b) = (lan.pod("a", a_ip), lan.pod("b", b_ip));
+    let (a, b) = (&lan.pods[a], &lan.pods[b]);
+    let _app = app(b, env.dir.path(), APP_PORT, "hello from b");
+    let socket = InProcessAgent::socket_path(&env);
+
+    init(a, &[]);
+    init(b, &[]);
+    let proxies = std::thread::scope(|scope| {
+        let starting = [
+            scope.spawn(|| proxy_at(a, &env, &socket, "a")),
+            scope.spawn(|| proxy_at(b, &env, &socket, "b")),
+        ];
+        // Meanwhile a's captured connections have nowhere to go: refused.
+        let early = curl(a, &format!("http://{b_ip}:{APP_PORT}/"));
+        assert!(!early.0, "{}", early.1);
+        let agent_token = env.node_agent_token_file("node-a");
+        let agent =
+            InProcessAgent::with_flags_at(&socket, &env, ca.addr, "node-a", &agent_token, &[])
+                .unwrap();
+        let proxies: Vec<Managed> = starting.map(|p| p.join().unwrap()).into();
+        (agent, proxies)
+    });
+    let (ok, body) = curl(a, &format!("http://{b_ip}:{APP_PORT}/"));
+    assert!(ok && body.contains("hello from b"), "{body}");
+    drop(proxies);
 }
