@@ -75,15 +75,13 @@ fn init_installs_once_and_cleanup_restores_iptables_save_exactly() {
     ]);
     let before = (saved(&ns, "iptables-save"), saved(&ns, "ip6tables-save"));
 
-    let out = init(
-        &ns,
-        &[
-            "--exclude-inbound-ports",
-            "22",
-            "--exclude-outbound-cidrs",
-            "10.96.0.0/12",
-        ],
-    );
+    let flags = [
+        "--exclude-inbound-ports",
+        "22",
+        "--exclude-outbound-cidrs",
+        "10.96.0.0/12",
+    ];
+    let out = init(&ns, &flags);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("iptables-nft: capture rules installed"),
@@ -105,15 +103,7 @@ fn init_installs_once_and_cleanup_restores_iptables_save_exactly() {
     assert!(saved(&ns, "ip6tables-save").contains("-A MESHID_OUTPUT -d ::1/128 -j RETURN"));
 
     // A second run changes nothing.
-    let again = init(
-        &ns,
-        &[
-            "--exclude-inbound-ports",
-            "22",
-            "--exclude-outbound-cidrs",
-            "10.96.0.0/12",
-        ],
-    );
+    let again = init(&ns, &flags);
     assert!(again.status.success(), "{}", text(&again));
     assert!(
         text(&again).contains("already in place; nothing changed"),
