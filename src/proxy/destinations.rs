@@ -96,7 +96,10 @@ impl Destinations {
         this
     }
 
-    /// Whether the stream to the agent is up (the proxy is ready only then).
+    /// Whether the stream to the agent has been up (the proxy is ready only
+    /// then). It stays true when the agent goes away: the answers held keep
+    /// serving, and an agent restart must not take every pod out of its
+    /// Services; addresses not yet answered are refused meanwhile.
     pub fn connected(&self) -> watch::Receiver<bool> {
         self.connected.subscribe()
     }
@@ -158,7 +161,6 @@ impl Destinations {
                 () = shutdown.triggered() => return,
                 ended = self.one_stream(&mut client, &link, &mut asks, &mut reconnect) => ended,
             };
-            self.connected.send_replace(false);
             let held = self.lock().known.len();
             let keeping = format!("{held} destination answers");
             if !reconnect.wait(&ended, &keeping, &shutdown).await {

@@ -180,7 +180,7 @@ pub async fn start(
     let metrics_addr = match config.metrics_listen {
         Some(addr) => {
             let (s, p) = (store_rx.clone(), policy_rx.clone());
-            // With capture, ready only while destinations can be looked up.
+            // With capture, ready once destinations could be looked up.
             let d = destinations.as_ref().map(|d| d.connected());
             let ready = Arc::new(move || {
                 s.borrow().is_some()
