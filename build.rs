@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         PathBuf::from("proto/envoy/extensions/transport_sockets/tls/v3/secret.proto"),
         PathBuf::from("proto/workload.proto"),
         PathBuf::from("proto/policy.proto"),
+        PathBuf::from("proto/destination.proto"),
     ];
     // Imported files are compiled too: rebuild when any of them changes.
     println!("cargo:rerun-if-changed=proto");

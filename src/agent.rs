@@ -8,7 +8,8 @@
 //! [`ca_client`] (the CA, over the wire), [`cache`] (per-identity
 //! certificates and rotation), the three services on the socket — [`sds`]
 //! (Envoy SDS), [`workload_api`] (SPIFFE Workload API), [`policy_push`] (the
-//! mTLS policy stream) — [`files`] (certificates on disk), [`server`] (wiring
+//! mTLS policy stream), [`destinations`] (which workload owns an IP, for
+//! captured connections) — [`files`] (certificates on disk), [`server`] (wiring
 //! it together), [`mod@build`] (the composition root: plain settings in, a
 //! running agent out), [`metrics`].
 
@@ -16,6 +17,7 @@ pub mod attest;
 pub mod build;
 pub mod ca_client;
 pub mod cache;
+pub mod destinations;
 pub mod files;
 pub mod metrics;
 pub mod policy_push;

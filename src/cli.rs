@@ -49,6 +49,9 @@ pub enum Command {
     Mtls(mtls::MtlsCommand),
     /// Everything on loopback in one process for a first run: CA, agent, three demo workloads behind proxies.
     Up(up::UpArgs),
+    /// One demo application of `meshid up --netns` (run by `up` inside a network namespace).
+    #[command(hide = true)]
+    DemoApp(up::demo_app::DemoAppArgs),
 }
 
 /// Runs the binary: parse, set up logs, dispatch; errors print their whole chain.
@@ -75,6 +78,7 @@ pub fn main() -> ExitCode {
             Command::Audit(cmd) => audit::run(cmd).await,
             Command::Mtls(cmd) => mtls::run(cmd).await,
             Command::Up(args) => up::run(args).await,
+            Command::DemoApp(args) => up::demo_app::run(args).await,
         }
     })
 }

@@ -33,6 +33,13 @@ use time::OffsetDateTime;
 use crate::identity::{IdentityError, SpiffeId, TrustDomain};
 use crate::policy::PeerAuthentication;
 
+/// The label that says a pod's proxy terminates meshid mTLS (set by the
+/// injector; read by outbound capture, which then requires mTLS to it).
+pub const TLS_MODE_LABEL: &str = "security.meshid.io/tlsMode";
+
+/// [`TLS_MODE_LABEL`]'s value on a meshed pod.
+pub const TLS_MODE_MESHID: &str = "meshid";
+
 /// The service account Kubernetes gives a pod that names none.
 pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
 
@@ -58,6 +65,10 @@ pub struct Pod {
     pub phase: Option<String>,
     /// `metadata.creationTimestamp`.
     pub creation_timestamp: Option<OffsetDateTime>,
+    /// `status.podIPs` (with `status.podIP` first when only it is set): where
+    /// the pod is reached; outbound capture learns a destination's identity
+    /// from it.
+    pub pod_ips: Vec<std::net::IpAddr>,
 }
 
 impl Pod {
@@ -95,6 +106,11 @@ impl Pod {
             });
         }
         Ok(())
+    }
+
+    /// Whether the pod's proxy terminates meshid mTLS ([`TLS_MODE_LABEL`]).
+    pub fn is_meshed(&self) -> bool {
+        self.labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_MESHID)
     }
 
     /// The pod's SPIFFE ID, `spiffe://<td>/ns/<namespace>/sa/<service account>`.
@@ -265,6 +281,22 @@ pub trait Platform: Send + Sync + 'static {
 
     /// Every pod scheduled on `node` (`spec.nodeName`), in any phase.
     fn pods_on_node(&self, node: &str) -> Vec<Pod>;
+
+    /// Pods whose `status.podIPs` hold `ip`: one, normally; more when a
+    /// finished pod's address was reused (the caller picks the running one).
+    fn pods_with_ip(&self, ip: std::net::IpAddr) -> Vec<Pod>;
+
+    /// Whether [`Self::pods_with_ip`] has seen every pod (on Kubernetes, the
+    /// agent's cluster-wide address watch listed once). Until then no
+    /// destination is answered: an address not yet seen may be meshed.
+    fn addresses_synced(&self) -> bool {
+        self.is_ready()
+    }
+
+    /// Bumped on every change [`Self::pods_with_ip`] would show.
+    fn address_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes()
+    }
 
     /// Every pod of `namespace` running as `service_account`, in any phase.
     fn pods_for_service_account(&self, namespace: &str, service_account: &str) -> Vec<Pod>;

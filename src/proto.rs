@@ -89,6 +89,14 @@ pub mod meshid {
             tonic::include_proto!("meshid.policy.v1");
         }
     }
+    /// `meshid.destination.*`.
+    pub mod destination {
+        /// Package `meshid.destination.v1`: `DestinationDiscovery`, which
+        /// workload owns an IP address, for captured outbound connections.
+        pub mod v1 {
+            tonic::include_proto!("meshid.destination.v1");
+        }
+    }
 }
 
 impl fmt::Debug for spiffe_workload::X509svid {

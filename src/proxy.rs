@@ -13,6 +13,9 @@
 //! Built on them (the sidecar itself, `meshid proxy`):
 //!
 //! - [`agent_link`]: one channel to the agent, the token sent on it, one reconnect rule;
+//! - [`capture`]: the netfilter rules of transparent capture (`meshid proxy init`)
+//!   and the original destination of a captured connection;
+//! - [`destinations`]: which workload owns an address, from the agent, on demand;
 //! - [`sds_client`]: our SVID and bundle from the agent's SDS, ACK/NACK;
 //! - [`policy_watch`]: our workload's mTLS mode from the agent's policy stream;
 //! - [`inbound`]: sniff, decide, terminate mTLS, forward to the application;
@@ -33,6 +36,8 @@
 
 pub mod accept;
 pub mod agent_link;
+pub mod capture;
+pub mod destinations;
 pub mod enforce;
 pub mod inbound;
 pub mod metrics;

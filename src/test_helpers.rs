@@ -4,7 +4,7 @@
 //! client of the CA), [`in_process`] (the CA and the agent built in this
 //! process by the binaries' own composition root, on `127.0.0.1:0`),
 //! [`process`] (our binaries as child processes, for signals, exit codes
-//! and logs), [`kube_api`] (the Kubernetes API fake) and [`bench_args`].
+//! and logs), [`netns`] (network namespaces the test creates, root only), [`kube_api`] (the Kubernetes API fake) and [`bench_args`].
 //!
 //! The CA, the agent and the proxy are the real code paths, the tokens are
 //! signed by the same issuer code `meshid token issue` uses, and the client
@@ -19,12 +19,14 @@ pub mod calls;
 pub mod env;
 pub mod in_process;
 pub mod kube_api;
+pub mod netns;
 pub mod process;
 
 pub use bench_args::{cli_arg, cli_flag, cli_value};
 pub use calls::Calls;
 pub use env::{connect, key_and_csr, request, CaClient, TestEnv};
 pub use in_process::{InProcessAgent, InProcessCa};
+pub use netns::NetNs;
 pub use process::{
     free_port, my_unix_uid, run_kube, AgentProcess, CaProcess, Managed, ProxyProcess,
 };

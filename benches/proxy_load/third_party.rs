@@ -20,10 +20,20 @@ pub(crate) struct Nginx {
 impl Nginx {
     /// Starts `nginx` on a free port of 127.0.0.1 with its own prefix directory.
     pub(crate) fn start() -> anyhow::Result<Self> {
+        let addr = meshid::test_helpers::free_port()?;
+        Self::start_in(&[], addr, || std::net::TcpStream::connect(addr).is_ok())
+    }
+
+    /// Starts `nginx` on `addr`, run through `prefix` (e.g. `ip netns exec
+    /// NS`), until `listening` says it answers.
+    pub(crate) fn start_in(
+        prefix: &[&str],
+        addr: SocketAddr,
+        listening: impl Fn() -> bool,
+    ) -> anyhow::Result<Self> {
         let bin = which("nginx")
             .context("--wrk needs nginx: apt-get install nginx-light (or nginx) and wrk")?;
         let dir = tempfile::tempdir()?;
-        let addr = meshid::test_helpers::free_port()?;
         let conf = dir.path().join("nginx.conf");
         std::fs::write(
             &conf,
@@ -39,7 +49,8 @@ impl Nginx {
                 dir = dir.path().display(),
             ),
         )?;
-        let child = Command::new(bin)
+        let mut cmd = prefixed(prefix, &bin);
+        let child = cmd
             .arg("-p")
             .arg(dir.path())
             .arg("-c")
@@ -49,7 +60,7 @@ impl Nginx {
             .spawn()
             .context("starting nginx")?;
         let started = Instant::now();
-        while std::net::TcpStream::connect(addr).is_err() {
+        while !listening() {
             if started.elapsed() > Duration::from_secs(10) {
                 bail!("nginx did not listen on {addr} within 10 s");
             }
@@ -67,6 +78,18 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `bin` run through `prefix` (nothing, or e.g. `ip netns exec NS`).
+fn prefixed(prefix: &[&str], bin: &std::path::Path) -> Command {
+    match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut cmd = Command::new(first);
+            cmd.args(rest).arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
     }
 }
 
@@ -104,15 +127,26 @@ impl std::fmt::Display for WrkRun {
 
 /// `wrk -t1 -c<connections> -d<seconds>s --latency http://addr/`.
 pub(crate) fn wrk(addr: SocketAddr, connections: usize, seconds: u64) -> anyhow::Result<WrkRun> {
+    wrk_in(&[], &format!("http://{addr}/"), connections, seconds)
+}
+
+/// [`wrk`] against `url`, run through `prefix` (e.g. `ip netns exec NS`).
+pub(crate) fn wrk_in(
+    prefix: &[&str],
+    url: &str,
+    connections: usize,
+    seconds: u64,
+) -> anyhow::Result<WrkRun> {
     let bin = which("wrk").context("--wrk needs wrk: apt-get install wrk")?;
-    let out = Command::new(bin)
+    let mut cmd = prefixed(prefix, &bin);
+    let out = cmd
         .args([
             "-t1",
             &format!("-c{connections}"),
             &format!("-d{seconds}s"),
             "--latency",
         ])
-        .arg(format!("http://{addr}/"))
+        .arg(url)
         .output()
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);

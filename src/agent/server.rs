@@ -14,6 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::agent::attest::Attestor;
 use crate::agent::ca_client::CertSigner;
 use crate::agent::cache::{CacheConfig, CertCache};
+use crate::agent::destinations::DestinationService;
 use crate::agent::files;
 use crate::agent::metrics::AgentMetrics;
 use crate::agent::policy_push::PolicyService;
@@ -168,6 +169,12 @@ pub async fn start(
     let workload_api =
         WorkloadApiService::new(socket.clone(), Arc::clone(&cache), cfg.trust_domain.clone())
             .with_shutdown(&shutdown);
+    let destinations = DestinationService::new(
+        socket.clone(),
+        deps.platform.clone(),
+        cfg.trust_domain.clone(),
+    )
+    .with_shutdown(&shutdown);
     let policy = PolicyService::new(
         socket,
         deps.platform.clone(),
@@ -196,9 +203,10 @@ pub async fn start(
             .add_service(sds.into_server())
             .add_service(workload_api.into_server())
             .add_service(policy.into_server())
+            .add_service(destinations.into_server())
             .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), shutdown.triggered_owned()),
     );
-    tracing::info!(socket = %cfg.socket.display(), node = %cfg.node, "agent serving SDS, the SPIFFE Workload API and mTLS policy");
+    tracing::info!(socket = %cfg.socket.display(), node = %cfg.node, "agent serving SDS, the SPIFFE Workload API, mTLS policy and destinations");
     Ok(RunningAgent {
         socket: cfg.socket,
         metrics_addr,

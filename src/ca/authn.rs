@@ -310,6 +310,9 @@ mod tests {
         fn pods_on_node(&self, _node: &str) -> Vec<crate::platform::Pod> {
             Vec::new()
         }
+        fn pods_with_ip(&self, _ip: std::net::IpAddr) -> Vec<crate::platform::Pod> {
+            Vec::new()
+        }
         fn pods_for_service_account(&self, _ns: &str, _sa: &str) -> Vec<crate::platform::Pod> {
             Vec::new()
         }

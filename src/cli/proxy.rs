@@ -1,4 +1,7 @@
-//! `meshid proxy`: the sidecar proxy next to one workload.
+//! `meshid proxy`: the sidecar proxy next to one workload; `meshid proxy
+//! init`: its capture rules ([`init`]).
+
+pub mod init;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,13 +14,17 @@ use crate::identity::SpiffeId;
 use crate::proxy::enforce::DEFAULT_MODE_CHANGE_DRAIN;
 use crate::proxy::inbound::InboundRoute;
 use crate::proxy::outbound::OutboundRoute;
-use crate::proxy::server::{self, ProxyConfig};
+use crate::proxy::server::{self, CaptureConfig, ProxyConfig};
 use crate::shutdown::Shutdown;
 use crate::time::system_clock;
 
 /// Flags of `meshid proxy`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ProxyArgs {
+    /// `init`: program this network namespace's capture rules instead of running the proxy.
+    #[command(subcommand)]
+    pub command: Option<ProxyCommand>,
     /// The node agent's Unix socket (SDS and the mTLS policy stream).
     #[arg(
         long,
@@ -31,6 +38,15 @@ pub struct ProxyArgs {
     /// Outbound route `LISTEN=UPSTREAM[@SPIFFE_ID]`; without an ID, any identity in our trust domain is accepted (repeatable; `;` between routes in the variable).
     #[arg(long, env = "MESHID_OUTBOUND", value_parser = parse_outbound, value_delimiter = ';')]
     pub outbound: Vec<OutboundRoute>,
+    /// Transparent capture: listen on the capture ports that `meshid proxy init` redirects the pod's TCP traffic to, and send each connection to its original destination (mTLS when a meshed pod owns it). Explicit routes still work beside it.
+    #[arg(long, env = "MESHID_CAPTURE")]
+    pub capture: bool,
+    /// With --capture: the outbound capture listener.
+    #[arg(long, env = "MESHID_OUTBOUND_CAPTURE", default_value = "0.0.0.0:15001")]
+    pub outbound_capture: SocketAddr,
+    /// With --capture: the inbound capture listener (every address: netfilter redirects inbound traffic to the receiving interface's).
+    #[arg(long, env = "MESHID_INBOUND_CAPTURE", default_value = "0.0.0.0:15006")]
+    pub inbound_capture: SocketAddr,
     /// Our service-account token, sent as `authorization: Bearer` on SDS and the policy stream when peer credentials do not attest us (re-read on every reconnect).
     #[arg(long, env = "MESHID_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
@@ -53,6 +69,13 @@ pub struct ProxyArgs {
     #[arg(long, env = "MESHID_PROXY_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS,
         value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+}
+
+/// What `meshid proxy` does besides proxying.
+#[derive(Debug, clap::Subcommand)]
+pub enum ProxyCommand {
+    /// Program the netfilter rules that send this network namespace's TCP traffic through the proxy (run once per pod, before the proxy, with NET_ADMIN and NET_RAW).
+    Init(init::InitArgs),
 }
 
 /// `--max-connections` when not given.
@@ -99,8 +122,11 @@ fn parse_outbound(s: &str) -> Result<OutboundRoute, String> {
     })
 }
 
-/// Runs the proxy until SIGINT or SIGTERM.
+/// Runs the proxy until SIGINT or SIGTERM (or `init`, and returns).
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    if let Some(ProxyCommand::Init(init)) = &args.command {
+        return init::run(init);
+    }
     let shutdown = Shutdown::new();
     shutdown
         .trigger_on_signals()
@@ -114,6 +140,10 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         metrics_listen: args.metrics_listen,
         mode_change_drain: args.mode_change_drain,
         max_connections: args.max_connections as usize,
+        capture: args.capture.then_some(CaptureConfig {
+            outbound: args.outbound_capture,
+            inbound: args.inbound_capture,
+        }),
     };
     config.validate()?;
     tracing::info!(
@@ -149,8 +179,11 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(",")
     };
+    let capture = running
+        .capture
+        .map_or_else(|| "-".to_owned(), |(o, i)| format!("{o},{i}"));
     println!(
-        "meshid proxy ready: inbound {} outbound {} metrics {} identity {}",
+        "meshid proxy ready: inbound {} outbound {} capture {capture} metrics {} identity {}",
         list(&running.inbound),
         list(&running.outbound),
         running
@@ -209,6 +242,7 @@ mod tests {
             metrics_listen: None,
             mode_change_drain: Duration::ZERO,
             max_connections: 1,
+            capture: None,
         };
         assert!(config
             .validate()

@@ -19,7 +19,9 @@
 mod banner;
 mod check;
 mod demo;
+pub mod demo_app;
 mod manifest_watch;
+mod netns;
 mod ports;
 mod status;
 
@@ -70,6 +72,9 @@ pub struct UpArgs {
     #[arg(long, env = "MESHID_PORT_BASE", default_value_t = 15000, hide = true,
           value_parser = clap::value_parser!(u16).range(1024..=65000))]
     pub port_base: u16,
+    /// Root only: run each demo workload in its own network namespace on a bridge (pod IPs 10.88.0.11-13), with capture rules (`proxy init`) and a `--capture` proxy; the frontend calls the backend's pod IP on port 8080, unmodified.
+    #[arg(long, env = "MESHID_NETNS", conflicts_with = "check")]
+    pub netns: bool,
 }
 
 /// One demo workload's proxy, started.
@@ -97,6 +102,8 @@ pub(crate) struct Mesh {
     pub(crate) manifests_present: tokio::sync::watch::Receiver<bool>,
     /// Bumped on every change the platform reads (pods, policies).
     pub(crate) platform_changes: tokio::sync::watch::Receiver<u64>,
+    /// With `--netns`: the namespaces and processes, removed when dropped.
+    pub(crate) namespaces: Option<netns::Netns>,
 }
 
 impl Mesh {
@@ -146,7 +153,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     let pid_file = data_dir.join("up.pid");
     let result = async {
-        let mesh = start(&data_dir, ports, ttl, started, &shutdown).await?;
+        let mesh = start(&data_dir, ports, ttl, started, args.netns, &shutdown).await?;
         let _ = std::fs::write(&pid_file, std::process::id().to_string());
         if args.check {
             check::run(&mesh, &shutdown).await
@@ -178,9 +185,16 @@ async fn start(
     ports: Ports,
     ttl: Duration,
     started: Instant,
+    with_netns: bool,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Mesh> {
     let started_at = time::OffsetDateTime::now_utc();
+    // First, so that a missing privilege is said before anything starts.
+    let mut namespaces = if with_netns {
+        Some(netns::Netns::create()?)
+    } else {
+        None
+    };
     crate::secret_file::ensure_private_dir(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let probe = data_dir.join(".meshid-write-probe");
@@ -190,6 +204,11 @@ async fn start(
     let manifests = data_dir.join("manifests");
     for file in demo::write_manifests(&manifests)? {
         tracing::info!(file = %file.display(), "wrote demo manifest");
+    }
+    if with_netns {
+        for file in netns::label_pods(&manifests)? {
+            tracing::info!(file = %file.display(), "meshed label and pod IP added");
+        }
     }
 
     // One local platform for the CA, the agent and `up` itself: the
@@ -256,8 +275,26 @@ async fn start(
     .await
     .context("starting the node agent")?;
 
+    let calls = Arc::new(Mutex::new(CallLog::default()));
     let mut pending = Vec::new();
-    for ((i, w), token) in (0u16..).zip(WORKLOADS).zip(&token_paths[1..]) {
+    if let Some(namespaces) = namespaces.as_mut() {
+        let backend = SocketAddr::new(netns::pod_ip(1).into(), netns::APP_PORT);
+        for (i, token) in token_paths[1..].iter().enumerate() {
+            let call = (i == 0).then_some(backend);
+            let (socket, calls) = (agent.socket.clone(), calls.clone());
+            // Child processes, waited for: off the runtime's worker.
+            tokio::task::block_in_place(|| {
+                namespaces.start_workload(i, &socket, token, call, calls, started)
+            })
+            .with_context(|| format!("starting {} in its network namespace", WORKLOADS[i].name))?;
+        }
+    }
+    let in_process = if with_netns {
+        &[][..]
+    } else {
+        &token_paths[1..]
+    };
+    for ((i, w), token) in (0u16..).zip(WORKLOADS).zip(in_process) {
         let app = demo::echo_server(w.name, shutdown).await?;
         let mut outbound = Vec::new();
         if w.name == "frontend" {
@@ -280,6 +317,7 @@ async fn start(
             metrics_listen: Some(ports.proxy_metrics(i)),
             mode_change_drain: Duration::ZERO,
             max_connections: super::proxy::DEFAULT_MAX_CONNECTIONS as usize,
+            capture: None,
         };
         let registry = prometheus::Registry::new();
         let start = proxy_server::start(config, system_clock(), registry.clone(), shutdown.clone());
@@ -298,7 +336,6 @@ async fn start(
             registry,
         });
     }
-    let calls = Arc::new(Mutex::new(CallLog::default()));
     let mut metrics = vec![
         ("CA".to_owned(), ca.metrics_addr),
         ("agent".to_owned(), agent.metrics_addr),
@@ -322,6 +359,7 @@ async fn start(
         ttl,
         manifests_present: manifest_watch::watch_manifest_dir(manifests.clone(), shutdown),
         platform_changes: platform.changes(),
+        namespaces,
     };
     if let Some(via) = mesh.via_frontend() {
         demo::call_every_second(via, started, mesh.calls.clone(), shutdown);

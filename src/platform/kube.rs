@@ -15,6 +15,7 @@
 //! it, the others still apply; in JWKS mode a token bound to a pod is refused
 //! once that pod (by namespace, name and uid) is gone from the cache.
 
+pub mod addresses;
 pub(crate) mod backoff;
 pub mod connect;
 pub mod informers;
@@ -31,6 +32,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use self::addresses::AddressIndex;
 use self::informers::Informers;
 use super::{Namespace, Platform, PlatformError, Pod, VerifiedToken, VerifyFuture};
 use crate::policy::PeerAuthentication;
@@ -122,6 +124,10 @@ pub struct KubeConfigError {
 /// PeerAuthentications, and a [`TokenVerifier`].
 pub struct KubePlatform {
     informers: Informers,
+    /// Every pod's addresses, for destination discovery; only for a node's
+    /// agent (whose informers see that node's pods only): the CA's informers
+    /// already hold every pod.
+    addresses: Option<(AddressIndex, ::kube::Client)>,
     verifier: Arc<dyn TokenVerifier>,
     check_bound_pod: bool,
 }
@@ -150,7 +156,12 @@ impl KubePlatform {
             max_staleness = ?config.max_staleness,
             "kube platform configured"
         );
+        let addresses = config
+            .node_name
+            .as_ref()
+            .map(|_| (AddressIndex::default(), client.clone()));
         Ok(Arc::new(Self {
+            addresses,
             informers: Informers::new(client, config.node_name, config.max_staleness),
             verifier,
             check_bound_pod: config.check_bound_pod,
@@ -160,7 +171,15 @@ impl KubePlatform {
     /// Drives every watch (list, then watch; relist on `410 Gone`; retry with
     /// kube's default backoff when the API server is away) until `cancel`.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
-        self.informers.run(cancel).await;
+        match &self.addresses {
+            Some((index, client)) => {
+                tokio::join!(
+                    self.informers.run(cancel.clone()),
+                    index.run(client.clone(), cancel.clone())
+                );
+            }
+            None => self.informers.run(cancel).await,
+        }
     }
 
     /// The informer caches themselves.
@@ -220,6 +239,27 @@ impl Platform for KubePlatform {
 
     fn pods_on_node(&self, node: &str) -> Vec<Pod> {
         self.informers.pods_on_node(node)
+    }
+
+    fn pods_with_ip(&self, ip: std::net::IpAddr) -> Vec<Pod> {
+        match &self.addresses {
+            Some((index, _)) => index.pods_with_ip(ip),
+            None => self.informers.pods_with_ip(ip),
+        }
+    }
+
+    fn addresses_synced(&self) -> bool {
+        match &self.addresses {
+            Some((index, _)) => index.synced(),
+            None => self.informers.pods_synced(),
+        }
+    }
+
+    fn address_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        match &self.addresses {
+            Some((index, _)) => index.changes(),
+            None => self.informers.changes(),
+        }
     }
 
     fn pods_for_service_account(&self, namespace: &str, service_account: &str) -> Vec<Pod> {

@@ -326,6 +326,10 @@ impl Platform for LocalPlatform {
         self.snapshot().pods_on_node(node)
     }
 
+    fn pods_with_ip(&self, ip: std::net::IpAddr) -> Vec<Pod> {
+        self.snapshot().pods_with_ip(ip)
+    }
+
     fn pods_for_service_account(&self, namespace: &str, service_account: &str) -> Vec<Pod> {
         self.snapshot()
             .pods_for_service_account(namespace, service_account)

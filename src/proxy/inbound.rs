@@ -38,6 +38,7 @@ use self::live::LiveConns;
 use crate::identity::TrustDomain;
 use crate::policy::MtlsMode;
 use crate::proxy::accept::{serve, Listening};
+use crate::proxy::capture::original_dst::original_dst;
 use crate::proxy::enforce::{decide, Action, ConnKind, Decision};
 use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::policy_watch::ProxyPolicy;
@@ -57,6 +58,21 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One inbound route: where we listen, where the application is.
+/// Where an inbound listener forwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboundTarget {
+    /// A route's application address (`--inbound LISTEN=APP`).
+    App(SocketAddr),
+    /// Capture (`--capture`): each connection's original destination, whose
+    /// port also selects the mTLS mode (PeerAuthentication's `portLevelMtls`
+    /// then names the application's real ports). Connections whose original
+    /// destination is one of `capture_ports` are refused.
+    OriginalDst {
+        /// The proxy's capture ports.
+        capture_ports: Vec<u16>,
+    },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InboundRoute {
     /// The proxy's listening address.
@@ -68,7 +84,7 @@ pub struct InboundRoute {
 
 /// The inbound side of a proxy, ready to serve a bound listener.
 pub struct Inbound {
-    app: SocketAddr,
+    target: InboundTarget,
     strict: TlsAcceptor,
     permissive: TlsAcceptor,
     policy: watch::Receiver<Option<ProxyPolicy>>,
@@ -80,7 +96,7 @@ pub struct Inbound {
 impl std::fmt::Debug for Inbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inbound")
-            .field("app", &self.app)
+            .field("target", &self.target)
             .field("drain", &self.drain)
             .finish_non_exhaustive()
     }
@@ -91,7 +107,7 @@ impl Inbound {
     /// peers accepted from `trust_domain`, modes from `policy`, live
     /// connections closed `drain` after a mode change disallows them.
     pub fn new(
-        app: SocketAddr,
+        target: InboundTarget,
         store: Arc<CertStore>,
         trust_domain: TrustDomain,
         policy: watch::Receiver<Option<ProxyPolicy>>,
@@ -101,7 +117,7 @@ impl Inbound {
         let acceptor =
             |auth| server_config(store.clone(), trust_domain.clone(), auth).map(TlsAcceptor::from);
         Ok(Self {
-            app,
+            target,
             strict: acceptor(ClientAuth::Required)?,
             permissive: acceptor(ClientAuth::Optional)?,
             policy,
@@ -115,14 +131,26 @@ impl Inbound {
     /// live connections. Connections are tracked by `shutdown` and cut
     /// [`CONNECTION_GRACE`](crate::shutdown::CONNECTION_GRACE) after it triggers.
     pub async fn run(self, listening: Listening) {
+        self.run_all(vec![listening]).await;
+    }
+
+    /// As [`Self::run`] on several listeners at once (capture's IPv4 and
+    /// IPv6 sockets), following the policy once for all of them.
+    pub async fn run_all(self, listenings: Vec<Listening>) {
         let this = Arc::new(self);
-        let shutdown = &listening.shutdown;
+        let Some(first) = listenings.first() else {
+            return;
+        };
+        let shutdown = first.shutdown.clone();
         shutdown.spawn(this.clone().follow_policy(shutdown.clone()));
-        serve(listening, "inbound", move |stream, peer, stop| {
+        let serving = listenings.into_iter().map(|listening| {
             let this = this.clone();
-            async move { this.handle(stream, peer, stop).await }
-        })
-        .await;
+            serve(listening, "inbound", move |stream, peer, stop| {
+                let this = this.clone();
+                async move { this.handle(stream, peer, stop).await }
+            })
+        });
+        futures::future::join_all(serving).await;
     }
 
     /// Re-evaluates live connections whenever the policy changes.
@@ -144,12 +172,32 @@ impl Inbound {
 
     /// The mode in force now for the application's port; `None` before the
     /// first policy (the proxy does not serve before it, so never in practice).
-    fn mode_now(&self) -> Option<MtlsMode> {
-        let port = self.app.port();
+    fn mode_now(&self, port: u16) -> Option<MtlsMode> {
         self.policy.borrow().as_ref().map(|p| p.mode_for_port(port))
     }
 
+    /// Where this connection goes: the route's application, or (captured)
+    /// the original destination, which is the application's real port.
+    fn app_for(&self, stream: &TcpStream, peer: SocketAddr) -> Option<SocketAddr> {
+        match &self.target {
+            InboundTarget::App(app) => Some(*app),
+            InboundTarget::OriginalDst { capture_ports } => {
+                match original_dst(stream, capture_ports) {
+                    Ok(dst) => Some(dst),
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "inbound connection refused");
+                        self.metrics.connection("inbound", "NONE", "refused", "");
+                        None
+                    }
+                }
+            }
+        }
+    }
+
     async fn handle(&self, stream: TcpStream, peer: SocketAddr, stop: CancellationToken) {
+        let Some(app) = self.app_for(&stream, peer) else {
+            return;
+        };
         let kind = match peek_first_bytes(&stream, SNIFF_WAIT).await {
             Ok(Sniffed::Tls) => ConnKind::TlsClientHello,
             Ok(_) => ConnKind::Plaintext,
@@ -158,7 +206,7 @@ impl Inbound {
                 return;
             }
         };
-        let Some(mode) = self.mode_now() else {
+        let Some(mode) = self.mode_now(app.port()) else {
             tracing::warn!(%peer, "inbound connection refused: no mTLS policy from the agent yet");
             self.metrics.connection("inbound", "NONE", "refused", "");
             return;
@@ -168,7 +216,8 @@ impl Inbound {
         match first.action {
             Action::Refuse => self.refuse(&first, mode, &kind, peer, ""),
             Action::PassThrough | Action::Forward => {
-                self.forward(stream, kind, mode, first, peer, stop).await;
+                self.forward(stream, app, (kind, mode, first), peer, stop)
+                    .await;
             }
             Action::TerminateTls { client_auth } => {
                 let acceptor = match client_auth {
@@ -194,7 +243,8 @@ impl Inbound {
                 self.note_audit(&second, mode, &kind, peer);
                 let principal = principal(&kind);
                 if second.allow() {
-                    self.forward(tls, kind, mode, second, peer, stop).await;
+                    self.forward(tls, app, (kind, mode, second), peer, stop)
+                        .await;
                 } else {
                     self.refuse(&second, mode, &kind, peer, &principal);
                 }
@@ -240,9 +290,8 @@ impl Inbound {
     async fn forward<S>(
         &self,
         mut client: S,
-        kind: ConnKind,
-        mode: MtlsMode,
-        decision: Decision,
+        app_addr: SocketAddr,
+        (kind, mode, decision): (ConnKind, MtlsMode, Decision),
         peer: SocketAddr,
         stop: CancellationToken,
     ) where
@@ -251,8 +300,8 @@ impl Inbound {
         let principal = principal(&kind);
         let reg = self
             .live
-            .register(kind.clone(), mode, self.app.port(), peer, stop.clone());
-        let port = self.app.port();
+            .register(kind.clone(), mode, app_addr.port(), peer, stop.clone());
+        let port = app_addr.port();
         let policy = self.policy.clone();
         let mode_for = |p| {
             policy
@@ -262,14 +311,16 @@ impl Inbound {
         };
         self.live
             .apply_modes(Some(reg.id()), &mode_for, self.drain, &self.metrics);
-        let connect = tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(self.app));
+        let connect = tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(app_addr));
         let mut app = match connect.await {
             Ok(Ok(app)) => {
                 let _ = app.set_nodelay(true);
                 app
             }
-            Ok(Err(e)) => return self.app_unreachable(mode, peer, &principal, &e.to_string()),
-            Err(_) => return self.app_unreachable(mode, peer, &principal, "timed out"),
+            Ok(Err(e)) => {
+                return self.app_unreachable(app_addr, mode, peer, &principal, &e.to_string())
+            }
+            Err(_) => return self.app_unreachable(app_addr, mode, peer, &principal, "timed out"),
         };
         tracing::info!(%peer, source_principal = %principal, %mode, kind = kind.as_str(), app_port = port,
             reason = %decision.reason, "inbound connection accepted");
@@ -287,8 +338,15 @@ impl Inbound {
         drop(reg);
     }
 
-    fn app_unreachable(&self, mode: MtlsMode, peer: SocketAddr, principal: &str, error: &str) {
-        tracing::warn!(%peer, app = %self.app, %error, "the application is unreachable; inbound connection closed");
+    fn app_unreachable(
+        &self,
+        app: SocketAddr,
+        mode: MtlsMode,
+        peer: SocketAddr,
+        principal: &str,
+        error: &str,
+    ) {
+        tracing::warn!(%peer, %app, %error, "the application is unreachable; inbound connection closed");
         self.metrics
             .connection("inbound", mode.as_str(), "app_unreachable", principal);
     }

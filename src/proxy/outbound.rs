@@ -11,6 +11,11 @@
 //! SPIFFE ID, or any in our trust domain when none is configured), gets no
 //! byte of the application's: the handshake fails, the application's
 //! connection is closed, and the refusal is logged and counted.
+//!
+//! [`captured`] is the same for connections the capture rules redirect, to
+//! each one's original destination.
+
+pub mod captured;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +31,72 @@ use crate::proxy::tls::{
     client_config, server_name_for, CertStore, PeerExpectation, ProxyTlsError,
 };
 use crate::proxy::COPY_BUFFER;
+
+/// An outbound mTLS stream to an upstream proxy.
+pub type MtlsStream = tokio_rustls::client::TlsStream<crate::proxy::TlsTransport>;
+
+/// Connects to `upstream` and originates mTLS with `connector`, whose
+/// verifier checks the upstream's identity; on failure, the outcome label
+/// (`upstream_unreachable`, `upstream_refused`) and the error.
+pub async fn connect_mtls(
+    connector: &TlsConnector,
+    upstream: SocketAddr,
+) -> Result<MtlsStream, (&'static str, String)> {
+    let connecting = async {
+        let tcp = TcpStream::connect(upstream)
+            .await
+            .map_err(|e| ("upstream_unreachable", e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        connector
+            .connect(
+                server_name_for(upstream.ip()),
+                crate::proxy::tls_transport(tcp),
+            )
+            .await
+            .map_err(|e| ("upstream_refused", e.to_string()))
+    };
+    match tokio::time::timeout(UPSTREAM_TIMEOUT, connecting).await {
+        Ok(result) => result,
+        Err(_) => Err(("upstream_unreachable", "timed out".to_owned())),
+    }
+}
+
+/// The SPIFFE ID the upstream presented (verified by the handshake).
+pub fn upstream_identity(tls: &MtlsStream) -> String {
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|leaf| crate::proxy::tls::spiffe_id_of(leaf).ok())
+        .map(|id| id.to_string())
+        .unwrap_or_default()
+}
+
+/// Copies bytes between the application and the upstream until either
+/// ends, counting the connection as open meanwhile.
+pub async fn copy_both_ways<A, U>(
+    mut app: A,
+    mut upstream: U,
+    peer: SocketAddr,
+    metrics: &ProxyMetrics,
+) where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    metrics.open_connections.inc();
+    match tokio::io::copy_bidirectional_with_sizes(
+        &mut app,
+        &mut upstream,
+        COPY_BUFFER,
+        COPY_BUFFER,
+    )
+    .await
+    {
+        Ok((up, down)) => tracing::debug!(%peer, up, down, "outbound connection closed"),
+        Err(e) => tracing::debug!(%peer, error = %e, "outbound connection ended with an error"),
+    }
+    metrics.open_connections.dec();
+}
 
 /// How long connecting to the upstream (TCP and TLS) may take.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
@@ -90,45 +161,18 @@ impl Outbound {
         .await;
     }
 
-    async fn handle(&self, mut app: TcpStream, peer: SocketAddr) {
+    async fn handle(&self, app: TcpStream, peer: SocketAddr) {
         let upstream = self.route.upstream;
-        let connecting = async {
-            let tcp = TcpStream::connect(upstream)
-                .await
-                .map_err(|e| ("upstream_unreachable", e.to_string()))?;
-            let _ = tcp.set_nodelay(true);
-            self.connector
-                .connect(
-                    server_name_for(upstream.ip()),
-                    crate::proxy::tls_transport(tcp),
-                )
-                .await
-                .map_err(|e| ("upstream_refused", e.to_string()))
-        };
-        let mut tls = match tokio::time::timeout(UPSTREAM_TIMEOUT, connecting).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err((outcome, error))) => return self.failed(peer, outcome, &error),
-            Err(_) => return self.failed(peer, "upstream_unreachable", "timed out"),
-        };
-        let upstream_id = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|certs| certs.first())
-            .and_then(|leaf| crate::proxy::tls::spiffe_id_of(leaf).ok())
-            .map(|id| id.to_string())
-            .unwrap_or_default();
-        tracing::info!(%peer, %upstream, upstream_identity = %upstream_id, "outbound mTLS connection established");
-        self.metrics
-            .connection("outbound", "mtls", "allowed", &self.source);
-        self.metrics.open_connections.inc();
-        match tokio::io::copy_bidirectional_with_sizes(&mut app, &mut tls, COPY_BUFFER, COPY_BUFFER)
-            .await
-        {
-            Ok((up, down)) => tracing::debug!(%peer, up, down, "outbound connection closed"),
-            Err(e) => tracing::debug!(%peer, error = %e, "outbound connection ended with an error"),
+        match connect_mtls(&self.connector, upstream).await {
+            Ok(tls) => {
+                tracing::info!(%peer, %upstream, upstream_identity = %upstream_identity(&tls),
+                    "outbound mTLS connection established");
+                self.metrics
+                    .connection("outbound", "mtls", "allowed", &self.source);
+                copy_both_ways(app, tls, peer, &self.metrics).await;
+            }
+            Err((outcome, error)) => self.failed(peer, outcome, &error),
         }
-        self.metrics.open_connections.dec();
     }
 
     fn failed(&self, peer: SocketAddr, outcome: &str, error: &str) {

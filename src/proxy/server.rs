@@ -19,8 +19,10 @@ use tokio::sync::watch;
 use crate::identity::SpiffeId;
 use crate::proxy::accept::Listening;
 use crate::proxy::agent_link::{AgentLink, AgentLinkError};
-use crate::proxy::inbound::{Inbound, InboundRoute};
+use crate::proxy::destinations::Destinations;
+use crate::proxy::inbound::{Inbound, InboundRoute, InboundTarget};
 use crate::proxy::metrics::ProxyMetrics;
+use crate::proxy::outbound::captured::CapturedOutbound;
 use crate::proxy::outbound::{Outbound, OutboundRoute};
 use crate::proxy::policy_watch;
 use crate::proxy::sds_client::watch_certificates;
@@ -80,14 +82,35 @@ pub struct ProxyConfig {
     pub mode_change_drain: Duration,
     /// Connections at once across all listeners; more wait in the backlog.
     pub max_connections: usize,
+    /// Transparent capture: the two ports the capture rules redirect to.
+    pub capture: Option<CaptureConfig>,
+}
+
+/// The listeners of transparent capture (`--capture`), where the rules of
+/// `meshid proxy init` redirect a pod's traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaptureConfig {
+    /// Outbound capture listener (`0.0.0.0:15001`).
+    pub outbound: SocketAddr,
+    /// Inbound capture listener (`0.0.0.0:15006`): every address, because
+    /// netfilter redirects inbound traffic to the receiving interface's.
+    pub inbound: SocketAddr,
+}
+
+impl CaptureConfig {
+    /// The capture ports: a connection whose original destination is one
+    /// of them is refused (it would loop).
+    pub fn ports(&self) -> Vec<u16> {
+        vec![self.outbound.port(), self.inbound.port()]
+    }
 }
 
 impl ProxyConfig {
     /// Checks the settings; the error names the flag that is wrong.
     pub fn validate(&self) -> Result<(), ProxyError> {
-        if self.inbound.is_empty() && self.outbound.is_empty() {
+        if self.inbound.is_empty() && self.outbound.is_empty() && self.capture.is_none() {
             return Err(ProxyError::Config(
-                "give at least one --inbound or --outbound route".to_owned(),
+                "give --capture, or at least one --inbound or --outbound route".to_owned(),
             ));
         }
         if self.max_connections == 0 {
@@ -97,7 +120,11 @@ impl ProxyConfig {
         }
         let mut seen = std::collections::HashSet::new();
         let listens = self.inbound.iter().map(|r| r.listen);
-        for addr in listens.chain(self.outbound.iter().map(|r| r.listen)) {
+        let captures = self.capture.iter().flat_map(|c| [c.outbound, c.inbound]);
+        for addr in listens
+            .chain(self.outbound.iter().map(|r| r.listen))
+            .chain(captures)
+        {
             if addr.port() != 0 && !seen.insert(addr) {
                 return Err(ProxyError::Config(format!(
                     "--inbound/--outbound: {addr} is used by two routes"
@@ -115,6 +142,8 @@ pub struct RunningProxy {
     pub inbound: Vec<SocketAddr>,
     /// Bound outbound addresses, in `--outbound` order.
     pub outbound: Vec<SocketAddr>,
+    /// Bound capture addresses (outbound, inbound), with `--capture`.
+    pub capture: Option<(SocketAddr, SocketAddr)>,
     /// Bound metrics address.
     pub metrics_addr: Option<SocketAddr>,
     /// Our identity (from the first certificate).
@@ -140,6 +169,9 @@ pub async fn start(
         store_tx,
         shutdown.clone(),
     ));
+    let destinations = config
+        .capture
+        .map(|_| Destinations::start(link.clone(), &shutdown));
     shutdown.spawn(policy_watch::watch_policy(
         link,
         policy_tx,
@@ -148,7 +180,13 @@ pub async fn start(
     let metrics_addr = match config.metrics_listen {
         Some(addr) => {
             let (s, p) = (store_rx.clone(), policy_rx.clone());
-            let ready = Arc::new(move || s.borrow().is_some() && p.borrow().is_some());
+            // With capture, ready once destinations could be looked up.
+            let d = destinations.as_ref().map(|d| d.connected());
+            let ready = Arc::new(move || {
+                s.borrow().is_some()
+                    && p.borrow().is_some()
+                    && d.as_ref().is_none_or(|d| *d.borrow())
+            });
             let bound = crate::telemetry::serve(addr, registry, ready, shutdown.clone())
                 .await
                 .map_err(|source| ProxyError::Bind {
@@ -181,7 +219,7 @@ pub async fn start(
         let listener = bind("--inbound", route.listen).await?;
         inbound.push(listener.local_addr().unwrap_or(route.listen));
         let side = Inbound::new(
-            route.app,
+            InboundTarget::App(route.app),
             store.clone(),
             store.identity().trust_domain().clone(),
             policy_rx.clone(),
@@ -197,12 +235,80 @@ pub async fn start(
         let side = Outbound::new(route.clone(), store.clone(), metrics.clone())?;
         shutdown.spawn(side.run(listening(listener)));
     }
+    let capture = match (config.capture, destinations) {
+        (Some(capture), Some(destinations)) => {
+            let out_listeners = bind_capture("--capture (outbound)", capture.outbound).await?;
+            let in_listeners = bind_capture("--capture (inbound)", capture.inbound).await?;
+            let bound = (
+                out_listeners[0].local_addr().unwrap_or(capture.outbound),
+                in_listeners[0].local_addr().unwrap_or(capture.inbound),
+            );
+            let side = CapturedOutbound::new(
+                store.clone(),
+                destinations,
+                capture.ports(),
+                metrics.clone(),
+            );
+            shutdown.spawn(side.run(out_listeners.into_iter().map(listening).collect()));
+            let side = Inbound::new(
+                InboundTarget::OriginalDst {
+                    capture_ports: capture.ports(),
+                },
+                store.clone(),
+                store.identity().trust_domain().clone(),
+                policy_rx.clone(),
+                metrics.clone(),
+                config.mode_change_drain,
+            )?;
+            shutdown.spawn(side.run_all(in_listeners.into_iter().map(listening).collect()));
+            Some(bound)
+        }
+        _ => None,
+    };
     Ok(RunningProxy {
         inbound,
         outbound,
+        capture,
         metrics_addr,
         identity: store.identity().clone(),
     })
+}
+
+/// A capture listener on `addr`, and when `addr` is `0.0.0.0` also on `[::]`
+/// with the same port (IPv6 only, so each socket reports its own family's
+/// original destination) when this network namespace has IPv6: `proxy init`
+/// redirects IPv6 traffic to the same ports.
+async fn bind_capture(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<Vec<TcpListener>, ProxyError> {
+    let mut listeners = vec![bind(what, addr).await?];
+    if addr.ip() == std::net::Ipv4Addr::UNSPECIFIED
+        && crate::proxy::capture::init::namespace_has_ipv6()
+    {
+        let v6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, addr.port()));
+        match bind_v6_only(v6) {
+            Ok(listener) => listeners.push(listener),
+            Err(source) => {
+                tracing::warn!(%v6, error = %source, "cannot listen for captured IPv6 connections; IPv6 traffic redirected here is refused");
+            }
+        }
+    }
+    Ok(listeners)
+}
+
+fn bind_v6_only(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV6,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_only_v6(true)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ProxyError> {

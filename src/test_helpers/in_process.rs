@@ -169,9 +169,33 @@ impl InProcessAgent {
         token_file: &Path,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::with_flags_at(
+            &Self::socket_path(env),
+            env,
+            ca_addr,
+            node,
+            token_file,
+            extra,
+        )
+    }
+
+    /// A fresh socket path in the env's directory, for [`Self::with_flags_at`]
+    /// (a test that starts a client before the agent knows where to point it).
+    pub fn socket_path(env: &TestEnv) -> PathBuf {
         static AGENTS: AtomicUsize = AtomicUsize::new(0);
         let n = AGENTS.fetch_add(1, Ordering::Relaxed);
-        let socket = env.dir.path().join(format!("agent-in-process-{n}.sock"));
+        env.dir.path().join(format!("agent-in-process-{n}.sock"))
+    }
+
+    /// As [`Self::with_flags`], serving on `socket`.
+    pub fn with_flags_at(
+        socket: &Path,
+        env: &TestEnv,
+        ca_addr: SocketAddr,
+        node: &str,
+        token_file: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut argv: Vec<String> = [
             "agent",
             "--node",

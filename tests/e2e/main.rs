@@ -12,6 +12,8 @@ mod agent_sds;
 mod ca_issue;
 mod ca_refusals;
 mod ca_transport;
+mod capture;
+mod capture_init;
 mod grpc_interop;
 mod kube;
 mod mtls_cli;

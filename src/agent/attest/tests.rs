@@ -298,6 +298,9 @@ impl Platform for Hooked {
         (self.hook)();
         self.inner.pods_on_node(node)
     }
+    fn pods_with_ip(&self, ip: std::net::IpAddr) -> Vec<Pod> {
+        self.inner.pods_with_ip(ip)
+    }
     fn pods_for_service_account(&self, namespace: &str, service_account: &str) -> Vec<Pod> {
         self.inner
             .pods_for_service_account(namespace, service_account)

@@ -24,6 +24,7 @@ fn pod(ns: &str, name: &str, uid: &str, sa: &str, node: &str) -> Pod {
         annotations: Default::default(),
         phase: Some("Running".into()),
         creation_timestamp: None,
+        pod_ips: Vec::new(),
     }
 }
 

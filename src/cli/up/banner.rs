@@ -42,7 +42,24 @@ pub(crate) fn print_banner(mesh: &Mesh, default_dir: bool) {
             p.workload.name, p.running.identity
         );
     }
-    println!("  frontend → backend through the mesh: 127.0.0.1:{via} (called every second)");
+    if mesh.namespaces.is_some() {
+        for (i, w) in super::demo::WORKLOADS.iter().enumerate() {
+            println!(
+                "  {:<14} network namespace {}, pod IP {}, app on :{} behind a capture proxy",
+                w.name,
+                super::netns::namespace_of(w),
+                super::netns::pod_ip(i),
+                super::netns::APP_PORT
+            );
+        }
+        println!(
+            "  frontend → backend by pod IP: http://{}:{}/ (called every second, captured, mTLS)",
+            super::netns::pod_ip(1),
+            super::netns::APP_PORT
+        );
+    } else {
+        println!("  frontend → backend through the mesh: 127.0.0.1:{via} (called every second)");
+    }
     for (name, addr) in &mesh.metrics {
         println!("  metrics        http://{addr}/metrics  ({name})");
     }
@@ -51,6 +68,27 @@ pub(crate) fn print_banner(mesh: &Mesh, default_dir: bool) {
     );
     println!("\nThings to try (in another terminal, from this directory):");
     println!("  meshid mtls set-mode -n default STRICT{manifests_flag}");
+    if mesh.namespaces.is_some() {
+        let cart = super::netns::namespace_of(&super::demo::WORKLOADS[2]);
+        let backend_ns = super::netns::namespace_of(&super::demo::WORKLOADS[1]);
+        let backend_url = format!(
+            "http://{}:{}/",
+            super::netns::pod_ip(1),
+            super::netns::APP_PORT
+        );
+        println!(
+            "  sudo ip netns exec {cart} setpriv --reuid 65534 --regid 65534 --clear-groups curl {backend_url}   # as the app's uid: captured, mTLS as shop/cart"
+        );
+        println!(
+            "  sudo ip netns exec {cart} curl {backend_url}   # as root, the proxies' uid: not captured, plaintext: refused once STRICT"
+        );
+        println!(
+            "  sudo ip netns exec {backend_ns} curl -s http://127.0.0.1:15020/metrics | grep connections_total   # who the backend saw"
+        );
+        println!("  meshid mtls status{manifests_flag}");
+        println!("  meshid audit list{data_flag}\n");
+        return;
+    }
     println!(
         "  curl http://127.0.0.1:{backend}/     # plaintext to the backend: refused once STRICT"
     );

@@ -208,9 +208,18 @@ pub(crate) async fn echo_server(
     name: &'static str,
     shutdown: &Shutdown,
 ) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0")
+    echo_server_on(name, SocketAddr::from(([127, 0, 0, 1], 0)), shutdown).await
+}
+
+/// [`echo_server`] on `listen`.
+pub(crate) async fn echo_server_on(
+    name: &'static str,
+    listen: SocketAddr,
+    shutdown: &Shutdown,
+) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(listen)
         .await
-        .context("binding an echo server on 127.0.0.1")?;
+        .with_context(|| format!("binding an echo server on {listen}"))?;
     let addr = listener.local_addr()?;
     let stop = shutdown.clone();
     shutdown.spawn(async move {

@@ -328,6 +328,11 @@ impl Informers {
         self.read_index().on_node(node)
     }
 
+    /// See [`crate::platform::Platform::pods_with_ip`].
+    pub fn pods_with_ip(&self, ip: std::net::IpAddr) -> Vec<Pod> {
+        self.read_index().with_ip(ip)
+    }
+
     /// See [`crate::platform::Platform::pods_for_service_account`].
     pub fn pods_for_service_account(&self, namespace: &str, service_account: &str) -> Vec<Pod> {
         self.read_index()

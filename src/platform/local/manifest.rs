@@ -343,9 +343,19 @@ struct PodSpec {
 }
 
 #[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
 struct PodStatus {
     #[serde(default)]
     phase: Option<String>,
+    #[serde(default, rename = "podIP")]
+    pod_ip: Option<String>,
+    #[serde(default, rename = "podIPs", deserialize_with = "null_as_default")]
+    pod_ips: Vec<PodIp>,
+}
+
+#[derive(Deserialize)]
+struct PodIp {
+    ip: String,
 }
 
 impl PodManifest {
@@ -383,6 +393,13 @@ impl PodManifest {
             ));
         }
         check_names(path, &pod_ref, &namespace, &service_account)?;
+        let pod_ips = pod_ips(&self.status).map_err(|bad| {
+            manifest_error(
+                path,
+                None,
+                format!("{pod_ref} has status.podIP(s) {bad:?}, which is not an IP address"),
+            )
+        })?;
         Ok(Pod {
             namespace,
             name: meta.name,
@@ -393,8 +410,24 @@ impl PodManifest {
             annotations: meta.annotations,
             phase: self.status.phase,
             creation_timestamp: meta.creation_timestamp,
+            pod_ips,
         })
     }
+}
+
+/// `status.podIPs` (the list), else `status.podIP`, as Kubernetes sets
+/// them; the first entry that is not an address is returned as the error.
+fn pod_ips(status: &PodStatus) -> Result<Vec<std::net::IpAddr>, String> {
+    let mut texts: Vec<&str> = status.pod_ips.iter().map(|p| p.ip.as_str()).collect();
+    if let Some(ip) = status.pod_ip.as_deref().filter(|ip| !ip.is_empty()) {
+        if !texts.contains(&ip) {
+            texts.insert(0, ip);
+        }
+    }
+    texts
+        .into_iter()
+        .map(|t| t.trim().parse().map_err(|_| t.to_owned()))
+        .collect()
 }
 
 #[derive(Deserialize)]

@@ -1,6 +1,6 @@
 //! One consistent view of the manifest directory, indexed the way the CA and
-//! the agent ask: pods by uid, by `(namespace, name)`, by node and by
-//! `(namespace, service account)`; namespaces; policies.
+//! the agent ask: pods by uid, by `(namespace, name)`, by node, by pod IP and
+//! by `(namespace, service account)`; namespaces; policies.
 //!
 //! Owns indexing and the "one object, one definition" rule: two pods with the
 //! same uid or the same name, two namespaces or two policies with the same
@@ -22,6 +22,7 @@ pub(crate) struct Snapshot {
     by_name: BTreeMap<String, BTreeMap<String, String>>,
     /// node → uids.
     by_node: BTreeMap<String, BTreeSet<String>>,
+    by_ip: BTreeMap<std::net::IpAddr, BTreeSet<String>>,
     /// namespace → service account → uids.
     by_service_account: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
     /// Declared namespaces, plus every namespace an object lives in.
@@ -78,6 +79,9 @@ impl Snapshot {
                     .or_default()
                     .insert(pod.uid.clone());
             }
+            for ip in &pod.pod_ips {
+                snap.by_ip.entry(*ip).or_default().insert(pod.uid.clone());
+            }
             snap.by_service_account
                 .entry(pod.namespace.clone())
                 .or_default()
@@ -114,6 +118,10 @@ impl Snapshot {
     pub(crate) fn pod(&self, namespace: &str, name: &str) -> Option<Pod> {
         let uid = self.by_name.get(namespace)?.get(name)?;
         self.pod_by_uid(uid)
+    }
+
+    pub(crate) fn pods_with_ip(&self, ip: std::net::IpAddr) -> Vec<Pod> {
+        self.pods_by_uids(self.by_ip.get(&ip))
     }
 
     pub(crate) fn pods_on_node(&self, node: &str) -> Vec<Pod> {

@@ -209,6 +209,7 @@ fn only_terminated_or_unknown_pods_are_not_running() {
         annotations: Default::default(),
         phase: None,
         creation_timestamp: None,
+        pod_ips: Vec::new(),
     };
     for (phase, running) in [
         (None, true),
@@ -493,4 +494,41 @@ fn manifests_writable_by_other_users_are_refused_naming_the_file() {
     let (path, _, message) = manifest_error(env.open().unwrap_err());
     assert_eq!(path, env.manifests.path());
     assert!(message.contains("chmod go-w"), "{message}");
+}
+
+#[test]
+fn pods_are_found_by_their_ips_and_a_bad_ip_names_the_pod() {
+    let env = Env::new();
+    env.write(
+        "pods.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: shop, uid: uid-a}\n\
+         spec: {serviceAccountName: web}\n\
+         status: {podIP: 10.0.0.7, podIPs: [{ip: 10.0.0.7}, {ip: 'fd00::7'}]}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: shop, uid: uid-b}\n\
+         status: {podIP: 10.0.0.8}\n",
+    );
+    let platform = env.open().unwrap();
+    let a = platform.pods_with_ip("10.0.0.7".parse().unwrap());
+    assert_eq!(names(&a), ["a"]);
+    assert_eq!(a[0].pod_ips.len(), 2);
+    assert_eq!(
+        names(&platform.pods_with_ip("fd00::7".parse().unwrap())),
+        ["a"]
+    );
+    assert_eq!(
+        names(&platform.pods_with_ip("10.0.0.8".parse().unwrap())),
+        ["b"]
+    );
+    assert!(platform
+        .pods_with_ip("10.0.0.9".parse().unwrap())
+        .is_empty());
+
+    env.write(
+        "pods.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: shop, uid: uid-a}\n\
+         status: {podIPs: [{ip: 10.0.0.300}]}\n",
+    );
+    let (_, _, message) = manifest_error(env.open().unwrap_err());
+    assert!(message.contains("Pod shop/a"), "{message}");
+    assert!(message.contains("\"10.0.0.300\""), "{message}");
 }

@@ -45,9 +45,26 @@ pub(crate) fn pod(pod: k8s::Pod) -> Pod {
             .unwrap_or_else(|| DEFAULT_SERVICE_ACCOUNT.to_owned()),
         labels: meta.labels.unwrap_or_default(),
         annotations: meta.annotations.unwrap_or_default(),
+        pod_ips: pod.status.as_ref().map(pod_ips).unwrap_or_default(),
         phase: pod.status.and_then(|s| s.phase),
         creation_timestamp: meta.creation_timestamp.as_ref().and_then(timestamp),
     }
+}
+
+/// `status.podIPs`, else `status.podIP`; entries that are not addresses
+/// are skipped (the API server validates them, so there are none).
+fn pod_ips(status: &k8s_openapi::api::core::v1::PodStatus) -> Vec<std::net::IpAddr> {
+    let listed = status.pod_ips.iter().flatten().map(|p| p.ip.as_str());
+    let mut ips: Vec<std::net::IpAddr> = listed.filter_map(|ip| ip.parse().ok()).collect();
+    if ips.is_empty() {
+        ips.extend(
+            status
+                .pod_ip
+                .as_deref()
+                .and_then(|ip| ip.parse::<std::net::IpAddr>().ok()),
+        );
+    }
+    ips
 }
 
 /// A Kubernetes Namespace as our [`Namespace`].
@@ -218,6 +235,7 @@ mod tests {
                 annotations: labels(&[("meshid.io/unix-uid", "1000")]),
                 phase: Some("Running".into()),
                 creation_timestamp: Some(time::macros::datetime!(2024-05-01 10:00:00 UTC)),
+                pod_ips: Vec::new(),
             }
         );
     }

@@ -1,5 +1,5 @@
 //! Derived indexes over the pod reflector store: by uid, by node, by
-//! `(namespace, service account)`, by `(namespace, name)`.
+//! `(namespace, service account)`, by `(namespace, name)`, by pod IP.
 //!
 //! Owns keeping the indexes equal to the store: updated per watch event
 //! (`O(log n)`), rebuilt whole when a (re)list completes. Entries share the
@@ -25,6 +25,7 @@ pub(crate) struct PodIndex {
     by_node: HashMap<String, BTreeMap<NameKey, Arc<Pod>>>,
     /// `(namespace, service account)` → name → pod.
     by_service_account: HashMap<NameKey, BTreeMap<String, Arc<Pod>>>,
+    by_ip: HashMap<std::net::IpAddr, BTreeMap<NameKey, Arc<Pod>>>,
 }
 
 impl PodIndex {
@@ -64,6 +65,14 @@ impl PodIndex {
                 }
             }
         }
+        for ip in &old.pod_ips {
+            if let Some(pods) = self.by_ip.get_mut(ip) {
+                pods.remove(&key);
+                if pods.is_empty() {
+                    self.by_ip.remove(ip);
+                }
+            }
+        }
         let sa_key = (old.namespace.clone(), old.service_account.clone());
         if let Some(pods) = self.by_service_account.get_mut(&sa_key) {
             pods.remove(&old.name);
@@ -88,6 +97,12 @@ impl PodIndex {
             .entry((pod.namespace.clone(), pod.service_account.clone()))
             .or_default()
             .insert(pod.name.clone(), Arc::clone(&pod));
+        for ip in &pod.pod_ips {
+            self.by_ip
+                .entry(*ip)
+                .or_default()
+                .insert(key.clone(), Arc::clone(&pod));
+        }
         self.by_name.insert(key, pod);
     }
 
@@ -115,6 +130,13 @@ impl PodIndex {
             .unwrap_or_default()
     }
 
+    pub(crate) fn with_ip(&self, ip: std::net::IpAddr) -> Vec<Pod> {
+        self.by_ip
+            .get(&ip)
+            .map(|pods| pods.values().map(|p| Pod::clone(p)).collect())
+            .unwrap_or_default()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.by_name.len()
     }
@@ -136,6 +158,7 @@ mod tests {
             annotations: BTreeMap::new(),
             phase: Some("Running".into()),
             creation_timestamp: None,
+            pod_ips: Vec::new(),
         })
     }
 

@@ -76,11 +76,17 @@ async fn agent_watches_only_its_node() {
     );
     ready(&running).await;
     let api = running.api.clone();
-    eventually("pod watch open", || cluster.open_watches(PODS) == 1).await;
+    // Two pod watches: this node's pods, and every pod's addresses (for
+    // destination discovery, kept to a few fields per pod).
+    eventually("pod watches open", || cluster.open_watches(PODS) == 2).await;
     let calls = api.calls_to(&Method::GET, PODS);
-    let list = calls.iter().find(|c| !c.is_watch()).expect("a list");
-    let watch = calls.iter().find(|c| c.is_watch()).expect("a watch");
-    for call in [list, watch] {
+    let (scoped, cluster_wide): (Vec<_>, Vec<_>) = calls
+        .iter()
+        .partition(|c| c.query("fieldSelector").is_some());
+    let list = scoped.iter().find(|c| !c.is_watch()).expect("a list");
+    let watch = scoped.iter().find(|c| c.is_watch()).expect("a watch");
+    assert!(cluster_wide.iter().any(|c| c.is_watch()), "{calls:?}");
+    for call in [*list, *watch] {
         assert_eq!(
             call.query("fieldSelector"),
             Some("spec.nodeName=node-a"),

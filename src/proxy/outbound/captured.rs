@@ -1,0 +1,169 @@
+//! Outbound connections the capture rules redirected: each goes to its
+//! original destination, with mTLS when a meshed pod owns it.
+//!
+//! Rules enforced (SECURITY.md, "Capture"):
+//! - a destination a meshed pod owns gets mTLS, and its proxy must prove
+//!   exactly that pod's identity; if it cannot (or presents another), the
+//!   connection fails — never a plaintext fallback to a meshed destination;
+//! - a destination no meshed pod owns (an unmeshed pod, or nothing the
+//!   agent knows) is passed through in plaintext, and counted;
+//! - when the agent cannot say who owns a destination, the connection is
+//!   refused rather than guessed;
+//! - a connection to a capture port itself is refused (no loops).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::{connect_mtls, copy_both_ways, upstream_identity, UPSTREAM_TIMEOUT};
+use crate::identity::SpiffeId;
+use crate::proxy::accept::{serve, Listening};
+use crate::proxy::capture::original_dst::original_dst;
+use crate::proxy::destinations::{Destinations, Owner};
+use crate::proxy::metrics::ProxyMetrics;
+use crate::proxy::tls::{client_config, CertStore, PeerExpectation, ProxyTlsError};
+
+/// Connectors kept, one per destination identity; past it they are rebuilt.
+const MAX_CONNECTORS: usize = 1024;
+
+/// The outbound capture listener.
+pub struct CapturedOutbound {
+    store: Arc<CertStore>,
+    destinations: Arc<Destinations>,
+    capture_ports: Vec<u16>,
+    connectors: Mutex<HashMap<SpiffeId, TlsConnector>>,
+    source: String,
+    metrics: ProxyMetrics,
+}
+
+impl std::fmt::Debug for CapturedOutbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CapturedOutbound")
+            .field("capture_ports", &self.capture_ports)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CapturedOutbound {
+    /// A listener that asks `destinations` who owns each destination.
+    pub fn new(
+        store: Arc<CertStore>,
+        destinations: Arc<Destinations>,
+        capture_ports: Vec<u16>,
+        metrics: ProxyMetrics,
+    ) -> Self {
+        Self {
+            source: store.identity().to_string(),
+            store,
+            destinations,
+            capture_ports,
+            connectors: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// Serves until shutdown.
+    /// Serves on each listener (capture's IPv4 and IPv6 sockets) until shutdown.
+    pub async fn run(self, listenings: Vec<Listening>) {
+        let this = Arc::new(self);
+        let serving = listenings.into_iter().map(|listening| {
+            let this = this.clone();
+            serve(listening, "outbound", move |stream, peer, _stop| {
+                let this = this.clone();
+                async move { this.handle(stream, peer).await }
+            })
+        });
+        futures::future::join_all(serving).await;
+    }
+
+    /// A client verifying exactly `identity` (built once per identity).
+    fn connector_for(&self, identity: &SpiffeId) -> Result<TlsConnector, ProxyTlsError> {
+        let mut connectors = self
+            .connectors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(connector) = connectors.get(identity) {
+            return Ok(connector.clone());
+        }
+        if connectors.len() >= MAX_CONNECTORS {
+            connectors.clear();
+        }
+        let config = client_config(
+            self.store.clone(),
+            PeerExpectation::Exactly(identity.clone()),
+        )?;
+        let connector = TlsConnector::from(config);
+        connectors.insert(identity.clone(), connector.clone());
+        Ok(connector)
+    }
+
+    async fn handle(&self, app: TcpStream, peer: SocketAddr) {
+        let dst = match original_dst(&app, &self.capture_ports) {
+            Ok(dst) => dst,
+            Err(e) => return self.refused(peer, None, "refused", &e.to_string()),
+        };
+        let owner = match self.destinations.lookup(dst.ip()).await {
+            Ok(owner) => owner,
+            Err(e) => return self.refused(peer, Some(dst), "lookup_failed", &e.to_string()),
+        };
+        match owner {
+            Owner::Meshed { identity, pod } => self.mtls(app, peer, dst, &identity, &pod).await,
+            Owner::Unmeshed { pod } => self.plaintext(app, peer, dst, &pod).await,
+            Owner::Unknown => self.plaintext(app, peer, dst, "").await,
+        }
+    }
+
+    async fn mtls(
+        &self,
+        app: TcpStream,
+        peer: SocketAddr,
+        dst: SocketAddr,
+        expected: &SpiffeId,
+        pod: &str,
+    ) {
+        let connector = match self.connector_for(expected) {
+            Ok(connector) => connector,
+            Err(e) => return self.refused(peer, Some(dst), "refused", &e.to_string()),
+        };
+        match connect_mtls(&connector, dst).await {
+            Ok(tls) => {
+                tracing::info!(%peer, upstream = %dst, %pod, upstream_identity = %upstream_identity(&tls),
+                    "captured outbound mTLS connection established");
+                self.metrics
+                    .connection("outbound", "mtls", "allowed", &self.source);
+                copy_both_ways(app, tls, peer, &self.metrics).await;
+            }
+            Err((outcome, error)) => {
+                // The error of a refused handshake names the identity presented.
+                tracing::warn!(%peer, upstream = %dst, %pod, expected = %expected, %error, outcome,
+                    "captured outbound connection refused: the destination is meshed and its proxy did not prove its identity; no plaintext fallback");
+                self.metrics
+                    .connection("outbound", "mtls", outcome, &self.source);
+            }
+        }
+    }
+
+    async fn plaintext(&self, app: TcpStream, peer: SocketAddr, dst: SocketAddr, pod: &str) {
+        let upstream = match tokio::time::timeout(UPSTREAM_TIMEOUT, TcpStream::connect(dst)).await {
+            Ok(Ok(upstream)) => upstream,
+            Ok(Err(e)) => {
+                return self.refused(peer, Some(dst), "upstream_unreachable", &e.to_string())
+            }
+            Err(_) => return self.refused(peer, Some(dst), "upstream_unreachable", "timed out"),
+        };
+        let _ = upstream.set_nodelay(true);
+        tracing::debug!(%peer, upstream = %dst, pod, "captured outbound connection passed through in plaintext (destination not meshed)");
+        self.metrics
+            .connection("outbound", "plaintext", "passthrough", &self.source);
+        copy_both_ways(app, upstream, peer, &self.metrics).await;
+    }
+
+    fn refused(&self, peer: SocketAddr, dst: Option<SocketAddr>, outcome: &str, error: &str) {
+        tracing::warn!(%peer, upstream = ?dst, %error, outcome, "captured outbound connection refused");
+        self.metrics
+            .connection("outbound", "NONE", outcome, &self.source);
+    }
+}
