@@ -104,13 +104,14 @@ fn log_filter(var: &str) -> String {
 
 /// `bin ca` with the env's data directory, listening on `listen`, metrics on
 /// `metrics`, logging as `MESHID_TEST_CA_LOG` says.
-fn ca_command(bin: &Path, env: &TestEnv, listen: &str, metrics: SocketAddr) -> Command {
+fn ca_command(bin: &Path, env: &TestEnv, listen: &str) -> Command {
     let mut cmd = Command::new(bin);
     cmd.arg("ca")
         .arg("--data-dir")
         .arg(&env.data_dir)
-        .args(["--listen", listen, "--metrics-listen"])
-        .arg(metrics.to_string())
+        // Port 0: a port picked in advance may be taken by the time the CA
+        // binds it (tests run in parallel); the CA prints the one it got.
+        .args(["--listen", listen, "--metrics-listen", "127.0.0.1:0"])
         .env("RUST_LOG", log_filter("MESHID_TEST_CA_LOG"));
     cmd
 }
@@ -137,25 +138,32 @@ impl CaProcess {
         listen: &str,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
-        let metrics = free_port()?;
-        let mut cmd = ca_command(bin, env, listen, metrics);
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut cmd = ca_command(bin, env, listen);
         cmd.arg("--manifests").arg(&env.manifests).args(extra);
-        let log = env.dir.path().join(format!("ca-{}.log", metrics.port()));
-        Self::start(cmd, log, metrics)
+        let log = env.dir.path().join(format!("ca-{n}.log"));
+        Self::start(cmd, log)
     }
 
-    /// Starts the prepared `meshid ca` command and waits for its address line.
-    fn start(mut cmd: Command, log: PathBuf, metrics: SocketAddr) -> anyhow::Result<Self> {
+    /// Starts the prepared `meshid ca` command and waits for its line
+    /// `meshid CA listening on ADDR (TLS), metrics on Some(ADDR)`.
+    fn start(mut cmd: Command, log: PathBuf) -> anyhow::Result<Self> {
         let (process, line) =
             Managed::start(&mut cmd, log, "meshid ca", "meshid CA listening on ")?;
         let addr = line
             .strip_prefix("meshid CA listening on ")
             .and_then(|rest| rest.split_whitespace().next())
             .ok_or_else(|| anyhow!("no address in {line:?}"))?;
+        let metrics = line
+            .split_once("metrics on Some(")
+            .and_then(|(_, rest)| rest.split_once(')'))
+            .map(|(m, _)| m)
+            .ok_or_else(|| anyhow!("no metrics address in {line:?}"))?;
         Ok(Self {
             process,
             addr: addr.parse()?,
-            metrics_addr: metrics,
+            metrics_addr: metrics.parse()?,
         })
     }
 
@@ -395,15 +403,14 @@ impl CaProcess {
         pod_name: &str,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
-        let metrics = free_port()?;
-        let mut cmd = ca_command(bin, env, "127.0.0.1:0", metrics);
+        let mut cmd = ca_command(bin, env, "127.0.0.1:0");
         cmd.args(["--serving-ips", "127.0.0.1"])
             .args(extra)
             .env("POD_NAMESPACE", "meshid-system")
             .env("POD_NAME", pod_name);
         use_kubeconfig(&mut cmd, kubeconfig);
         let log = env.dir.path().join(format!("ca-{pod_name}.log"));
-        Self::start(cmd, log, metrics)
+        Self::start(cmd, log)
     }
 }
 
