@@ -164,14 +164,8 @@ fn metrics(ns: &NetNs) -> String {
 }
 
 /// Polls `check` (a mode change travels manifests → agent → proxy).
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..100 {
-        if check() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    panic!("{what}: not within 10 s");
+fn eventually(what: &str, check: impl FnMut() -> bool) {
+    poll_until(what, std::time::Duration::from_secs(10), check);
 }
 
 /// Why this machine cannot run the capture tests, if it cannot.

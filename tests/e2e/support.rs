@@ -156,3 +156,42 @@ pub(crate) fn set_mode(manifests: &Path, namespace: &str, mode: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Waits until `check` holds, for state that lives in other processes
+/// (a mode change travelling manifests → agent → proxy, a proxy in another
+/// network namespace): nothing there can be subscribed to, so it is asked
+/// every 100 ms; panics after `timeout` naming `what`.
+pub(crate) fn poll_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits for `child` to exit (the exit is the event: `wait` on a thread,
+/// its answer over a channel); kills it and panics after `timeout`.
+pub(crate) fn exit_within(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> std::process::ExitStatus {
+    let pid = child.id();
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        s.spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(status) => status.unwrap(),
+            Err(_) => {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                panic!("process {pid} still running {timeout:?} after it was asked to stop");
+            }
+        }
+    })
+}

@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::BIN;
 
@@ -84,15 +84,8 @@ fn get(addr: SocketAddr) -> Result<String, String> {
 }
 
 /// Waits up to 15 s until `f` holds.
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(15) {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("{what}: not within 15 s");
+fn eventually(what: &str, f: impl FnMut() -> bool) {
+    crate::support::poll_until(what, Duration::from_secs(15), f);
 }
 
 /// The SPIFFE ID the agent of the `up` in `data` gives us over the Workload API.
@@ -198,18 +191,8 @@ fn running_up_takes_strict_from_another_process_and_stops_on_sigterm() {
         .status()
         .unwrap()
         .success());
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            assert!(status.success(), "{status}");
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(8),
-            "still running 8 s after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let status = crate::support::exit_within(&mut child.0, Duration::from_secs(8));
+    assert!(status.success(), "{status}");
     assert!(!data.join("agent.sock").exists());
     assert!(data.join("audit.db").is_file());
 }
@@ -443,14 +426,7 @@ fn up_netns_meshes_unmodified_apps_by_pod_ip_and_removes_its_namespaces() {
         .status()
         .unwrap()
         .success());
-    let start = Instant::now();
-    while child.0.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "still running after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    crate::support::exit_within(&mut child.0, Duration::from_secs(10));
     let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(
         !String::from_utf8_lossy(&left.stdout).contains("meshid-up-"),
