@@ -25,7 +25,9 @@ mod third_party;
 use std::path::Path;
 
 use meshid::test_helpers::netns::Lan;
-use meshid::test_helpers::{cli_arg, InProcessAgent, InProcessCa, Managed, NetNs, TestEnv};
+use meshid::test_helpers::{
+    cli_arg, cpu_seconds, rss_kib, InProcessAgent, InProcessCa, Managed, NetNs, TestEnv,
+};
 use third_party::{wrk_in, Nginx, WrkRun};
 
 const CLIENT_IP: &str = "10.79.0.2";
@@ -33,22 +35,6 @@ const SERVER_IP: &str = "10.79.0.3";
 const NGINX_PORT: u16 = 8080;
 const PROXY: &str = env!("CARGO_BIN_EXE_meshid-proxy");
 const MESHID: &str = env!("CARGO_BIN_EXE_meshid");
-
-/// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
 
 fn write_pod(env: &TestEnv, name: &str, ip: &str) {
     let yaml = format!(
@@ -129,18 +115,6 @@ fn report(what: &str, (run, cpu): &(WrkRun, Vec<f64>)) {
         cpu.join(", "),
         if run.errors { "  (errors)" } else { "" }
     );
-}
-
-/// VmRSS of `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// One iperf3 run from the client to the server's pod IP (a server started

@@ -35,14 +35,7 @@ use meshid::test_helpers::{cli_arg, InProcessAgent, InProcessCa, TestEnv};
 
 /// VmRSS of this process, in KiB.
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
+    meshid::test_helpers::rss_kib(std::process::id())
 }
 
 fn ip_of(i: usize) -> IpAddr {

@@ -5,7 +5,7 @@
 //! Modules: [`attest`] (what a credential proves: peer credentials or a
 //! token → a workload), [`socket`] (the Unix socket, its limits, and
 //! [`socket::caller`]: which credential wins, once per request),
-//! [`ca_client`] (the CA, over the wire), [`cache`] (per-identity
+//! [`crate::ca_client`] (the CA, over the wire), [`cache`] (per-identity
 //! certificates and rotation), the three services on the socket — [`sds`]
 //! (Envoy SDS), [`workload_api`] (SPIFFE Workload API), [`policy_push`] (the
 //! mTLS policy stream), [`destinations`] (which workload owns an IP, for
@@ -15,7 +15,6 @@
 
 pub mod attest;
 pub mod build;
-pub mod ca_client;
 pub mod cache;
 pub mod destinations;
 pub mod files;

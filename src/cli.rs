@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod audit;
 pub mod ca;
+pub mod inject;
 pub mod mtls;
 pub mod platform;
 pub mod proxy;
@@ -38,6 +39,10 @@ pub enum Command {
     Agent(agent::AgentArgs),
     /// Run the sidecar proxy: mTLS for one workload, its mode from PeerAuthentication.
     Proxy(proxy::ProxyArgs),
+    /// Run the sidecar injector: the mutating admission webhook (HTTPS, POST /inject).
+    Injector(inject::InjectorArgs),
+    /// Inject the sidecar into the pods and pod templates of a YAML file (like istioctl kube-inject); YAML on stdout.
+    Inject(inject::InjectFileArgs),
     /// Service-account tokens from the local issuer.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -74,6 +79,8 @@ pub fn main() -> ExitCode {
             Command::Ca(args) => ca::run(args).await,
             Command::Agent(args) => agent::run(args).await,
             Command::Proxy(args) => proxy::run(args).await,
+            Command::Injector(args) => inject::run_injector(args).await,
+            Command::Inject(args) => inject::run_file(&args),
             Command::Token(cmd) => token::run(cmd).await,
             Command::Audit(cmd) => audit::run(cmd).await,
             Command::Mtls(cmd) => mtls::run(cmd).await,

@@ -28,7 +28,9 @@ pub mod validate;
 
 pub use authority::{Authority, AuthorityConfig, AuthorityError, IssuedCert};
 pub use bundle::{concat_pem, parse_pem_certs, BundleError};
-pub use csr::{validate_csr, CsrError, PublicKeyKind, ValidatedCsr, MAX_CSR_BYTES};
+pub use csr::{
+    validate_csr, validate_csr_with_dns, CsrError, PublicKeyKind, ValidatedCsr, MAX_CSR_BYTES,
+};
 pub use key::{csr_pem, KeyAlgorithm, KeyError, PrivateKey};
 pub use pem::PemError;
 pub use template::{backdate, LeafRequest, TemplateError};

@@ -28,5 +28,6 @@ pub use env::{connect, key_and_csr, request, CaClient, TestEnv};
 pub use in_process::{InProcessAgent, InProcessCa};
 pub use netns::NetNs;
 pub use process::{
-    free_port, my_unix_uid, run_kube, AgentProcess, CaProcess, Managed, ProxyProcess,
+    cpu_seconds, free_port, my_unix_uid, rss_kib, run_kube, AgentProcess, CaProcess, Managed,
+    ProxyProcess,
 };

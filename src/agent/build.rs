@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::agent::ca_client::{CaClient, CaClientConfig, CaClientError};
 use crate::agent::server::{self, AgentConfig, AgentDeps, AgentError, RunningAgent};
+use crate::ca_client::{CaClient, CaClientConfig, CaClientError};
 use crate::platform::jwt::{JwtVerifier, JwtVerifierConfig};
 use crate::platform::kube::connect::{ApiServer, ConnectError};
 use crate::platform::kube::{KubeConfig, KubeConfigError, KubePlatform, TokenVerification};
@@ -130,6 +130,7 @@ pub async fn build(setup: AgentSetup, shutdown: Shutdown) -> Result<RunningAgent
         address: ca_address.clone(),
         root_pem,
         token_file,
+        impersonate: true,
     })?;
     let platform: Arc<dyn Platform> = match platform {
         AgentPlatform::Local {

@@ -18,8 +18,8 @@ use time::OffsetDateTime;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
 
-use crate::agent::ca_client::{check_answer, CaClientError, CertSigner};
 use crate::agent::metrics::AgentMetrics;
+use crate::ca_client::{check_answer, CaClientError, CertSigner};
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::pki::key::{csr_pem, KeyAlgorithm, PrivateKey};
 use crate::platform::Platform;

@@ -12,7 +12,6 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::agent::attest::Attestor;
-use crate::agent::ca_client::CertSigner;
 use crate::agent::cache::{CacheConfig, CertCache};
 use crate::agent::destinations::DestinationService;
 use crate::agent::files;
@@ -23,6 +22,7 @@ use crate::agent::socket::caller::SocketAttestor;
 use crate::agent::socket::limits::{Limiter, SocketLimits, TrackRequests};
 use crate::agent::socket::{self, SocketError, UdsStream};
 use crate::agent::workload_api::WorkloadApiService;
+use crate::ca_client::CertSigner;
 use crate::h2_authority::AuthorityRepair;
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::platform::Platform;

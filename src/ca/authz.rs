@@ -10,6 +10,8 @@
 //!    running pod on the caller's own node. A stolen node-agent token therefore
 //!    yields the identities of that node's pods, nothing else.
 //! 4. Identities outside our trust domain are never granted.
+//! 6. DNS SANs only for the service accounts and names listed in
+//!    `--workload-dns-names` ([`WorkloadDnsNames`]).
 //! 5. A renewal (client certificate, no token) is honoured only while the
 //!    platform has a pod that may hold the identity ([`Pod::may_hold`]), and,
 //!    when the presented certificate was issued to a pod, while that very pod
@@ -26,6 +28,9 @@ use std::str::FromStr;
 use crate::ca::authn::Caller;
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::platform::{Pod, PodRefusal};
+
+mod dns_names;
+pub use dns_names::WorkloadDnsNames;
 
 /// Node-agent service accounts allowed to impersonate (`ns/sa` pairs).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -265,6 +265,7 @@ pub async fn build(setup: CaSetup, shutdown: Shutdown) -> Result<CaServer, Build
         plugin_ca = ?plugin_ca_dir,
         trust_domain = %config.trust_domain,
         trusted_node_accounts = %config.trusted_node_accounts,
+        workload_dns_names = %config.workload_dns_names,
         audiences = ?config.audiences,
         default_ttl = ?config.default_ttl,
         max_ttl = ?config.max_ttl,

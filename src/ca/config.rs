@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use crate::ca::authz::TrustedNodeAccounts;
+use crate::ca::authz::{TrustedNodeAccounts, WorkloadDnsNames};
 use crate::identity::TrustDomain;
 
 /// Everything the CA needs to know that is not a dependency.
@@ -17,6 +17,8 @@ pub struct CaConfig {
     pub trust_domain: TrustDomain,
     /// Node agents allowed to ask for the identities of pods on their node.
     pub trusted_node_accounts: TrustedNodeAccounts,
+    /// Service accounts whose certificates may carry DNS names, and which.
+    pub workload_dns_names: WorkloadDnsNames,
     /// Token audiences accepted (any of them); Istio's default is `istio-ca`.
     pub audiences: Vec<String>,
     /// TTL granted when the client asks for none (`validity_duration` <= 0).
@@ -46,6 +48,7 @@ impl Default for CaConfig {
             metrics_listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 15014))),
             trust_domain: TrustDomain::default(),
             trusted_node_accounts: TrustedNodeAccounts::default(),
+            workload_dns_names: WorkloadDnsNames::default(),
             audiences: vec!["istio-ca".to_owned()],
             default_ttl: Duration::from_secs(24 * 3600),
             max_ttl: Duration::from_secs(90 * 24 * 3600),

@@ -15,13 +15,15 @@ use tokio::sync::Semaphore;
 
 use crate::audit::{AuditLog, AuditQuery, AuditRecord, Outcome};
 use crate::ca::authn::{Authenticator, Caller};
-use crate::ca::authz::{check_authorized, AuthzInput, Permit, TrustedNodeAccounts};
+use crate::ca::authz::{
+    check_authorized, AuthzInput, Permit, TrustedNodeAccounts, WorkloadDnsNames,
+};
 use crate::ca::config::CaConfig;
 use crate::ca::error::CaError;
 use crate::ca::metrics::CaMetrics;
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::pki::authority::{Authority, IssuedCert};
-use crate::pki::csr::{validate_csr, CsrError};
+use crate::pki::csr::{validate_csr_with_dns, CsrError};
 use crate::pki::template::LeafRequest;
 use crate::platform::Platform;
 use crate::time::SharedClock;
@@ -80,6 +82,7 @@ pub struct Issued {
 pub struct Issuer {
     trust_domain: TrustDomain,
     trusted: TrustedNodeAccounts,
+    dns_names: WorkloadDnsNames,
     default_ttl: Duration,
     max_ttl: Duration,
     deps: CaDeps,
@@ -101,6 +104,7 @@ impl Issuer {
         Self {
             trust_domain: cfg.trust_domain.clone(),
             trusted: cfg.trusted_node_accounts.clone(),
+            dns_names: cfg.workload_dns_names.clone(),
             default_ttl: cfg.default_ttl,
             max_ttl: cfg.max_ttl,
             authn,
@@ -254,17 +258,19 @@ impl Issuer {
         record.granted_ttl_secs = i64::try_from(ttl.as_secs()).ok();
 
         // 4. CSR: only its public key is used, for the permitted identity.
-        let csr = validate_csr(req.csr.as_bytes(), &permit.identity).map_err(|e| match e {
-            CsrError::SanMismatch { .. } => CaError::IdentityMismatch(e.to_string()),
-            other => CaError::InvalidCsr(other),
-        })?;
+        let allowed_dns = self.dns_names.for_identity(&permit.identity);
+        let csr = validate_csr_with_dns(req.csr.as_bytes(), &permit.identity, allowed_dns)
+            .map_err(|e| match e {
+                CsrError::SanMismatch { .. } => CaError::IdentityMismatch(e.to_string()),
+                other => CaError::InvalidCsr(other),
+            })?;
         record.public_key_sha256 = Some(csr.public_key_sha256_hex());
 
         // 5. Sign from server-side facts; the authority re-checks what it signed.
         let leaf = LeafRequest {
             id: permit.identity.clone(),
             ttl: time::Duration::try_from(ttl).unwrap_or(time::Duration::MAX),
-            dns_names: Vec::new(),
+            dns_names: csr.dns_names().to_vec(),
             ip_addresses: Vec::new(),
         };
         let signed: IssuedCert = self

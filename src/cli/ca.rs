@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::platform::{PlatformArgs, PlatformKind};
-use crate::ca::authz::TrustedNodeAccounts;
+use crate::ca::authz::{TrustedNodeAccounts, WorkloadDnsNames};
 use crate::ca::build::{CaPlatform, CaSetup};
 use crate::ca::{self, CaConfig, CaServer};
 use crate::identity::TrustDomain;
@@ -39,6 +39,9 @@ pub struct CaArgs {
     /// Node-agent service accounts allowed to impersonate pods on their node: ns/sa,ns/sa.
     #[arg(long, env = "MESHID_TRUSTED_NODE_ACCOUNTS", default_value = "")]
     pub trusted_node_accounts: TrustedNodeAccounts,
+    /// Service accounts whose certificates may also carry DNS names (a webhook's Service name, checked by the API server): `ns/sa=name,name;ns/sa=name`. No wildcards.
+    #[arg(long, env = "MESHID_WORKLOAD_DNS_NAMES", default_value = "")]
+    pub workload_dns_names: WorkloadDnsNames,
     /// Plug-in CA directory (Istio cacerts names: ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem; or tls.crt, tls.key, ca.crt). Default: a self-signed root in DATA_DIR.
     #[arg(long, env = "MESHID_PLUGIN_CA_DIR")]
     pub plugin_ca_dir: Option<PathBuf>,
@@ -143,6 +146,7 @@ impl CaArgs {
                 metrics_listen: Some(self.metrics_listen),
                 trust_domain: self.trust_domain,
                 trusted_node_accounts: self.trusted_node_accounts,
+                workload_dns_names: self.workload_dns_names,
                 audiences: self.audiences,
                 default_ttl: self.default_ttl,
                 max_ttl: self.max_ttl,

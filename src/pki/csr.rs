@@ -77,6 +77,7 @@ impl fmt::Display for PublicKeyKind {
 pub struct ValidatedCsr {
     public_key_der: Vec<u8>,
     kind: PublicKeyKind,
+    dns_names: Vec<String>,
 }
 
 impl ValidatedCsr {
@@ -88,6 +89,12 @@ impl ValidatedCsr {
     /// The kind of key.
     pub fn kind(&self) -> PublicKeyKind {
         self.kind
+    }
+
+    /// The DNS SANs asked for, each one of the names the caller was allowed
+    /// ([`validate_csr_with_dns`]); empty for almost every workload.
+    pub fn dns_names(&self) -> &[String] {
+        &self.dns_names
     }
 
     /// Lowercase hex SHA-256 of [`Self::public_key_der`] (for the audit record).
@@ -179,6 +186,16 @@ pub enum CsrError {
         /// The requested value.
         value: String,
     },
+    /// A DNS SAN the identity is not configured to hold.
+    #[error("CSR asks for DNS SAN {name:?}, which {identity} may not hold (it may hold: {})", allowed.join(", "))]
+    DnsNameNotAllowed {
+        /// The requested name.
+        name: String,
+        /// The identity being issued.
+        identity: SpiffeId,
+        /// The names it may hold.
+        allowed: Vec<String>,
+    },
     /// The CSR asks for a CA certificate.
     #[error("CSR asks for a CA certificate (BasicConstraints CA:TRUE); workloads get leaf certificates only")]
     RequestsCa,
@@ -198,8 +215,22 @@ pub enum CsrError {
     },
 }
 
-/// Validates an untrusted CSR for `expected` and returns its public key.
+/// Validates an untrusted CSR for `expected` and returns its public key. Any
+/// SAN other than the one URI is refused.
 pub fn validate_csr(input: &[u8], expected: &SpiffeId) -> Result<ValidatedCsr, CsrError> {
+    validate_csr_with_dns(input, expected, &[])
+}
+
+/// [`validate_csr`], except that DNS SANs from `allowed_dns` (the names the CA
+/// is configured to let `expected` hold, such as a webhook's Service name)
+/// may be asked for too. Rule: a DNS SAN is granted only by an exact,
+/// case-insensitive match with a configured name; no wildcard is expanded, and
+/// with nothing configured every DNS SAN is refused as before.
+pub fn validate_csr_with_dns(
+    input: &[u8],
+    expected: &SpiffeId,
+    allowed_dns: &[String],
+) -> Result<ValidatedCsr, CsrError> {
     // Rule 1: bound the size before looking at a single byte of content.
     if input.len() > MAX_CSR_BYTES {
         return Err(CsrError::TooLarge {
@@ -270,6 +301,7 @@ pub fn validate_csr(input: &[u8], expected: &SpiffeId) -> Result<ValidatedCsr, C
     // copied); every other requested extension is ignored too, because the
     // certificate is built from scratch.
     let mut uris = Vec::new();
+    let mut dns_names = Vec::new();
     for attribute in info.iter_attributes() {
         let ParsedCriAttribute::ExtensionRequest(request) = attribute.parsed_attribute() else {
             continue;
@@ -280,6 +312,20 @@ pub fn validate_csr(input: &[u8], expected: &SpiffeId) -> Result<ValidatedCsr, C
                     for name in &san.general_names {
                         match name {
                             GeneralName::URI(uri) => uris.push((*uri).to_owned()),
+                            GeneralName::DNSName(name) if !allowed_dns.is_empty() => {
+                                let Some(granted) =
+                                    allowed_dns.iter().find(|a| a.eq_ignore_ascii_case(name))
+                                else {
+                                    return Err(CsrError::DnsNameNotAllowed {
+                                        name: (*name).to_owned(),
+                                        identity: expected.clone(),
+                                        allowed: allowed_dns.to_vec(),
+                                    });
+                                };
+                                if !dns_names.contains(granted) {
+                                    dns_names.push(granted.clone());
+                                }
+                            }
                             other => return Err(forbidden_san(other)),
                         }
                     }
@@ -322,6 +368,7 @@ pub fn validate_csr(input: &[u8], expected: &SpiffeId) -> Result<ValidatedCsr, C
     Ok(ValidatedCsr {
         public_key_der: info.subject_pki.raw.to_vec(),
         kind,
+        dns_names,
     })
 }
 

@@ -300,11 +300,25 @@ impl PrivateKey {
 /// A CSR (PEM) for `id`: empty subject, the ID as its only (critical) URI SAN,
 /// signed by `key`. What the node agent sends to the CA.
 pub fn csr_pem(key: &PrivateKey, id: &SpiffeId) -> Result<String, KeyError> {
+    csr_pem_with_dns(key, id, &[])
+}
+
+/// [`csr_pem`] that also asks for DNS SANs (the injector's Service name; the
+/// CA grants them only where `--workload-dns-names` says so).
+pub fn csr_pem_with_dns(
+    key: &PrivateKey,
+    id: &SpiffeId,
+    dns_names: &[String],
+) -> Result<String, KeyError> {
     let key_pair = key.to_key_pair()?;
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     let uri = rcgen::string::Ia5String::try_from(id.to_string()).map_err(KeyError::Csr)?;
     params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
+    for name in dns_names {
+        let name = rcgen::string::Ia5String::try_from(name.as_str()).map_err(KeyError::Csr)?;
+        params.subject_alt_names.push(rcgen::SanType::DnsName(name));
+    }
     let csr = params.serialize_request(&key_pair).map_err(KeyError::Csr)?;
     csr.pem().map_err(KeyError::Csr)
 }

@@ -31,8 +31,9 @@ pub struct LeafRequest {
     pub id: SpiffeId,
     /// The granted TTL (already defaulted and clamped by the CA).
     pub ttl: Duration,
-    /// DNS SANs. Only the CA's own serving certificate has any: ztunnel checks
-    /// the CA's certificate against the host name in its CA address.
+    /// DNS SANs: the CA's own serving certificate (ztunnel checks it against
+    /// the host name in its CA address), and the few workloads the operator
+    /// lists in `--workload-dns-names` (the injector's Service name).
     pub dns_names: Vec<String>,
     /// IP SANs, same purpose as `dns_names` (an address like 127.0.0.1).
     pub ip_addresses: Vec<IpAddr>,

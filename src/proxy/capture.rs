@@ -2,7 +2,8 @@
 //! its proxy (`meshid proxy init`), and recovering where each captured
 //! connection was going.
 //!
-//! - [`ports`]: the port and CIDR lists the flags take;
+//! - the port and CIDR lists the flags take are [`crate::netlist`]'s (the
+//!   injector writes them too);
 //! - [`rules`]: the rules themselves, as `iptables-restore` input (pure);
 //! - [`saved`]: `iptables-save` output, read;
 //! - [`netfilter`]: the node's `iptables` tools (nft or legacy), run;
@@ -15,6 +16,5 @@
 pub mod init;
 pub mod netfilter;
 pub mod original_dst;
-pub mod ports;
 pub mod rules;
 pub mod saved;

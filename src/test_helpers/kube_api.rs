@@ -26,8 +26,8 @@ use serde_json::{json, Value};
 #[cfg(test)]
 pub use self::mock::{MockApi, MockBody, Reply};
 pub use self::server::{
-    kubeconfig, FakeApi, Resource, TokenIdentity, CONFIGMAPS, LEASES, NAMESPACES,
-    PEER_AUTHENTICATIONS, PODS, SECRETS,
+    kubeconfig, FakeApi, Resource, TokenIdentity, CONFIGMAPS, LEASES,
+    MUTATING_WEBHOOK_CONFIGURATIONS, NAMESPACES, PEER_AUTHENTICATIONS, PODS, SECRETS,
 };
 use crate::platform::PlatformError;
 

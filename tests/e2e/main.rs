@@ -15,6 +15,7 @@ mod ca_transport;
 mod capture;
 mod capture_init;
 mod grpc_interop;
+mod injector;
 mod kube;
 mod mtls_cli;
 mod policy_push;

@@ -3,9 +3,9 @@
 
 use clap::Args;
 
+use crate::netlist::{BadCidr, BadPort, CidrList, InboundPorts, PortList};
 use crate::proxy::capture::init::{self, Done, InitOptions, Report};
 use crate::proxy::capture::netfilter::Backend;
-use crate::proxy::capture::ports::{BadCidr, BadPort, CidrList, InboundPorts, PortList};
 use crate::proxy::capture::rules::CaptureRules;
 
 /// Flags of `meshid proxy init`.

@@ -253,6 +253,64 @@ fn refuses_dns_ip_and_email_sans() {
 }
 
 #[test]
+fn grants_only_the_dns_names_configured_for_the_identity() {
+    let allowed = vec![
+        "meshid-injector.meshid-system.svc".to_owned(),
+        "meshid-injector.meshid-system.svc.cluster.local".to_owned(),
+    ];
+    let dns = |name: &str| SanType::DnsName(name.try_into().unwrap());
+    // Granted: a configured name (any case), reported as configured, once.
+    let der = csr_with(&p256(), |p| {
+        p.subject_alt_names
+            .push(dns("Meshid-Injector.meshid-system.svc"));
+        p.subject_alt_names
+            .push(dns("meshid-injector.meshid-system.svc"));
+    });
+    let ok = validate_csr_with_dns(&der, &me(), &allowed).unwrap();
+    assert_eq!(ok.dns_names(), ["meshid-injector.meshid-system.svc"]);
+    // Try to break it: another name, a wildcard covering the name, a suffix
+    // of it, an IP beside an allowed name.
+    for bad in [
+        "kubernetes.default.svc",
+        "*.meshid-system.svc",
+        "evil-meshid-injector.meshid-system.svc",
+        "meshid-injector.meshid-system",
+    ] {
+        let der = csr_with(&p256(), |p| p.subject_alt_names.push(dns(bad)));
+        let err = validate_csr_with_dns(&der, &me(), &allowed).unwrap_err();
+        assert!(
+            matches!(&err, CsrError::DnsNameNotAllowed { name, .. } if name == bad),
+            "{bad}: {err}"
+        );
+        assert!(err.to_string().contains(bad), "{err}");
+        assert!(
+            err.to_string()
+                .contains("meshid-injector.meshid-system.svc"),
+            "{err}"
+        );
+    }
+    let der = csr_with(&p256(), |p| {
+        p.subject_alt_names
+            .push(dns("meshid-injector.meshid-system.svc"));
+        p.subject_alt_names
+            .push(SanType::IpAddress([10, 0, 0, 1].into()));
+    });
+    assert!(matches!(
+        validate_csr_with_dns(&der, &me(), &allowed),
+        Err(CsrError::ForbiddenSan { kind: "IP", .. })
+    ));
+    // The same CSR without the name configured: refused as before.
+    let der = csr_with(&p256(), |p| {
+        p.subject_alt_names
+            .push(dns("meshid-injector.meshid-system.svc"))
+    });
+    assert!(matches!(
+        validate_csr(&der, &me()),
+        Err(CsrError::ForbiddenSan { kind: "DNS", .. })
+    ));
+}
+
+#[test]
 fn refuses_oversized_input_before_parsing() {
     let huge = vec![b'A'; 1024 * 1024];
     assert_eq!(

@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 
 use ipnet::IpNet;
 
-use super::ports::{CidrList, InboundPorts, PortList};
+use crate::netlist::{CidrList, InboundPorts, PortList};
 
 /// Our chain for inbound traffic (jumped to from `PREROUTING`).
 pub const INBOUND: &str = "MESHID_INBOUND";

@@ -32,7 +32,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 pub use self::store::{
-    Resource, CONFIGMAPS, LEASES, NAMESPACES, PEER_AUTHENTICATIONS, PODS, SECRETS,
+    Resource, CONFIGMAPS, LEASES, MUTATING_WEBHOOK_CONFIGURATIONS, NAMESPACES,
+    PEER_AUTHENTICATIONS, PODS, SECRETS,
 };
 use self::store::{Selector, Store, WriteError, SERVED};
 use self::token_review::token_review;
@@ -341,6 +342,14 @@ fn respond(shared: &Arc<Shared>, r: &Call) -> (Response, bool) {
                 s.apply(resource, &namespace, name, r.body.clone())
             });
             json_response(if created { 201 } else { 200 }, object)
+        }
+        (&Method::PATCH, Some(name))
+            if r.content_type.as_deref() == Some("application/merge-patch+json") =>
+        {
+            let result = mutate(shared, |s| {
+                s.merge_patch(resource, &namespace, name, r.body.clone())
+            });
+            write_result(result, resource, name, 200)
         }
         _ => {
             let answer = status(

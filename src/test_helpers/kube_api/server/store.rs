@@ -45,6 +45,14 @@ pub const LEASES: Resource = Resource {
     kind: "Lease",
     namespaced: true,
 };
+/// The injector keeps the caBundle of one of these.
+pub const MUTATING_WEBHOOK_CONFIGURATIONS: Resource = Resource {
+    group: "admissionregistration.k8s.io",
+    version: "v1",
+    plural: "mutatingwebhookconfigurations",
+    kind: "MutatingWebhookConfiguration",
+    namespaced: false,
+};
 /// Only `v1beta1` is served: `security.istio.io/v1` answers `404`, as on a
 /// cluster with Istio's older CRDs, so meshid's fallback between the two
 /// versions is exercised.
@@ -67,13 +75,14 @@ const fn core(plural: &'static str, kind: &'static str, namespaced: bool) -> Res
 }
 
 /// Every resource served, for URL routing.
-pub const SERVED: [&Resource; 6] = [
+pub const SERVED: [&Resource; 7] = [
     &NAMESPACES,
     &PODS,
     &SECRETS,
     &CONFIGMAPS,
     &LEASES,
     &PEER_AUTHENTICATIONS,
+    &MUTATING_WEBHOOK_CONFIGURATIONS,
 ];
 
 /// Why a write was refused (the HTTP layer turns it into a `Status`).
@@ -208,6 +217,33 @@ impl Store {
                 (self.write(r, namespace, merged, Some(&stored)), false)
             }
         }
+    }
+
+    /// JSON merge patch (RFC 7386): a `metadata.resourceVersion` in the
+    /// patch must equal the stored one, as the API server checks it.
+    pub fn merge_patch(
+        &mut self,
+        r: &'static Resource,
+        namespace: &str,
+        name: &str,
+        patch: Value,
+    ) -> Result<Value, WriteError> {
+        let stored = self.get(r, namespace, name).ok_or(WriteError::NotFound)?;
+        if let Some(sent) = patch
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+        {
+            let current = resource_version_of(&stored);
+            if sent != current {
+                return Err(WriteError::Conflict {
+                    stored: current,
+                    sent: sent.to_owned(),
+                });
+            }
+        }
+        let mut merged = stored.clone();
+        merge(&mut merged, patch);
+        Ok(self.write(r, namespace, merged, Some(&stored)))
     }
 
     /// Creates or replaces without checks (what a test or another client does).

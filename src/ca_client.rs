@@ -1,6 +1,8 @@
-//! The agent's client of the CA: Istio's `CreateCertificate` over TLS, with
-//! the agent's own service-account token (re-read from its file on every call,
-//! like a projected token) and `ImpersonatedIdentity`, exactly as ztunnel asks.
+//! The client of the CA: Istio's `CreateCertificate` over TLS, with the
+//! caller's own service-account token (re-read from its file on every call,
+//! like a projected token). The node agent asks for its workloads with
+//! `ImpersonatedIdentity`, exactly as ztunnel asks; the injector asks for
+//! itself, without it.
 //!
 //! Rule enforced: an answer is used only if its leaf names the identity that
 //! was asked for, carries our public key, and is signed by the next
@@ -64,8 +66,12 @@ pub struct CaClientConfig {
     pub address: String,
     /// PEM roots that the CA's serving certificate must chain to.
     pub root_pem: String,
-    /// The agent's service-account token file.
+    /// The caller's service-account token file.
     pub token_file: PathBuf,
+    /// Whether requests name the identity asked for in `ImpersonatedIdentity`
+    /// (a node agent asking for its workloads); otherwise the caller asks for
+    /// its own identity.
+    pub impersonate: bool,
 }
 
 /// The gRPC client of the CA. Connects lazily, so the agent starts (and keeps
@@ -74,6 +80,7 @@ pub struct CaClientConfig {
 pub struct CaClient {
     channel: Channel,
     token_file: PathBuf,
+    impersonate: bool,
 }
 
 impl CaClient {
@@ -111,6 +118,7 @@ impl CaClient {
         Ok(Self {
             channel,
             token_file: cfg.token_file.clone(),
+            impersonate: cfg.impersonate,
         })
     }
 
@@ -122,7 +130,7 @@ impl CaClient {
     ) -> Result<Vec<String>, CaClientError> {
         // Re-read on every request: the kubelet rotates it in place.
         let token = BearerToken::read_file_async(&self.token_file).await?;
-        let metadata = prost_types::Struct {
+        let metadata = self.impersonate.then(|| prost_types::Struct {
             fields: [(
                 "ImpersonatedIdentity".to_owned(),
                 prost_types::Value {
@@ -131,11 +139,11 @@ impl CaClient {
             )]
             .into_iter()
             .collect(),
-        };
+        });
         let mut request = tonic::Request::new(IstioCertificateRequest {
             csr: csr_pem.to_owned(),
             validity_duration: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
-            metadata: Some(metadata),
+            metadata,
         });
         token.authorize(&mut request);
         let mut client = IstioCertificateServiceClient::new(self.channel.clone());

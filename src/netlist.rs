@@ -1,5 +1,6 @@
-//! The lists `meshid proxy init` takes: ports (`'*'`, or `80,8080,9000-9010`)
-//! and CIDRs (`10.0.0.0/8,fd00::/8`), each bad entry named.
+//! The lists `meshid proxy init` takes and the injector writes from pod
+//! annotations: ports (`'*'`, or `80,8080,9000-9010`) and CIDRs
+//! (`10.0.0.0/8,fd00::/8`), each bad entry named. One grammar, one parser.
 
 use std::fmt;
 use std::str::FromStr;
@@ -152,6 +153,15 @@ impl FromStr for InboundPorts {
     }
 }
 
+impl fmt::Display for InboundPorts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::All => f.write_str("*"),
+            Self::Only(ports) => ports.fmt(f),
+        }
+    }
+}
+
 /// Networks, IPv4 and IPv6 mixed, in the order given.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CidrList(pub Vec<IpNet>);
@@ -173,6 +183,13 @@ impl FromStr for CidrList {
             nets.push(net.trunc());
         }
         Ok(Self(nets))
+    }
+}
+
+impl fmt::Display for CidrList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let entries: Vec<String> = self.0.iter().map(IpNet::to_string).collect();
+        f.write_str(&entries.join(","))
     }
 }
 
@@ -227,5 +244,15 @@ mod tests {
         let e = "10.0.0.0/8,10.0.0.0/33".parse::<CidrList>().unwrap_err();
         assert_eq!(e.entry, "10.0.0.0/33");
         assert!("not-an-ip".parse::<CidrList>().is_err());
+    }
+
+    #[test]
+    fn lists_print_as_they_parse() {
+        for text in ["*", "80,9000-9010", ""] {
+            assert_eq!(text.parse::<InboundPorts>().unwrap().to_string(), text);
+        }
+        let list: CidrList = "10.0.0.0/8,192.168.1.7,fd00::/8".parse().unwrap();
+        assert_eq!(list.to_string(), "10.0.0.0/8,192.168.1.7/32,fd00::/8");
+        assert_eq!(list.to_string().parse::<CidrList>().unwrap(), list);
     }
 }
