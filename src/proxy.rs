@@ -21,6 +21,11 @@
 //! - [`inbound`]: sniff, decide, terminate mTLS, forward to the application;
 //!   mode changes applied to live connections;
 //! - [`outbound`]: originate mTLS to an upstream whose identity is checked;
+//! - [`buffers`], [`copy`], [`transport`]: buffers that follow traffic (none
+//!   held by an idle connection), the copy both ways, the stream under TLS;
+//! - [`memory`]: memory given back to the system after connections close;
+//! - [`hbone`]: Istio's HBONE, connections tunnelled as HTTP/2 CONNECT
+//!   streams over one pooled mTLS connection per peer (port 15008);
 //! - [`metrics`]: connection counters by direction, mode, outcome and principal;
 //! - [`server`]: configuration and start-up of all of the above.
 //!
@@ -36,10 +41,14 @@
 
 pub mod accept;
 pub mod agent_link;
+pub mod buffers;
 pub mod capture;
+pub mod copy;
 pub mod destinations;
 pub mod enforce;
+pub mod hbone;
 pub mod inbound;
+pub mod memory;
 pub mod metrics;
 pub mod outbound;
 pub mod policy_watch;
@@ -47,24 +56,4 @@ pub mod sds_client;
 pub mod server;
 pub mod sniff;
 pub mod tls;
-
-/// Bytes each direction of a proxied connection copies at a time: large
-/// enough that bulk transfers fill whole TLS records (16 KiB) several at a
-/// time instead of one syscall and one record per 8 KiB.
-pub const COPY_BUFFER: usize = 64 * 1024;
-
-/// Bytes read from the socket at a time beneath TLS. rustls asks its
-/// transport for at most 4 KiB per read, so a full 16 KiB record would cost
-/// four or five `recvfrom` calls; a buffer under it turns those into one read
-/// of up to this many bytes (two full records) and copies in memory. It is
-/// allocated at accept, before the peer is authenticated, so it stays small.
-pub const TLS_READ_BUFFER: usize = 32 * 1024;
-
-/// A TCP stream with [`TLS_READ_BUFFER`] bytes of read buffering, the
-/// transport under both the inbound and the outbound TLS streams.
-pub type TlsTransport = tokio::io::BufReader<tokio::net::TcpStream>;
-
-/// Wraps `tcp` for use beneath TLS (see [`TLS_READ_BUFFER`]).
-pub fn tls_transport(tcp: tokio::net::TcpStream) -> TlsTransport {
-    tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, tcp)
-}
+pub mod transport;

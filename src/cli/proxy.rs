@@ -47,6 +47,12 @@ pub struct ProxyArgs {
     /// With --capture: the inbound capture listener (every address: netfilter redirects inbound traffic to the receiving interface's).
     #[arg(long, env = "MESHID_INBOUND_CAPTURE", default_value = "0.0.0.0:15006")]
     pub inbound_capture: SocketAddr,
+    /// With --capture: the HBONE listener (Istio's and ztunnel's port 15008), where peer proxies tunnel connections to this pod as HTTP/2 CONNECT streams over one mTLS connection each.
+    #[arg(long, env = "MESHID_HBONE_LISTEN", default_value = "0.0.0.0:15008")]
+    pub hbone_listen: SocketAddr,
+    /// With --capture: no HBONE, neither listened on nor used to peers; every connection to a meshed pod gets its own mTLS handshake.
+    #[arg(long, env = "MESHID_NO_HBONE")]
+    pub no_hbone: bool,
     /// Our service-account token, sent as `authorization: Bearer` on SDS and the policy stream when peer credentials do not attest us (re-read on every reconnect).
     #[arg(long, env = "MESHID_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
@@ -143,6 +149,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         capture: args.capture.then_some(CaptureConfig {
             outbound: args.outbound_capture,
             inbound: args.inbound_capture,
+            hbone: (!args.no_hbone).then_some(args.hbone_listen),
         }),
     };
     config.validate()?;
@@ -182,8 +189,11 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let capture = running
         .capture
         .map_or_else(|| "-".to_owned(), |(o, i)| format!("{o},{i}"));
+    let hbone = running
+        .hbone
+        .map_or_else(|| "-".to_owned(), |a| a.to_string());
     println!(
-        "meshid proxy ready: inbound {} outbound {} capture {capture} metrics {} identity {}",
+        "meshid proxy ready: inbound {} outbound {} capture {capture} hbone {hbone} metrics {} identity {}",
         list(&running.inbound),
         list(&running.outbound),
         running

@@ -20,6 +20,8 @@ pub struct InjectConfig {
     pub inbound_capture_port: u16,
     /// The sidecar's `/metrics`, `/healthz`, `/readyz` port (never captured).
     pub health_port: u16,
+    /// The proxy's HBONE port (never captured inbound).
+    pub hbone_port: u16,
     /// Audience of the sidecar's projected service-account token.
     pub token_audience: String,
     /// Lifetime of that token, seconds (the kubelet refreshes it).
@@ -45,6 +47,7 @@ impl Default for InjectConfig {
             outbound_capture_port: 15001,
             inbound_capture_port: 15006,
             health_port: 15020,
+            hbone_port: 15008,
             token_audience: "istio-ca".to_owned(),
             token_expiration_seconds: 3600,
             proxy_cpu_request: "50m".to_owned(),

@@ -339,7 +339,7 @@ fn init_container(name: &str, capture: &CaptureAnnotations, cfg: &InjectConfig) 
         format!("--proxy-uid={}", cfg.proxy_uid),
         format!("--outbound-capture-port={}", cfg.outbound_capture_port),
         format!("--inbound-capture-port={}", cfg.inbound_capture_port),
-        format!("--proxy-ports={}", cfg.health_port),
+        format!("--proxy-ports={},{}", cfg.hbone_port, cfg.health_port),
     ];
     if let Some(v) = &capture.include_inbound {
         args.push(format!("--include-inbound-ports={v}"));
@@ -409,7 +409,10 @@ fn proxy_container(
             {"name": "MESHID_TOKEN_FILE", "value": format!("{TOKEN_DIR}/meshid-token")},
             {"name": "MESHID_METRICS_LISTEN", "value": format!("0.0.0.0:{}", cfg.health_port)},
         ],
-        "ports": [{"name": "meshid-health", "containerPort": cfg.health_port, "protocol": "TCP"}],
+        "ports": [
+            {"name": "meshid-hbone", "containerPort": cfg.hbone_port, "protocol": "TCP"},
+            {"name": "meshid-health", "containerPort": cfg.health_port, "protocol": "TCP"},
+        ],
         // The application starts only once this succeeds: the proxy holds its
         // certificate, its policy and the destination map (/readyz).
         "startupProbe": probe("/readyz", 1, 300),

@@ -6,8 +6,9 @@
 //! Rule enforced: at most `limit` connections at once across the proxy's
 //! listeners (`--max-connections`). A slot is taken *before* accepting, so
 //! at the limit new connections wait in the kernel's listen backlog instead
-//! of each holding buffers (a TLS read buffer from accept, two copy buffers
-//! once forwarding) — the same backpressure as the CA's connection cap.
+//! of each holding a task, a socket and TLS state — the same backpressure as
+//! the CA's connection cap. An HBONE connection takes one slot whatever the
+//! number of tunnels it carries.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -22,6 +22,7 @@
 //! [`DEFAULT_MODE_CHANGE_DRAIN`](crate::proxy::enforce::DEFAULT_MODE_CHANGE_DRAIN),
 //! zero, like ztunnel).
 
+pub mod hbone;
 mod live;
 
 use std::net::SocketAddr;
@@ -44,7 +45,7 @@ use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::policy_watch::ProxyPolicy;
 use crate::proxy::sniff::{peek_first_bytes, Sniffed};
 use crate::proxy::tls::{peer_spiffe_id, server_config, CertStore, ClientAuth, ProxyTlsError};
-use crate::proxy::COPY_BUFFER;
+use crate::proxy::transport::TlsTransport;
 use crate::shutdown::Shutdown;
 
 /// How long a new connection may take to send its first bytes before it is
@@ -130,14 +131,14 @@ impl Inbound {
     /// Serves `listener` until `shutdown`; applies each policy change to the
     /// live connections. Connections are tracked by `shutdown` and cut
     /// [`CONNECTION_GRACE`](crate::shutdown::CONNECTION_GRACE) after it triggers.
-    pub async fn run(self, listening: Listening) {
+    pub async fn run(self: Arc<Self>, listening: Listening) {
         self.run_all(vec![listening]).await;
     }
 
     /// As [`Self::run`] on several listeners at once (capture's IPv4 and
     /// IPv6 sockets), following the policy once for all of them.
-    pub async fn run_all(self, listenings: Vec<Listening>) {
-        let this = Arc::new(self);
+    pub async fn run_all(self: Arc<Self>, listenings: Vec<Listening>) {
+        let this = self;
         let Some(first) = listenings.first() else {
             return;
         };
@@ -226,7 +227,7 @@ impl Inbound {
                 };
                 let tls = match tokio::time::timeout(
                     HANDSHAKE_TIMEOUT,
-                    acceptor.accept(crate::proxy::tls_transport(stream)),
+                    acceptor.accept(TlsTransport::new(stream)),
                 )
                 .await
                 {
@@ -283,14 +284,57 @@ impl Inbound {
             .connection("inbound", mode.as_str(), "handshake_failed", "");
     }
 
-    /// Registers the connection, re-checks it against the mode in force now
-    /// (a change may have landed while it was being decided), connects to the
-    /// application and copies bytes both ways until either side ends or the
-    /// connection is closed by a mode change or shutdown.
+    /// Connects to the application, then relays (see [`Self::relay`]).
     async fn forward<S>(
         &self,
-        mut client: S,
+        client: S,
         app_addr: SocketAddr,
+        judged: (ConnKind, MtlsMode, Decision),
+        peer: SocketAddr,
+        stop: CancellationToken,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let principal = principal(&judged.0);
+        if let Some(app) = self.open_app(app_addr, judged.1, peer, &principal).await {
+            self.relay(client, app, judged, peer, stop).await;
+        }
+    }
+
+    /// A connection to the application at `app_addr`; `None` (logged and
+    /// counted) when it cannot be reached.
+    async fn open_app(
+        &self,
+        app_addr: SocketAddr,
+        mode: MtlsMode,
+        peer: SocketAddr,
+        principal: &str,
+    ) -> Option<TcpStream> {
+        let connect = tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(app_addr));
+        match connect.await {
+            Ok(Ok(app)) => {
+                let _ = app.set_nodelay(true);
+                Some(app)
+            }
+            Ok(Err(e)) => {
+                self.app_unreachable(app_addr, mode, peer, principal, &e.to_string());
+                None
+            }
+            Err(_) => {
+                self.app_unreachable(app_addr, mode, peer, principal, "timed out");
+                None
+            }
+        }
+    }
+
+    /// Registers the connection, re-checks it against the mode in force now
+    /// (a change may have landed while it was being decided), and copies
+    /// bytes both ways until either side ends or the connection is closed by
+    /// a mode change or shutdown.
+    async fn relay<S>(
+        &self,
+        mut client: S,
+        mut app: TcpStream,
         (kind, mode, decision): (ConnKind, MtlsMode, Decision),
         peer: SocketAddr,
         stop: CancellationToken,
@@ -298,10 +342,10 @@ impl Inbound {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let principal = principal(&kind);
+        let port = app.peer_addr().map_or(0, |a| a.port());
         let reg = self
             .live
-            .register(kind.clone(), mode, app_addr.port(), peer, stop.clone());
-        let port = app_addr.port();
+            .register(kind.clone(), mode, port, peer, stop.clone());
         let policy = self.policy.clone();
         let mode_for = |p| {
             policy
@@ -311,24 +355,13 @@ impl Inbound {
         };
         self.live
             .apply_modes(Some(reg.id()), &mode_for, self.drain, &self.metrics);
-        let connect = tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(app_addr));
-        let mut app = match connect.await {
-            Ok(Ok(app)) => {
-                let _ = app.set_nodelay(true);
-                app
-            }
-            Ok(Err(e)) => {
-                return self.app_unreachable(app_addr, mode, peer, &principal, &e.to_string())
-            }
-            Err(_) => return self.app_unreachable(app_addr, mode, peer, &principal, "timed out"),
-        };
         tracing::info!(%peer, source_principal = %principal, %mode, kind = kind.as_str(), app_port = port,
             reason = %decision.reason, "inbound connection accepted");
         self.metrics
             .connection("inbound", mode.as_str(), "allowed", &principal);
         self.metrics.open_connections.inc();
         tokio::select! {
-            copied = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut app, COPY_BUFFER, COPY_BUFFER) => match copied {
+            copied = crate::proxy::copy::copy_bidirectional(&mut client, &mut app) => match copied {
                 Ok((up, down)) => tracing::debug!(%peer, up, down, "inbound connection closed"),
                 Err(e) => tracing::debug!(%peer, error = %e, "inbound connection ended with an error"),
             },

@@ -39,6 +39,11 @@ pub struct ProxyMetrics {
     pub open_connections: IntGauge,
     /// Unix time at which our current certificate expires.
     pub cert_expiry: Gauge,
+    /// HBONE mTLS connections (each carrying many tunnels) opened, by
+    /// direction (`outbound`: to a peer's port 15008; `inbound`: on ours).
+    pub hbone_connections: IntCounterVec,
+    /// HBONE mTLS connections open now (both directions).
+    pub hbone_open: IntGauge,
 }
 
 impl ProxyMetrics {
@@ -71,7 +76,20 @@ impl ProxyMetrics {
                 "meshid_proxy_cert_expiry_timestamp_seconds",
                 "Unix time at which the proxy's current certificate expires.",
             )?,
+            hbone_connections: IntCounterVec::new(
+                Opts::new(
+                    "meshid_proxy_hbone_connections_total",
+                    "HBONE mTLS connections opened, each carrying many tunnelled connections, by direction (outbound: to a peer's port 15008; inbound: on ours).",
+                ),
+                &["direction"],
+            )?,
+            hbone_open: IntGauge::new(
+                "meshid_proxy_hbone_open_connections",
+                "HBONE mTLS connections open now (both directions).",
+            )?,
         };
+        registry.register(Box::new(m.hbone_connections.clone()))?;
+        registry.register(Box::new(m.hbone_open.clone()))?;
         registry.register(Box::new(m.connections.clone()))?;
         registry.register(Box::new(m.would_refuse.clone()))?;
         registry.register(Box::new(m.closed_on_mode_change.clone()))?;

@@ -30,10 +30,10 @@ use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::tls::{
     client_config, server_name_for, CertStore, PeerExpectation, ProxyTlsError,
 };
-use crate::proxy::COPY_BUFFER;
+use crate::proxy::transport::TlsTransport;
 
 /// An outbound mTLS stream to an upstream proxy.
-pub type MtlsStream = tokio_rustls::client::TlsStream<crate::proxy::TlsTransport>;
+pub type MtlsStream = tokio_rustls::client::TlsStream<TlsTransport>;
 
 /// Connects to `upstream` and originates mTLS with `connector`, whose
 /// verifier checks the upstream's identity; on failure, the outcome label
@@ -48,10 +48,7 @@ pub async fn connect_mtls(
             .map_err(|e| ("upstream_unreachable", e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         connector
-            .connect(
-                server_name_for(upstream.ip()),
-                crate::proxy::tls_transport(tcp),
-            )
+            .connect(server_name_for(upstream.ip()), TlsTransport::new(tcp))
             .await
             .map_err(|e| ("upstream_refused", e.to_string()))
     };
@@ -84,14 +81,7 @@ pub async fn copy_both_ways<A, U>(
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     metrics.open_connections.inc();
-    match tokio::io::copy_bidirectional_with_sizes(
-        &mut app,
-        &mut upstream,
-        COPY_BUFFER,
-        COPY_BUFFER,
-    )
-    .await
-    {
+    match crate::proxy::copy::copy_bidirectional(&mut app, &mut upstream).await {
         Ok((up, down)) => tracing::debug!(%peer, up, down, "outbound connection closed"),
         Err(e) => tracing::debug!(%peer, error = %e, "outbound connection ended with an error"),
     }

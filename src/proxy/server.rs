@@ -20,6 +20,8 @@ use crate::identity::SpiffeId;
 use crate::proxy::accept::Listening;
 use crate::proxy::agent_link::{AgentLink, AgentLinkError};
 use crate::proxy::destinations::Destinations;
+use crate::proxy::hbone::{self, pool::HbonePool};
+use crate::proxy::inbound::hbone::hbone_acceptor;
 use crate::proxy::inbound::{Inbound, InboundRoute, InboundTarget};
 use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::outbound::captured::CapturedOutbound;
@@ -95,6 +97,9 @@ pub struct CaptureConfig {
     /// Inbound capture listener (`0.0.0.0:15006`): every address, because
     /// netfilter redirects inbound traffic to the receiving interface's.
     pub inbound: SocketAddr,
+    /// HBONE listener (`0.0.0.0:15008`), and HBONE used to peers; `None`
+    /// (`--no-hbone`): direct mTLS per connection, both ways.
+    pub hbone: Option<SocketAddr>,
 }
 
 impl CaptureConfig {
@@ -120,7 +125,11 @@ impl ProxyConfig {
         }
         let mut seen = std::collections::HashSet::new();
         let listens = self.inbound.iter().map(|r| r.listen);
-        let captures = self.capture.iter().flat_map(|c| [c.outbound, c.inbound]);
+        let captures = self
+            .capture
+            .iter()
+            .flat_map(|c| [Some(c.outbound), Some(c.inbound), c.hbone])
+            .flatten();
         for addr in listens
             .chain(self.outbound.iter().map(|r| r.listen))
             .chain(captures)
@@ -144,6 +153,8 @@ pub struct RunningProxy {
     pub outbound: Vec<SocketAddr>,
     /// Bound capture addresses (outbound, inbound), with `--capture`.
     pub capture: Option<(SocketAddr, SocketAddr)>,
+    /// Bound HBONE address, with `--capture` unless `--no-hbone`.
+    pub hbone: Option<SocketAddr>,
     /// Bound metrics address.
     pub metrics_addr: Option<SocketAddr>,
     /// Our identity (from the first certificate).
@@ -207,6 +218,7 @@ pub async fn start(
             "the agent attested us as two different identities");
     }
     spawn_expiry_gauge(store.clone(), metrics.clone(), shutdown.clone());
+    crate::proxy::memory::spawn_release(metrics.clone(), shutdown.clone());
 
     let limit = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     let listening = |listener| Listening {
@@ -226,7 +238,7 @@ pub async fn start(
             metrics.clone(),
             config.mode_change_drain,
         )?;
-        shutdown.spawn(side.run(listening(listener)));
+        shutdown.spawn(Arc::new(side).run(listening(listener)));
     }
     let mut outbound = Vec::new();
     for route in &config.outbound {
@@ -235,6 +247,7 @@ pub async fn start(
         let side = Outbound::new(route.clone(), store.clone(), metrics.clone())?;
         shutdown.spawn(side.run(listening(listener)));
     }
+    let mut hbone_bound = None;
     let capture = match (config.capture, destinations) {
         (Some(capture), Some(destinations)) => {
             let out_listeners = bind_capture("--capture (outbound)", capture.outbound).await?;
@@ -243,14 +256,18 @@ pub async fn start(
                 out_listeners[0].local_addr().unwrap_or(capture.outbound),
                 in_listeners[0].local_addr().unwrap_or(capture.inbound),
             );
+            let pool = capture
+                .hbone
+                .map(|_| HbonePool::new(store.clone(), hbone::PORT, metrics.clone()));
             let side = CapturedOutbound::new(
                 store.clone(),
                 destinations,
                 capture.ports(),
+                pool,
                 metrics.clone(),
             );
             shutdown.spawn(side.run(out_listeners.into_iter().map(listening).collect()));
-            let side = Inbound::new(
+            let side = Arc::new(Inbound::new(
                 InboundTarget::OriginalDst {
                     capture_ports: capture.ports(),
                 },
@@ -259,8 +276,29 @@ pub async fn start(
                 policy_rx.clone(),
                 metrics.clone(),
                 config.mode_change_drain,
-            )?;
-            shutdown.spawn(side.run_all(in_listeners.into_iter().map(listening).collect()));
+            )?);
+            shutdown.spawn(
+                side.clone()
+                    .run_all(in_listeners.into_iter().map(listening).collect()),
+            );
+            if let Some(addr) = capture.hbone {
+                let listeners = bind_capture("--hbone-listen", addr).await?;
+                hbone_bound = Some(listeners[0].local_addr().unwrap_or(addr));
+                let acceptor =
+                    hbone_acceptor(store.clone(), store.identity().trust_domain().clone())?;
+                // Tunnels never reach the proxy's own ports.
+                let own_ports: Vec<u16> = [Some(addr.port()), metrics_addr.map(|a| a.port())]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                for listener in listeners {
+                    shutdown.spawn(side.clone().run_hbone(
+                        listening(listener),
+                        acceptor.clone(),
+                        own_ports.clone(),
+                    ));
+                }
+            }
             Some(bound)
         }
         _ => None,
@@ -269,6 +307,7 @@ pub async fn start(
         inbound,
         outbound,
         capture,
+        hbone: hbone_bound,
         metrics_addr,
         identity: store.identity().clone(),
     })

@@ -85,7 +85,7 @@ fn meshed(
 /// returns once the proxy says it is ready.
 fn meshed_at(ns: &NetNs, env: &TestEnv, socket: &Path, name: &str, init_args: &[&str]) -> Managed {
     init(ns, init_args);
-    proxy_at(ns, env, socket, name)
+    proxy_at(ns, env, socket, name, &[])
 }
 
 /// `meshid proxy init --proxy-uid 1337` with `init_args` in `ns`.
@@ -101,8 +101,8 @@ fn init(ns: &NetNs, init_args: &[&str]) {
 }
 
 /// `meshid proxy --capture` as uid 1337 in `ns` (rules already in place),
-/// attested with pod `name`'s token; returns once it is ready.
-fn proxy_at(ns: &NetNs, env: &TestEnv, socket: &Path, name: &str) -> Managed {
+/// attested with pod `name`'s token, with `proxy_args`; returns once it is ready.
+fn proxy_at(ns: &NetNs, env: &TestEnv, socket: &Path, name: &str, proxy_args: &[&str]) -> Managed {
     let token = env.token_file(
         &format!("{name}.token"),
         "default",
@@ -130,6 +130,7 @@ fn proxy_at(ns: &NetNs, env: &TestEnv, socket: &Path, name: &str) -> Managed {
     .arg(socket)
     .arg("--token-file")
     .arg(&token)
+    .args(proxy_args)
     .env("RUST_LOG", "meshid=debug,info");
     Managed::start(
         &mut cmd,
@@ -236,6 +237,23 @@ fn unmodified_apps_get_mtls_by_pod_ip_and_strict_refuses_the_unmeshed() {
         "{b_metrics}"
     );
     assert!(metrics(a).contains(r#"direction="outbound",mode="mtls",outcome="allowed""#));
+
+    // Further connections from a to b ride on the same HBONE connection:
+    // one mTLS handshake for all of them, each a tunnel judged by b.
+    for _ in 0..5 {
+        let (ok, body) = curl(a, &b_url);
+        assert!(ok && body.contains("hello from b"), "{body}");
+    }
+    let one = |direction: &str| {
+        format!("meshid_proxy_hbone_connections_total{{direction=\"{direction}\"}} 1\n")
+    };
+    assert!(metrics(a).contains(&one("outbound")), "{}", metrics(a));
+    let b_metrics = metrics(b);
+    assert!(b_metrics.contains(&one("inbound")), "{b_metrics}");
+    assert!(
+        b_metrics.contains(r#"direction="inbound",mode="PERMISSIVE",outcome="allowed",source_principal="spiffe://cluster.local/ns/default/sa/a"} 6"#),
+        "{b_metrics}"
+    );
 
     // a → c (unmeshed): passed through in plaintext, counted.
     let (ok, body) = curl(a, &format!("http://{c_ip}:{APP_PORT}/"));
@@ -403,8 +421,8 @@ fn a_capture_proxy_started_before_its_agent_serves_once_the_agent_is_up() {
     init(b, &[]);
     let proxies = std::thread::scope(|scope| {
         let starting = [
-            scope.spawn(|| proxy_at(a, &env, &socket, "a")),
-            scope.spawn(|| proxy_at(b, &env, &socket, "b")),
+            scope.spawn(|| proxy_at(a, &env, &socket, "a", &[])),
+            scope.spawn(|| proxy_at(b, &env, &socket, "b", &[])),
         ];
         // Meanwhile a's captured connections have nowhere to go: refused.
         let early = curl(a, &format!("http://{b_ip}:{APP_PORT}/"));
@@ -419,4 +437,50 @@ fn a_capture_proxy_started_before_its_agent_serves_once_the_agent_is_up() {
     let (ok, body) = curl(a, &format!("http://{b_ip}:{APP_PORT}/"));
     assert!(ok && body.contains("hello from b"), "{body}");
     drop(proxies);
+}
+
+/// A peer whose proxy does not listen for HBONE (`--no-hbone`, or an older
+/// proxy) is reached with direct mTLS per connection: never plaintext.
+#[test]
+fn a_peer_without_hbone_gets_direct_mtls() {
+    if let Some(why) = unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let env = TestEnv::new();
+    let (a_ip, b_ip) = ("10.76.0.2", "10.76.0.3");
+    write_pod(&env, "a", a_ip, true);
+    write_pod(&env, "b", b_ip, true);
+    set_mode(&env, "STRICT");
+    let (ca, agent) = control_plane(&env);
+    let mut lan = Lan::new();
+    let (a, b) = (lan.pod("a", a_ip), lan.pod("b", b_ip));
+    let (a, b) = (&lan.pods[a], &lan.pods[b]);
+    let _apps = [
+        app(a, env.dir.path(), APP_PORT, "hello from a"),
+        app(b, env.dir.path(), APP_PORT, "hello from b"),
+    ];
+    init(a, &[]);
+    init(b, &[]);
+    let _proxies = [
+        proxy_at(a, &env, &agent.socket, "a", &[]),
+        proxy_at(b, &env, &agent.socket, "b", &["--no-hbone"]),
+    ];
+    let b_url = format!("http://{b_ip}:{APP_PORT}/");
+    for _ in 0..3 {
+        let (ok, body) = curl(a, &b_url);
+        assert!(ok && body.contains("hello from b"), "{body}");
+    }
+    let b_metrics = metrics(b);
+    assert!(
+        b_metrics.contains(r#"direction="inbound",mode="STRICT",outcome="allowed",source_principal="spiffe://cluster.local/ns/default/sa/a"} 3"#),
+        "{b_metrics}"
+    );
+    let a_metrics = metrics(a);
+    assert!(
+        !a_metrics.contains(r#"meshid_proxy_hbone_connections_total{direction="outbound"}"#),
+        "{a_metrics}"
+    );
+    drop(agent);
+    drop(ca);
 }

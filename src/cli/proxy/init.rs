@@ -27,7 +27,7 @@ pub struct InitArgs {
     #[arg(long, default_value = "", value_parser = parse_ports)]
     pub exclude_inbound_ports: PortList,
     /// The proxy's own ports (metrics, health), never captured inbound.
-    #[arg(long, default_value = "15020", value_parser = parse_ports)]
+    #[arg(long, default_value = "15008,15020", value_parser = parse_ports)]
     pub proxy_ports: PortList,
     /// Outbound destination ports never captured.
     #[arg(long, default_value = "", value_parser = parse_ports)]

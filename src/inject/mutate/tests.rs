@@ -197,7 +197,7 @@ fn capture_annotations_become_init_flags() {
         "--exclude-outbound-ports=5432",
         "--exclude-outbound-cidrs=10.96.0.0/12,fd00::/108",
         "--include-inbound-ports=8080",
-        "--proxy-ports=15020",
+        "--proxy-ports=15008,15020",
     ] {
         assert!(
             args.as_array().unwrap().contains(&json!(flag)),

@@ -90,7 +90,7 @@ pub struct CaptureRules {
     pub include_inbound_ports: InboundPorts,
     /// Inbound ports never captured.
     pub exclude_inbound_ports: PortList,
-    /// The proxy's own ports (metrics, health): never captured inbound.
+    /// The proxy's own ports (HBONE, metrics, health): never captured inbound.
     pub proxy_ports: PortList,
     /// Outbound destination ports never captured.
     pub exclude_outbound_ports: PortList,
@@ -106,7 +106,7 @@ impl Default for CaptureRules {
             inbound_port: 15006,
             include_inbound_ports: InboundPorts::All,
             exclude_inbound_ports: PortList::empty(),
-            proxy_ports: PortList::of(&[15020]),
+            proxy_ports: PortList::of(&[15008, 15020]),
             exclude_outbound_ports: PortList::empty(),
             exclude_outbound_cidrs: CidrList::default(),
         }

@@ -23,6 +23,7 @@ use crate::identity::SpiffeId;
 use crate::proxy::accept::{serve, Listening};
 use crate::proxy::capture::original_dst::original_dst;
 use crate::proxy::destinations::{Destinations, Owner};
+use crate::proxy::hbone::pool::{HboneError, HbonePool};
 use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::tls::{client_config, CertStore, PeerExpectation, ProxyTlsError};
 
@@ -35,6 +36,7 @@ pub struct CapturedOutbound {
     destinations: Arc<Destinations>,
     capture_ports: Vec<u16>,
     connectors: Mutex<HashMap<SpiffeId, TlsConnector>>,
+    hbone: Option<Arc<HbonePool>>,
     source: String,
     metrics: ProxyMetrics,
 }
@@ -48,11 +50,14 @@ impl std::fmt::Debug for CapturedOutbound {
 }
 
 impl CapturedOutbound {
-    /// A listener that asks `destinations` who owns each destination.
+    /// A listener that asks `destinations` who owns each destination, and
+    /// tunnels to meshed ones over `hbone` when given (direct mTLS when not,
+    /// or when the peer has no HBONE port).
     pub fn new(
         store: Arc<CertStore>,
         destinations: Arc<Destinations>,
         capture_ports: Vec<u16>,
+        hbone: Option<Arc<HbonePool>>,
         metrics: ProxyMetrics,
     ) -> Self {
         Self {
@@ -61,11 +66,11 @@ impl CapturedOutbound {
             destinations,
             capture_ports,
             connectors: Mutex::new(HashMap::new()),
+            hbone,
             metrics,
         }
     }
 
-    /// Serves until shutdown.
     /// Serves on each listener (capture's IPv4 and IPv6 sockets) until shutdown.
     pub async fn run(self, listenings: Vec<Listening>) {
         let this = Arc::new(self);
@@ -124,6 +129,31 @@ impl CapturedOutbound {
         expected: &SpiffeId,
         pod: &str,
     ) {
+        if let Some(pool) = &self.hbone {
+            match Box::pin(pool.open(dst, expected)).await {
+                Ok(mut tunnel) => {
+                    tracing::info!(%peer, upstream = %dst, %pod, upstream_identity = %expected,
+                        "captured outbound connection tunnelled over HBONE");
+                    self.metrics
+                        .connection("outbound", "mtls", "allowed", &self.source);
+                    return copy_both_ways(app, &mut tunnel.stream, peer, &self.metrics).await;
+                }
+                Err(HboneError::NoHbone(why)) => {
+                    tracing::debug!(%peer, upstream = %dst, %why, "no HBONE to the destination's proxy; direct mTLS");
+                }
+                Err(e) => {
+                    let outcome = match &e {
+                        HboneError::Connect { outcome, .. } => *outcome,
+                        _ => "upstream_refused",
+                    };
+                    tracing::warn!(%peer, upstream = %dst, %pod, expected = %expected, error = %e, outcome,
+                        "captured outbound connection refused: the destination is meshed and its proxy did not prove its identity or refused the tunnel; no plaintext fallback");
+                    return self
+                        .metrics
+                        .connection("outbound", "mtls", outcome, &self.source);
+                }
+            }
+        }
         let connector = match self.connector_for(expected) {
             Ok(connector) => connector,
             Err(e) => return self.refused(peer, Some(dst), "refused", &e.to_string()),
