@@ -38,11 +38,11 @@ impl Nginx {
         std::fs::write(
             &conf,
             format!(
-                "daemon off;\nmaster_process off;\nworker_processes 1;\npid {pid};\nerror_log {err} warn;\n\
-                 events {{ worker_connections 1024; }}\n\
+                "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 20000;\npid {pid};\nerror_log {err} warn;\n\
+                 events {{ worker_connections 16384; }}\n\
                  http {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
                    fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
-                   keepalive_requests 1000000;\n\
+                   keepalive_requests 1000000;\n  keepalive_timeout 600s;\n\
                    server {{\n    listen {addr};\n    location / {{ return 200 \"hello from backend\"; }}\n  }}\n}}\n",
                 pid = dir.path().join("nginx.pid").display(),
                 err = dir.path().join("error.log").display(),
@@ -137,6 +137,18 @@ pub(crate) fn wrk_in(
     connections: usize,
     seconds: u64,
 ) -> anyhow::Result<WrkRun> {
+    wrk_with(prefix, url, connections, seconds, &[])
+}
+
+/// [`wrk_in`] with more wrk arguments (`-H "Connection: close"`: a new
+/// connection per request).
+pub(crate) fn wrk_with(
+    prefix: &[&str],
+    url: &str,
+    connections: usize,
+    seconds: u64,
+    extra: &[&str],
+) -> anyhow::Result<WrkRun> {
     let bin = which("wrk").context("--wrk needs wrk: apt-get install wrk")?;
     let mut cmd = prefixed(prefix, &bin);
     let out = cmd
@@ -146,6 +158,7 @@ pub(crate) fn wrk_in(
             &format!("-d{seconds}s"),
             "--latency",
         ])
+        .args(extra)
         .arg(url)
         .output()
         .context("running wrk")?;

@@ -41,6 +41,12 @@ pub const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 /// Largest HTTP/2 DATA frame.
 pub const MAX_FRAME: u32 = 64 * 1024;
 
+/// Bytes of TLS records rustls may hold unsent on an HBONE connection
+/// (its default is 64 KiB): a full DATA frame ([`MAX_FRAME`] and its
+/// header) is then taken in one write and sent in one system call instead
+/// of two. Memory is used only while records wait for the socket.
+pub const TLS_BUFFER_LIMIT: usize = 256 * 1024;
+
 /// Tunnels one mTLS connection carries at most (the server's
 /// SETTINGS_MAX_CONCURRENT_STREAMS; the client opens another connection
 /// past it).

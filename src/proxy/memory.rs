@@ -5,7 +5,10 @@
 //! pages mapped. Every [`CHECK_EVERY`], [`ReleasePolicy`] compares the open
 //! connections with their peak since the last release; once enough of them
 //! have closed it empties the buffer pools and trims the C heap (on a
-//! blocking thread), so RSS returns near the idle baseline.
+//! blocking thread), so RSS returns near the idle baseline. The heap does
+//! not trim itself meanwhile: a bulk transfer frees and allocates buffers
+//! in a loop, and each automatic trim made the next allocation fault its
+//! pages in again.
 
 use std::time::Duration;
 
@@ -18,6 +21,11 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Fewer closed connections than this are not worth a release.
 pub const MIN_CLOSED: i64 = 64;
+
+/// An HBONE connection counts as this many proxied connections: it holds
+/// a TLS session and HTTP/2 buffers, so closing a few after a burst is
+/// worth a release.
+pub const HBONE_WEIGHT: i64 = 16;
 
 /// When to release: after at least [`MIN_CLOSED`], and at least a quarter
 /// of the peak, of the connections have closed.
@@ -46,8 +54,13 @@ pub async fn release() {
     let _ = tokio::task::spawn_blocking(meshid_heap::release_free_memory).await;
 }
 
-/// Runs the policy on the proxy's open connections until shutdown.
+/// Runs the policy on the proxy's open connections until shutdown; from
+/// now on the C heap gives memory back only then
+/// ([`meshid_heap::trim_only_on_release`]).
 pub fn spawn_release(metrics: ProxyMetrics, shutdown: Shutdown) {
+    if !meshid_heap::trim_only_on_release() {
+        tracing::debug!("the C heap keeps its own trimming (not glibc)");
+    }
     let stop = shutdown.clone();
     shutdown.spawn(async move {
         let mut policy = ReleasePolicy::default();
@@ -58,7 +71,7 @@ pub fn spawn_release(metrics: ProxyMetrics, shutdown: Shutdown) {
                 () = stop.triggered() => return,
                 _ = tick.tick() => {}
             }
-            let open = metrics.open_connections.get() + metrics.hbone_open.get();
+            let open = metrics.open_connections.get() + HBONE_WEIGHT * metrics.hbone_open.get();
             if policy.observe(open) {
                 tracing::debug!(open, "connections closed: giving their memory back");
                 release().await;

@@ -27,6 +27,33 @@ pub fn release_free_memory() -> bool {
     }
 }
 
+/// Stops the C heap from giving free memory back on its own (glibc trims
+/// the top of a heap past 128 KiB of free memory on every `free`, so a
+/// buffer freed and allocated again in a loop faults its pages in anew each
+/// time: measured at 12-15 % of a proxy's CPU in bulk transfers). Memory is
+/// then given back only by [`release_free_memory`], which the caller runs
+/// when it has freed much (connections closed). `true` when applied.
+pub fn trim_only_on_release() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // 1 GiB: no automatic trim; mmap for blocks of 4 MiB and more only,
+        // so that the threshold stays fixed (glibc otherwise raises it and
+        // the trim threshold with it as blocks are freed).
+        // SAFETY: mallopt sets allocator parameters under the allocator's
+        // lock; it is safe to call at any time from any thread.
+        #[allow(unsafe_code)]
+        let applied = unsafe {
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30) == 1
+                && libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20) == 1
+        };
+        applied
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,7 +30,7 @@ use tokio_rustls::TlsConnector;
 use super::stream::TunnelStream;
 use super::{
     ALPN, CONNECTION_WINDOW, IDLE_RELEASE, MAX_AGE, MAX_FRAME, MAX_TUNNELS, NO_HBONE_MEMORY,
-    STREAM_WINDOW,
+    STREAM_WINDOW, TLS_BUFFER_LIMIT,
 };
 use crate::identity::SpiffeId;
 use crate::proxy::metrics::ProxyMetrics;
@@ -137,18 +137,45 @@ impl Conn {
         }
     }
 
-    /// Whether the sweep closes it: dead, or without tunnels and either
-    /// idle for [`IDLE_RELEASE`] or past [`MAX_AGE`].
-    fn expired(&self, now: Instant) -> bool {
-        if self.closed.load(Ordering::Relaxed) {
-            return true;
+    fn state(&self) -> ConnState {
+        ConnState {
+            closed: self.closed.load(Ordering::Relaxed),
+            tunnels: self.tunnels.load(Ordering::Relaxed),
+            created: self.created,
+            last_used: *lock(&self.last_used),
         }
-        if self.tunnels.load(Ordering::Relaxed) > 0 {
-            return false;
-        }
-        now.duration_since(*lock(&self.last_used)) >= IDLE_RELEASE
-            || now.duration_since(self.created) >= MAX_AGE
     }
+}
+
+/// What the sweep looks at in a connection.
+#[derive(Debug, Clone, Copy)]
+struct ConnState {
+    closed: bool,
+    tunnels: usize,
+    created: Instant,
+    last_used: Instant,
+}
+
+/// Which of one peer's connections the sweep keeps: every one carrying
+/// tunnels, and at most one without, if that one is alive, used within
+/// [`IDLE_RELEASE`] and younger than [`MAX_AGE`] (a burst of tunnels opens
+/// several connections; once it is over one is enough).
+fn to_keep(conns: &[ConnState], now: Instant) -> Vec<bool> {
+    let mut spare_kept = false;
+    conns
+        .iter()
+        .map(|c| {
+            if c.closed {
+                return false;
+            }
+            if c.tunnels > 0 {
+                return true;
+            }
+            let fresh = now.duration_since(c.last_used) < IDLE_RELEASE
+                && now.duration_since(c.created) < MAX_AGE;
+            fresh && !std::mem::replace(&mut spare_kept, true)
+        })
+        .collect()
 }
 
 impl HbonePool {
@@ -288,6 +315,8 @@ impl HbonePool {
             }
             Err(_) => return Err(unreachable(format!("{addr}: TLS handshake timed out"))),
         };
+        let mut tls = tls;
+        tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
         if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
             return Err(self.no_hbone(ip, format!("{addr} did not negotiate h2")));
         }
@@ -327,12 +356,15 @@ impl HbonePool {
         HboneError::NoHbone(why)
     }
 
-    /// Closes dead, idle and aged connections; forgets peers without any.
+    /// Applies [`to_keep`] to every peer's connections; forgets peers
+    /// without any.
     fn sweep_once(&self, now: Instant) {
         let mut peers = lock(&self.peers);
         peers.retain(|_, peer| {
             let mut conns = lock(&peer.conns);
-            conns.retain(|c| !c.expired(now));
+            let states: Vec<ConnState> = conns.iter().map(Conn::state).collect();
+            let mut keep = to_keep(&states, now).into_iter();
+            conns.retain(|_| keep.next().unwrap_or(false));
             !conns.is_empty()
         });
         lock(&self.no_hbone).retain(|_, until| *until > now);
@@ -369,5 +401,46 @@ async fn sweep(pool: Weak<HbonePool>) {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
         pool.sweep_once(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(now: Instant, tunnels: usize, idle: u64, age: u64) -> ConnState {
+        ConnState {
+            closed: false,
+            tunnels,
+            created: now - Duration::from_secs(age),
+            last_used: now - Duration::from_secs(idle),
+        }
+    }
+
+    #[test]
+    fn connections_with_tunnels_stay_and_one_spare_is_kept() {
+        let now = Instant::now() + Duration::from_secs(3600);
+        let conns = [
+            conn(now, 3, 0, 10),
+            conn(now, 0, 1, 10),
+            conn(now, 0, 1, 10),
+            conn(now, 100, 0, 10),
+        ];
+        assert_eq!(to_keep(&conns, now), [true, true, false, true]);
+    }
+
+    #[test]
+    fn idle_aged_and_closed_connections_go() {
+        let now = Instant::now() + Duration::from_secs(3600);
+        let idle = conn(now, 0, IDLE_RELEASE.as_secs(), 100);
+        let aged = conn(now, 0, 0, MAX_AGE.as_secs());
+        let mut closed = conn(now, 5, 0, 1);
+        closed.closed = true;
+        // An aged connection still carrying tunnels stays until they end.
+        let aged_busy = conn(now, 1, 0, MAX_AGE.as_secs() * 2);
+        assert_eq!(
+            to_keep(&[idle, aged, closed, aged_busy], now),
+            [false, false, false, true]
+        );
     }
 }

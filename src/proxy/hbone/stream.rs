@@ -9,6 +9,8 @@ use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::proxy::buffers::{self, Buf};
+
 /// A tunnel: what we send on `send`, what we receive on `recv`.
 #[derive(Debug)]
 pub struct TunnelStream {
@@ -18,6 +20,8 @@ pub struct TunnelStream {
     pending: Bytes,
     /// End of stream sent.
     shut: bool,
+    /// An error that arrived after bytes were given: the next read's.
+    failed: Option<io::Error>,
 }
 
 impl TunnelStream {
@@ -28,6 +32,7 @@ impl TunnelStream {
             recv,
             pending: Bytes::new(),
             shut: false,
+            failed: None,
         }
     }
 }
@@ -48,20 +53,45 @@ impl AsyncRead for TunnelStream {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        while this.pending.is_empty() {
-            match ready!(this.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    // The window is given back as soon as the bytes leave
-                    // h2's buffer: at most one read's worth is held here.
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    this.pending = data;
-                }
-                Some(Err(e)) => return Poll::Ready(Err(h2_error(e))),
-                None => return Poll::Ready(Ok(())),
+        if this.pending.is_empty() {
+            if let Some(e) = this.failed.take() {
+                return Poll::Ready(Err(e));
             }
         }
-        let n = out.remaining().min(this.pending.len());
-        out.put_slice(&this.pending.split_to(n));
+        // As much as has arrived, frame after frame, up to `out`'s room:
+        // one write to the application per read rather than one per frame.
+        let mut gave = false;
+        while out.remaining() > 0 {
+            if this.pending.is_empty() {
+                let polled = if gave {
+                    match this.recv.poll_data(cx) {
+                        Poll::Ready(polled) => polled,
+                        Poll::Pending => break,
+                    }
+                } else {
+                    ready!(this.recv.poll_data(cx))
+                };
+                match polled {
+                    Some(Ok(data)) => {
+                        // The window is given back as soon as the bytes leave
+                        // h2's buffer: at most one read's worth is held here.
+                        let _ = this.recv.flow_control().release_capacity(data.len());
+                        this.pending = data;
+                        continue;
+                    }
+                    Some(Err(e)) if !gave => return Poll::Ready(Err(h2_error(e))),
+                    // Reported at the next read, after what was given.
+                    Some(Err(e)) => {
+                        this.failed = Some(h2_error(e));
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let n = out.remaining().min(this.pending.len());
+            out.put_slice(&this.pending.split_to(n));
+            gave = true;
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -93,9 +123,14 @@ impl AsyncWrite for TunnelStream {
                 }
             }
         };
-        let n = granted.min(buf.len());
+        // The bytes go into a pooled buffer that h2 holds until it has
+        // written them, and that returns to the pool then: no allocation,
+        // and no page faulted in, per write.
+        let n = granted.min(buf.len()).min(buffers::LARGE);
+        let mut pooled = Buf::take(n > buffers::SMALL);
+        pooled[..n].copy_from_slice(&buf[..n]);
         this.send
-            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+            .send_data(Bytes::from_owner(pooled).slice(..n), false)
             .map_err(h2_error)?;
         Poll::Ready(Ok(n))
     }

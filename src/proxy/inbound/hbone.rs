@@ -30,7 +30,9 @@ use crate::identity::{SpiffeId, TrustDomain};
 use crate::proxy::accept::{serve, Listening};
 use crate::proxy::enforce::{decide, ConnKind};
 use crate::proxy::hbone::stream::TunnelStream;
-use crate::proxy::hbone::{ALPN, CONNECTION_WINDOW, MAX_FRAME, MAX_TUNNELS, STREAM_WINDOW};
+use crate::proxy::hbone::{
+    ALPN, CONNECTION_WINDOW, MAX_FRAME, MAX_TUNNELS, STREAM_WINDOW, TLS_BUFFER_LIMIT,
+};
 use crate::proxy::tls::{peer_spiffe_id, server_config, CertStore, ClientAuth, ProxyTlsError};
 use crate::proxy::transport::TlsTransport;
 
@@ -135,6 +137,8 @@ impl Inbound {
             Ok(Err(e)) => return self.hbone_refused(peer, &e.to_string()),
             Err(_) => return self.hbone_refused(peer, "TLS handshake timed out"),
         };
+        let mut tls = tls;
+        tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
         let identity = match peer_spiffe_id(tls.get_ref().1) {
             Ok(Some(id)) => id,
             Ok(None) => return self.hbone_refused(peer, "no client certificate"),

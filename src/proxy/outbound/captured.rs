@@ -110,7 +110,11 @@ impl CapturedOutbound {
             Ok(dst) => dst,
             Err(e) => return self.refused(peer, None, "refused", &e.to_string()),
         };
-        let owner = match self.destinations.lookup(dst.ip()).await {
+        // Boxed, as the direct mTLS path below: an async fn's state is as
+        // large as its largest await, and it is held for the connection's
+        // whole life; a lookup or a handshake must not make every idle
+        // connection pay for them.
+        let owner = match Box::pin(self.destinations.lookup(dst.ip())).await {
             Ok(owner) => owner,
             Err(e) => return self.refused(peer, Some(dst), "lookup_failed", &e.to_string()),
         };
@@ -154,6 +158,18 @@ impl CapturedOutbound {
                 }
             }
         }
+        Box::pin(self.direct_mtls(app, peer, dst, expected, pod)).await;
+    }
+
+    /// A connection with its own mTLS handshake (no HBONE to the peer).
+    async fn direct_mtls(
+        &self,
+        app: TcpStream,
+        peer: SocketAddr,
+        dst: SocketAddr,
+        expected: &SpiffeId,
+        pod: &str,
+    ) {
         let connector = match self.connector_for(expected) {
             Ok(connector) => connector,
             Err(e) => return self.refused(peer, Some(dst), "refused", &e.to_string()),
