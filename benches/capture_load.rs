@@ -274,10 +274,12 @@ fn report_idle(what: &str, n: usize, [base, held, after]: &[Vec<u64>; 3]) {
 }
 
 /// More ports and reuse of TIME_WAIT ports in `ns`: a connection per request
-/// for tens of seconds would run out of ephemeral ports otherwise.
+/// for tens of seconds would run out of ephemeral ports otherwise. The
+/// range stays above the proxies' ports (150xx), which a connection's
+/// ephemeral port would otherwise take from a restarted proxy.
 fn tune(ns: &NetNs) {
     for setting in [
-        "net.ipv4.ip_local_port_range=1024 65000",
+        "net.ipv4.ip_local_port_range=20000 65000",
         "net.ipv4.tcp_tw_reuse=1",
     ] {
         let _ = ns.exec(&["sysctl", "-q", "-w", setting]);
