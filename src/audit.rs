@@ -32,6 +32,7 @@ pub mod query;
 pub mod record;
 pub mod sqlite;
 pub mod store;
+pub mod tlog;
 
 pub use query::{render_json, render_table, AuditQuery};
 pub use record::{AuditRecord, Outcome};
