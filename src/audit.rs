@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
+pub mod checkpoint_key;
 pub mod query;
 pub mod record;
 pub mod sqlite;
@@ -68,6 +69,24 @@ pub enum AuditError {
         /// The I/O error.
         #[source]
         source: std::io::Error,
+    },
+
+    /// The store's transparency log does not hold together: a checkpoint or
+    /// a record does not match the tree (names which), or the log cannot
+    /// be extended.
+    #[error("audit log {}: {detail}", path.display())]
+    Tlog {
+        /// The database file.
+        path: PathBuf,
+        /// What does not match, naming the record or checkpoint.
+        detail: String,
+    },
+
+    /// A record could not be encoded as its log leaf.
+    #[error("encoding an audit record as its log leaf: {detail}")]
+    Encode {
+        /// Why.
+        detail: String,
     },
 
     /// A read-only open of a database file that does not exist.

@@ -115,6 +115,20 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
+    /// The record's leaf in the transparency log: its JSON (as `meshid audit
+    /// list -o json` prints it, fields in declaration order, times in UTC),
+    /// so that anyone can recompute a leaf hash from a record shown to them.
+    pub fn leaf_bytes(&self) -> Result<Vec<u8>, AuditError> {
+        let utc = |t: OffsetDateTime| t.to_offset(time::UtcOffset::UTC);
+        let mut canonical = self.clone();
+        canonical.time = utc(canonical.time);
+        canonical.not_before = canonical.not_before.map(utc);
+        canonical.not_after = canonical.not_after.map(utc);
+        serde_json::to_vec(&canonical).map_err(|e| AuditError::Encode {
+            detail: e.to_string(),
+        })
+    }
+
     /// A record of `outcome` at `time` with every other field empty.
     pub fn new(time: OffsetDateTime, outcome: Outcome) -> Self {
         Self {

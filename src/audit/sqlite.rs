@@ -20,11 +20,12 @@ use time::OffsetDateTime;
 use super::query::AuditQuery;
 use super::record::AuditRecord;
 use super::store::AuditBackend;
+use super::tlog::note::{NoteSigner, NoteVerifier};
 use super::AuditError;
 
 /// The schema version this build writes and reads. Bump it with a migration in
 /// [`SqliteBackend::open`] when the table changes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How long a connection waits for the other side (CA writer or CLI reader) to
 /// release a lock before giving up.
@@ -96,8 +97,9 @@ const COLUMNS: &str = "id, time_unix_nanos, caller, requested_identity, granted_
 const INSERT: &str = "INSERT INTO audit_records (time_unix_nanos, caller, requested_identity, \
     granted_identity, namespace, service_account, node, pod_name, pod_uid, serial, \
     public_key_sha256, not_before_unix_nanos, not_after_unix_nanos, requested_ttl_secs, \
-    granted_ttl_secs, outcome, reason, peer) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)";
+    granted_ttl_secs, outcome, reason, peer, leaf_index, leaf_hash) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
+    ?19, ?20)";
 
 /// An audit store in a SQLite file. Implements [`AuditBackend`]; the CA hands it to
 /// [`AuditLog::start`](super::AuditLog::start), the CLI queries it directly.
@@ -105,6 +107,8 @@ const INSERT: &str = "INSERT INTO audit_records (time_unix_nanos, caller, reques
 pub struct SqliteBackend {
     conn: Connection,
     path: PathBuf,
+    /// Signs the log's checkpoints (the CA's writer only), with the log's origin.
+    signer: Option<(NoteSigner, String)>,
     /// Which file was opened (set for writers), so that a database deleted or
     /// replaced under the CA is noticed.
     probe: Option<FileProbe>,
@@ -173,6 +177,7 @@ impl SqliteBackend {
         let mut backend = Self {
             conn,
             path: path.to_owned(),
+            signer: None,
             probe: Some(probe),
         };
         backend.init_schema()?;
@@ -206,6 +211,7 @@ impl SqliteBackend {
         let backend = Self {
             conn,
             path: path.to_owned(),
+            signer: None,
             probe: None,
         };
         match backend.schema_version()? {
@@ -229,9 +235,12 @@ impl SqliteBackend {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sqlite_err(&path, "creating the schema"))?;
         match schema_version(&tx, &path)? {
+            Some(1) => tlog::migrate_from_v1(&tx, &path)?,
             Some(found) => check_version(&path, found)?,
             None => {
                 tx.execute_batch(SCHEMA)
+                    .map_err(sqlite_err(&path, "creating the schema"))?;
+                tx.execute_batch(tlog::SCHEMA)
                     .map_err(sqlite_err(&path, "creating the schema"))?;
                 tx.execute(
                     "INSERT INTO meshid_audit_schema (version) VALUES (?1)",
@@ -251,11 +260,53 @@ impl SqliteBackend {
     fn schema_version(&self) -> Result<Option<i64>, AuditError> {
         schema_version(&self.conn, &self.path)
     }
+
+    /// Signs the log's checkpoints with `signer` under `origin` from now on,
+    /// after checking that the latest checkpoint in the store is ours and
+    /// matches the stored tree (refused otherwise: see [`tlog::check_latest`]).
+    pub fn with_checkpoints(
+        mut self,
+        signer: NoteSigner,
+        origin: &str,
+    ) -> Result<Self, AuditError> {
+        tlog::check_latest(&self.conn, &self.path, &signer.verifier())?;
+        self.signer = Some((signer, origin.to_owned()));
+        Ok(self)
+    }
+
+    /// An inclusion proof of the record of certificate `serial` in the
+    /// latest checkpoint.
+    pub fn prove(&self, serial: &str) -> Result<tlog::InclusionProof, AuditError> {
+        tlog::prove(&self.conn, &self.path, serial)
+    }
+
+    /// Recomputes the log and checks every checkpoint (see [`tlog::verify`]).
+    pub fn verify(
+        &self,
+        verifier: &NoteVerifier,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<tlog::Verified, AuditError> {
+        tlog::verify(&self.conn, &self.path, verifier, progress)
+    }
+
+    /// The latest signed checkpoint, if any: (tree size, signed note).
+    pub fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, AuditError> {
+        tlog::latest_checkpoint(&self.conn, &self.path)
+    }
 }
 
 impl AuditBackend for SqliteBackend {
     fn probe(&self) -> Option<FileProbe> {
         self.probe.clone()
+    }
+
+    fn checkpoint(&mut self, now: OffsetDateTime) -> Result<Option<u64>, AuditError> {
+        match &self.signer {
+            Some((signer, origin)) => {
+                tlog::checkpoint(&mut self.conn, &self.path, signer, origin, now)
+            }
+            None => Ok(None),
+        }
     }
 
     fn append(&mut self, batch: &[AuditRecord]) -> Result<(), AuditError> {
@@ -268,9 +319,16 @@ impl AuditBackend for SqliteBackend {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err())?;
+        // Under the write lock: this batch's leaves follow the tree's last.
+        let mut frontier = tlog::load_frontier(&tx, &path)?;
         {
             let mut insert = tx.prepare_cached(INSERT).map_err(err())?;
             for rec in batch {
+                let hash = crate::audit::tlog::merkle::leaf_hash(&rec.leaf_bytes()?);
+                let index = frontier.push(hash).map_err(|e| AuditError::Tlog {
+                    path: path.clone(),
+                    detail: e.to_string(),
+                })?;
                 insert
                     .execute(params![
                         nanos("time", rec.time)?,
@@ -291,10 +349,13 @@ impl AuditBackend for SqliteBackend {
                         rec.outcome.as_str(),
                         rec.reason,
                         rec.peer,
+                        i64::try_from(index).unwrap_or(i64::MAX),
+                        &hash[..],
                     ])
                     .map_err(err())?;
             }
         }
+        tlog::save_frontier(&tx, &path, &frontier)?;
         tx.commit().map_err(err())
     }
 
@@ -399,7 +460,7 @@ fn check_version(path: &Path, found: i64) -> Result<(), AuditError> {
             supported: SCHEMA_VERSION,
         });
     }
-    // Version 1 is the only one so far: nothing to migrate.
+    // Version 1 is migrated by the writer's open (tlog::migrate_from_v1).
     Ok(())
 }
 
@@ -521,6 +582,8 @@ pub fn read_sqlite(path: &Path, query: &AuditQuery) -> Result<Vec<AuditRecord>, 
     })?;
     Ok(store.query(query)?)
 }
+
+pub mod tlog;
 
 #[cfg(test)]
 mod tests;

@@ -43,6 +43,12 @@ pub trait AuditBackend: Send + 'static {
     /// The records matching `q`, oldest first (see [`AuditQuery`] for the limit).
     fn query(&mut self, q: &AuditQuery) -> Result<Vec<AuditRecord>, AuditError>;
 
+    /// Signs a checkpoint of the store's transparency log if it grew since
+    /// the last one; the tree size signed (None: nothing new, or no log).
+    fn checkpoint(&mut self, _now: time::OffsetDateTime) -> Result<Option<u64>, AuditError> {
+        Ok(None)
+    }
+
     /// A check, callable from any thread, that the store's file is still the one
     /// opened (None: nothing to check).
     fn probe(&self) -> Option<super::sqlite::FileProbe> {
@@ -185,6 +191,10 @@ enum Command {
         AuditQuery,
         oneshot::Sender<Result<Vec<AuditRecord>, AuditError>>,
     ),
+    Checkpoint(
+        time::OffsetDateTime,
+        oneshot::Sender<Result<Option<u64>, AuditError>>,
+    ),
 }
 
 /// What the writer answers each [`Command::Append`] with, once its batch is done.
@@ -309,6 +319,17 @@ impl AuditLog {
         answer.await.map_err(|_| AuditError::WriterGone)?
     }
 
+    /// Signs a checkpoint of the store's transparency log (after every record
+    /// queued before), if it grew since the last; the tree size signed.
+    pub async fn checkpoint(&self, now: time::OffsetDateTime) -> Result<Option<u64>, AuditError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Command::Checkpoint(now, reply))
+            .await
+            .map_err(|_| AuditError::WriterGone)?;
+        answer.await.map_err(|_| AuditError::WriterGone)?
+    }
+
     /// Drops this handle. If it was the last one, waits until the writer thread has
     /// committed everything queued and exited; otherwise returns at once (the last
     /// handle to go does the flushing).
@@ -379,6 +400,9 @@ impl Writer {
             match first {
                 Command::Query(q, reply) => {
                     let _ = reply.send(self.backend.query(&q));
+                }
+                Command::Checkpoint(now, reply) => {
+                    let _ = reply.send(self.backend.checkpoint(now));
                 }
                 Command::Append(rec, reply) => {
                     records.push(rec);

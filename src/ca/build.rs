@@ -42,6 +42,8 @@ pub struct CaSetup {
     pub root_key_algorithm: KeyAlgorithm,
     /// Longest the audit writer holds a commit back to group requests.
     pub audit_commit_delay: Duration,
+    /// How often the audit log's checkpoint is signed while records arrive.
+    pub audit_checkpoint_every: Duration,
     /// Where facts come from.
     pub platform: CaPlatform,
     /// Time.
@@ -161,6 +163,10 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    /// The audit log's checkpoint key could not be loaded or created.
+    #[error(transparent)]
+    CheckpointKey(crate::audit::checkpoint_key::CheckpointKeyError),
+
     /// The audit store could not be opened.
     #[error("opening the audit store {}", path.display())]
     Audit {
@@ -188,6 +194,7 @@ pub async fn build(setup: CaSetup, shutdown: Shutdown) -> Result<CaServer, Build
         plugin_ca_dir,
         root_key_algorithm,
         audit_commit_delay,
+        audit_checkpoint_every,
         platform,
         clock,
     } = setup;
@@ -247,16 +254,27 @@ pub async fn build(setup: CaSetup, shutdown: Shutdown) -> Result<CaServer, Build
         })?;
 
     let audit_path = data_dir.join("audit.db");
-    let backend = SqliteBackend::open(&audit_path).map_err(|source| BuildError::Audit {
-        path: audit_path,
-        source: Box::new(source),
-    })?;
+    let origin = crate::audit::checkpoint_key::origin(config.trust_domain.as_str());
+    let signer = crate::audit::checkpoint_key::load_or_create(&data_dir, &origin)
+        .map_err(BuildError::CheckpointKey)?;
+    let backend = SqliteBackend::open(&audit_path)
+        .and_then(|backend| backend.with_checkpoints(signer, &origin))
+        .map_err(|source| BuildError::Audit {
+            path: audit_path,
+            source: Box::new(source),
+        })?;
     let audit = AuditLog::start(
         Box::new(backend),
         GroupCommitConfig {
             commit_delay: audit_commit_delay,
             ..GroupCommitConfig::default()
         },
+    );
+    spawn_checkpoints(
+        audit.clone(),
+        audit_checkpoint_every,
+        clock.clone(),
+        &shutdown,
     );
     let registry = prometheus::Registry::new();
     let metrics = CaMetrics::register(&registry).map_err(BuildError::Metrics)?;
@@ -279,6 +297,27 @@ pub async fn build(setup: CaSetup, shutdown: Shutdown) -> Result<CaServer, Build
         metrics,
     };
     Ok(CaServer::start(config, deps, registry, shutdown).await?)
+}
+
+/// Signs a checkpoint of the audit log every `every` (when it grew),
+/// until shutdown.
+fn spawn_checkpoints(audit: AuditLog, every: Duration, clock: SharedClock, shutdown: &Shutdown) {
+    let stop = shutdown.clone();
+    shutdown.spawn(async move {
+        let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.triggered() => return,
+                _ = tick.tick() => {}
+            }
+            match audit.checkpoint(clock.now()).await {
+                Ok(Some(size)) => tracing::debug!(size, "audit log checkpoint signed"),
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "signing the audit log's checkpoint failed"),
+            }
+        }
+    });
 }
 
 /// The `local` platform: facts from the manifest directory, tokens checked

@@ -1,4 +1,5 @@
-//! `meshid audit list`: read the audit store (while the CA runs, too).
+//! `meshid audit …`: read the audit store (while the CA runs, too) and
+//! check its transparency log: `list`, `checkpoint-key`, `prove`, `verify`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -6,13 +7,59 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 
-use crate::audit::{read_sqlite, render_json, render_table, AuditQuery, Outcome};
+use crate::audit::checkpoint_key;
+use crate::audit::tlog::note::NoteVerifier;
+use crate::audit::{read_sqlite, render_json, render_table, AuditQuery, Outcome, SqliteBackend};
 
 /// `meshid audit …`
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// List audit records, oldest first.
     List(ListArgs),
+    /// Print the verifier key of the audit log's checkpoints (NAME+KEYID+KEY, C2SP signed-note).
+    CheckpointKey(StoreArgs),
+    /// Print an inclusion proof of a certificate's record in the latest signed checkpoint (RFC 9162).
+    Prove(ProveArgs),
+    /// Recompute the audit log from the store and check every checkpoint; exits non-zero naming the first record that does not match.
+    Verify(VerifyArgs),
+}
+
+/// Where the store is.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Data directory holding audit.db and the checkpoint key.
+    #[arg(long, env = "MESHID_DATA_DIR", default_value = "meshid-data")]
+    pub data_dir: PathBuf,
+}
+
+/// Flags of `meshid audit prove`.
+#[derive(Debug, Args)]
+pub struct ProveArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The certificate's serial (hex, any case).
+    #[arg(long)]
+    pub serial: String,
+    /// Output format (JSON only).
+    #[arg(short = 'o', long, value_enum, default_value_t = ProveFormat::Json)]
+    pub output: ProveFormat,
+}
+
+/// Output formats of `prove`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ProveFormat {
+    /// `{"leaf_index", "tree_size", "leaf", "proof", "checkpoint"}`.
+    Json,
+}
+
+/// Flags of `meshid audit verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The verifier key to check checkpoints with (default: the one the CA wrote in the data directory). Give it when the data directory itself is not trusted.
+    #[arg(long)]
+    pub verifier_key: Option<String>,
 }
 
 /// Output formats.
@@ -62,7 +109,55 @@ fn parse_outcome(s: &str) -> Result<Outcome, String> {
 pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
     match cmd {
         AuditCommand::List(args) => list(args),
+        AuditCommand::CheckpointKey(args) => {
+            let verifier = checkpoint_key::read_verifier(&args.data_dir)?;
+            println!("{}", verifier.verifier_key());
+            Ok(())
+        }
+        AuditCommand::Prove(args) => {
+            let store = SqliteBackend::open_read_only(&args.store.data_dir.join("audit.db"))?;
+            let proof = store.prove(&args.serial.to_ascii_lowercase())?;
+            match args.output {
+                ProveFormat::Json => println!("{}", serde_json::to_string_pretty(&proof)?),
+            }
+            Ok(())
+        }
+        AuditCommand::Verify(args) => verify(args),
     }
+}
+
+// The progress line shows real elapsed time.
+#[allow(clippy::disallowed_methods)]
+fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    let verifier = match &args.verifier_key {
+        Some(key) => NoteVerifier::parse(key).context("--verifier-key")?,
+        None => checkpoint_key::read_verifier(&args.store.data_dir)?,
+    };
+    let store = SqliteBackend::open_read_only(&args.store.data_dir.join("audit.db"))?;
+    let terminal = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let mut progress = |done: u64, total: u64| {
+        if !terminal {
+            return;
+        }
+        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        let rate = done as f64 / secs;
+        let left = total.saturating_sub(done) as f64 / rate.max(1.0);
+        eprint!("\rchecked {done} of {total} records, {rate:.0}/s, {left:.0} s left   ");
+    };
+    let verified = store.verify(&verifier, &mut progress);
+    if terminal {
+        eprintln!();
+    }
+    let verified = verified?;
+    println!(
+        "audit log verified: {} records, {} checkpoints signed by {}",
+        verified.records,
+        verified.checkpoints,
+        verifier.name()
+    );
+    Ok(())
 }
 
 fn list(args: ListArgs) -> anyhow::Result<()> {

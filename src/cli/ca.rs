@@ -90,6 +90,9 @@ pub struct CaArgs {
     /// Longest the audit writer holds a commit back for requests already on their way, to fsync them together (0s: never wait; a lone request never waits).
     #[arg(long, env = "MESHID_AUDIT_COMMIT_DELAY", default_value = "1ms", value_parser = super::parse_duration)]
     pub audit_commit_delay: Duration,
+    /// How often the audit log's checkpoint (its signed tree head) is signed while records arrive.
+    #[arg(long, env = "MESHID_AUDIT_CHECKPOINT_EVERY", default_value = "10s", value_parser = super::parse_duration)]
+    pub audit_checkpoint_every: Duration,
     /// Where facts come from and how tokens are verified.
     #[command(flatten)]
     pub platform: PlatformArgs,
@@ -161,6 +164,7 @@ impl CaArgs {
             plugin_ca_dir: self.plugin_ca_dir,
             root_key_algorithm: self.root_key_algorithm,
             audit_commit_delay: self.audit_commit_delay,
+            audit_checkpoint_every: self.audit_checkpoint_every,
             platform,
             clock: system_clock(),
         }

@@ -386,6 +386,7 @@ fn ca_setup(
         plugin_ca_dir: None,
         root_key_algorithm: KeyAlgorithm::EcdsaP256,
         audit_commit_delay: Duration::from_millis(1),
+        audit_checkpoint_every: Duration::from_secs(10),
         platform: CaPlatform::Local {
             manifests: None,
             shared: Some(platform),

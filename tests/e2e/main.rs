@@ -9,6 +9,7 @@
 
 mod agent;
 mod agent_sds;
+mod audit_log;
 mod ca_issue;
 mod ca_refusals;
 mod ca_transport;

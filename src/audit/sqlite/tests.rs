@@ -380,6 +380,7 @@ fn the_old_outcome_index_is_replaced_on_open_and_records_stay_readable() {
         index_names(&path),
         [
             "audit_records_identity",
+            "audit_records_leaf",
             "audit_records_refused",
             "audit_records_serial",
             "audit_records_time"
