@@ -289,6 +289,30 @@ impl SqliteBackend {
         tlog::verify(&self.conn, &self.path, verifier, progress)
     }
 
+    /// Calls `each` with every record matching `q`, oldest first, one row at a
+    /// time (an export of millions of records holds one in memory); stops
+    /// at the first error `each` returns.
+    pub fn for_each(
+        &self,
+        q: &AuditQuery,
+        each: &mut dyn FnMut(&AuditRecord) -> std::io::Result<()>,
+    ) -> Result<u64, AuditError> {
+        let (sql, args) = select(q);
+        let err = || sqlite_err(&self.path, "exporting records");
+        let mut stmt = self.conn.prepare(&sql).map_err(err())?;
+        let mut rows = stmt.query(params_from_iter(args)).map_err(err())?;
+        let mut count = 0;
+        while let Some(row) = rows.next().map_err(err())? {
+            each(&read_row(row, &self.path)?).map_err(|source| AuditError::Io {
+                path: self.path.clone(),
+                context: "writing the export",
+                source,
+            })?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
     /// The latest signed checkpoint, if any: (tree size, signed note).
     pub fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, AuditError> {
         tlog::latest_checkpoint(&self.conn, &self.path)

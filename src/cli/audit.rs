@@ -1,5 +1,5 @@
 //! `meshid audit …`: read the audit store (while the CA runs, too) and
-//! check its transparency log: `list`, `checkpoint-key`, `prove`, `verify`.
+//! check its transparency log: `list`, `export`, `checkpoint-key`, `prove`, `verify`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,6 +22,28 @@ pub enum AuditCommand {
     Prove(ProveArgs),
     /// Recompute the audit log from the store and check every checkpoint; exits non-zero naming the first record that does not match.
     Verify(VerifyArgs),
+    /// Stream records as JSON lines, oldest first, for a SIEM (one record in memory at a time).
+    Export(ExportArgs),
+}
+
+/// Flags of `meshid audit export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Only records newer than this (e.g. 24h, 7d); all when absent.
+    #[arg(long, value_parser = super::parse_duration)]
+    pub since: Option<Duration>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = ExportFormat::Jsonl)]
+    pub output: ExportFormat,
+}
+
+/// Output formats of `export`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    /// One JSON object per line (the record's fields, as `list -o json`).
+    Jsonl,
 }
 
 /// Where the store is.
@@ -123,6 +145,7 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             Ok(())
         }
         AuditCommand::Verify(args) => verify(args),
+        AuditCommand::Export(args) => export(args),
     }
 }
 
@@ -160,15 +183,36 @@ fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn export(args: ExportArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let store = SqliteBackend::open_read_only(&args.store.data_dir.join("audit.db"))?;
+    let query = AuditQuery {
+        since: since(args.since)?,
+        ..AuditQuery::default()
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let ExportFormat::Jsonl = args.output;
+    store.for_each(&query, &mut |record| {
+        serde_json::to_writer(&mut out, record)?;
+        out.write_all(b"\n")
+    })?;
+    out.flush()?;
+    Ok(())
+}
+
+/// The time `ago` before now (None: no bound).
+fn since(ago: Option<Duration>) -> anyhow::Result<Option<time::OffsetDateTime>> {
+    ago.map(|d| {
+        Ok(time::OffsetDateTime::now_utc()
+            - time::Duration::try_from(d).context("--since is too long")?)
+    })
+    .transpose()
+}
+
 fn list(args: ListArgs) -> anyhow::Result<()> {
     let path = args.data_dir.join("audit.db");
-    let since = match args.since {
-        Some(d) => Some(
-            time::OffsetDateTime::now_utc()
-                - time::Duration::try_from(d).context("--since is too long")?,
-        ),
-        None => None,
-    };
+    let since = since(args.since)?;
     let query = AuditQuery {
         namespace: args.namespace,
         service_account: args.service_account,

@@ -122,6 +122,27 @@ async fn every_certificate_is_proved_in_a_signed_checkpoint_and_an_edit_is_named
     let said = String::from_utf8_lossy(&verify.stdout);
     assert!(said.contains(&format!("{} records", rows.len())), "{said}");
 
+    // Exported for a SIEM: every record, one JSON object per line.
+    let export = meshid(
+        &["audit", "export", "--since", "1h", "-o", "jsonl"],
+        &env.data_dir,
+    );
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(export.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), rows.len());
+    assert_eq!(lines[0]["serial"].as_str(), rows[0].serial.as_deref());
+    let bad = meshid(&["audit", "export", "--since", "yesterday"], &env.data_dir);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--since"));
+
     // An edit behind the CA's back: verify fails and names the record.
     let edited = &serials[2];
     let db = rusqlite::Connection::open(env.data_dir.join("audit.db")).unwrap();
