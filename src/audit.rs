@@ -29,6 +29,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 pub mod checkpoint_key;
+pub mod http;
 pub mod query;
 pub mod record;
 pub mod sqlite;

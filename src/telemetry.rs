@@ -94,9 +94,20 @@ pub async fn serve(
     ready: ReadinessCheck,
     shutdown: Shutdown,
 ) -> std::io::Result<SocketAddr> {
+    serve_with(addr, registry, ready, Router::new(), shutdown).await
+}
+
+/// As [`serve`], with `extra` routes of the component beside them.
+pub async fn serve_with(
+    addr: SocketAddr,
+    registry: Registry,
+    ready: ReadinessCheck,
+    extra: Router,
+    shutdown: Shutdown,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let app = router(registry, ready);
+    let app = router(registry, ready).merge(extra);
     let stop = shutdown.clone();
     shutdown.spawn(async move {
         let result = axum::serve(listener, app)

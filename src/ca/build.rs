@@ -254,6 +254,7 @@ pub async fn build(setup: CaSetup, shutdown: Shutdown) -> Result<CaServer, Build
         })?;
 
     let audit_path = data_dir.join("audit.db");
+    let audit_path_for_http = audit_path.clone();
     let origin = crate::audit::checkpoint_key::origin(config.trust_domain.as_str());
     let signer = crate::audit::checkpoint_key::load_or_create(&data_dir, &origin)
         .map_err(BuildError::CheckpointKey)?;
@@ -295,6 +296,7 @@ pub async fn build(setup: CaSetup, shutdown: Shutdown) -> Result<CaServer, Build
         authority: Arc::new(authority),
         clock,
         metrics,
+        http: crate::audit::http::routes(audit_path_for_http),
     };
     Ok(CaServer::start(config, deps, registry, shutdown).await?)
 }

@@ -42,6 +42,9 @@ pub struct CaDeps {
     pub clock: SharedClock,
     /// Prometheus metrics.
     pub metrics: CaMetrics,
+    /// Read-only routes served beside `/metrics` (the audit log's
+    /// checkpoint and proofs).
+    pub http: axum::Router,
 }
 
 /// One `CreateCertificate` call, transport details already extracted.

@@ -110,12 +110,18 @@ impl CaServer {
                 let ready: telemetry::ReadinessCheck = Arc::new(move || {
                     !ready_shutdown.is_triggered() && platform.is_ready() && audit.healthy().is_ok()
                 });
-                let bound = telemetry::serve(maddr, registry, ready, shutdown.clone())
-                    .await
-                    .map_err(|source| ServerError::Bind {
-                        addr: maddr,
-                        source,
-                    })?;
+                let bound = telemetry::serve_with(
+                    maddr,
+                    registry,
+                    ready,
+                    deps.http.clone(),
+                    shutdown.clone(),
+                )
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: maddr,
+                    source,
+                })?;
                 Some(bound)
             }
             None => None,

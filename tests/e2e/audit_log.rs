@@ -113,6 +113,31 @@ async fn every_certificate_is_proved_in_a_signed_checkpoint_and_an_edit_is_named
         );
     }
 
+    // The same, read-only over HTTP on the CA's metrics port.
+    let curl = |path: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "-w", "\n%{http_code}"])
+            .arg(format!("http://{}{path}", ca.metrics_addr))
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let checkpoint = curl("/audit/checkpoint");
+    assert!(
+        checkpoint.starts_with("cluster.local/meshid-audit\n") && checkpoint.ends_with("200"),
+        "{checkpoint}"
+    );
+    let proof = curl(&format!("/audit/proof/{}", serials[0].to_uppercase()));
+    assert!(
+        proof.contains("\"leaf_index\": 0") && proof.ends_with("200"),
+        "{proof}"
+    );
+    let missing = curl("/audit/proof/00ff");
+    assert!(
+        missing.contains("no record of serial 00ff") && missing.ends_with("404"),
+        "{missing}"
+    );
+
     let verify = meshid(&["audit", "verify"], &env.data_dir);
     assert!(
         verify.status.success(),

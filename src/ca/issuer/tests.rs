@@ -55,6 +55,7 @@ fn issuer(env: &TestEnv, backend: Box<dyn AuditBackend>, max_concurrent: usize) 
         authority: Arc::new(authority),
         clock,
         metrics: CaMetrics::register(&prometheus::Registry::new()).unwrap(),
+        http: axum::Router::new(),
     };
     Issuer::new(&cfg, deps)
 }
