@@ -109,6 +109,8 @@ pub struct SqliteBackend {
     path: PathBuf,
     /// Signs the log's checkpoints (the CA's writer only), with the log's origin.
     signer: Option<(NoteSigner, String)>,
+    /// Record bodies older than this are removed after each checkpoint.
+    retention: Option<std::time::Duration>,
     /// Which file was opened (set for writers), so that a database deleted or
     /// replaced under the CA is noticed.
     probe: Option<FileProbe>,
@@ -178,6 +180,7 @@ impl SqliteBackend {
             conn,
             path: path.to_owned(),
             signer: None,
+            retention: None,
             probe: Some(probe),
         };
         backend.init_schema()?;
@@ -212,6 +215,7 @@ impl SqliteBackend {
             conn,
             path: path.to_owned(),
             signer: None,
+            retention: None,
             probe: None,
         };
         match backend.schema_version()? {
@@ -259,6 +263,13 @@ impl SqliteBackend {
 
     fn schema_version(&self) -> Result<Option<i64>, AuditError> {
         schema_version(&self.conn, &self.path)
+    }
+
+    /// Removes the bodies of records older than `retention` after each
+    /// checkpoint (see [`tlog::prune`]).
+    pub fn with_retention(mut self, retention: Option<std::time::Duration>) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// Signs the log's checkpoints with `signer` under `origin` from now on,
@@ -325,12 +336,20 @@ impl AuditBackend for SqliteBackend {
     }
 
     fn checkpoint(&mut self, now: OffsetDateTime) -> Result<Option<u64>, AuditError> {
-        match &self.signer {
+        let signed = match &self.signer {
             Some((signer, origin)) => {
-                tlog::checkpoint(&mut self.conn, &self.path, signer, origin, now)
+                tlog::checkpoint(&mut self.conn, &self.path, signer, origin, now)?
             }
-            None => Ok(None),
+            None => None,
+        };
+        if let Some(retention) = self.retention {
+            let before = now - time::Duration::try_from(retention).unwrap_or(time::Duration::MAX);
+            let pruned = tlog::prune(&mut self.conn, &self.path, before)?;
+            if pruned > 0 {
+                tracing::info!(pruned, %before, "audit retention: bodies of older records removed; their leaf hashes stay in the log");
+            }
         }
+        Ok(signed)
     }
 
     fn append(&mut self, batch: &[AuditRecord]) -> Result<(), AuditError> {

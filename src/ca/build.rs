@@ -44,6 +44,8 @@ pub struct CaSetup {
     pub audit_commit_delay: Duration,
     /// How often the audit log's checkpoint is signed while records arrive.
     pub audit_checkpoint_every: Duration,
+    /// Bodies of audit records older than this are removed (leaf hashes stay).
+    pub audit_retention: Option<Duration>,
     /// Where facts come from.
     pub platform: CaPlatform,
     /// Time.
@@ -195,6 +197,7 @@ pub async fn build(setup: CaSetup, shutdown: Shutdown) -> Result<CaServer, Build
         root_key_algorithm,
         audit_commit_delay,
         audit_checkpoint_every,
+        audit_retention,
         platform,
         clock,
     } = setup;
@@ -260,6 +263,7 @@ pub async fn build(setup: CaSetup, shutdown: Shutdown) -> Result<CaServer, Build
         .map_err(BuildError::CheckpointKey)?;
     let backend = SqliteBackend::open(&audit_path)
         .and_then(|backend| backend.with_checkpoints(signer, &origin))
+        .map(|backend| backend.with_retention(audit_retention))
         .map_err(|source| BuildError::Audit {
             path: audit_path,
             source: Box::new(source),

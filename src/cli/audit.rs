@@ -175,8 +175,9 @@ fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     }
     let verified = verified?;
     println!(
-        "audit log verified: {} records, {} checkpoints signed by {}",
+        "audit log verified: {} records ({} of them pruned by retention: leaf hashes only), {} checkpoints signed by {}",
         verified.records,
+        verified.pruned,
         verified.checkpoints,
         verifier.name()
     );

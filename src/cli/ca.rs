@@ -93,6 +93,9 @@ pub struct CaArgs {
     /// How often the audit log's checkpoint (its signed tree head) is signed while records arrive.
     #[arg(long, env = "MESHID_AUDIT_CHECKPOINT_EVERY", default_value = "10s", value_parser = super::parse_duration)]
     pub audit_checkpoint_every: Duration,
+    /// Remove the bodies of audit records older than this (e.g. 400d) once a checkpoint covers them; their leaf hashes stay, so the log still verifies. Default: keep everything.
+    #[arg(long, env = "MESHID_AUDIT_RETENTION", value_parser = super::parse_duration)]
+    pub audit_retention: Option<Duration>,
     /// Where facts come from and how tokens are verified.
     #[command(flatten)]
     pub platform: PlatformArgs,
@@ -165,6 +168,7 @@ impl CaArgs {
             root_key_algorithm: self.root_key_algorithm,
             audit_commit_delay: self.audit_commit_delay,
             audit_checkpoint_every: self.audit_checkpoint_every,
+            audit_retention: self.audit_retention,
             platform,
             clock: system_clock(),
         }

@@ -387,6 +387,7 @@ fn ca_setup(
         root_key_algorithm: KeyAlgorithm::EcdsaP256,
         audit_commit_delay: Duration::from_millis(1),
         audit_checkpoint_every: Duration::from_secs(10),
+        audit_retention: None,
         platform: CaPlatform::Local {
             manifests: None,
             shared: Some(platform),

@@ -192,3 +192,33 @@ async fn every_certificate_is_proved_in_a_signed_checkpoint_and_an_edit_is_named
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no record of serial 00ff"));
     drop(ca);
 }
+
+#[tokio::test]
+async fn retention_removes_old_bodies_and_the_log_still_verifies() {
+    let (env, ca) = ca_with_web_pod(&[
+        "--audit-checkpoint-every",
+        "200ms",
+        "--audit-retention",
+        "1s",
+    ]);
+    let token = web_token(&env);
+    let mut client = ca.client(&env.root_pem()).await.unwrap();
+    for _ in 0..3 {
+        let (_key, csr) = key_and_csr(&env.id("default", "web"));
+        client
+            .create_certificate(request(&csr, 600, Some(&token), None))
+            .await
+            .unwrap();
+    }
+    let rows = audit_rows(&env);
+    let serial = rows.iter().rev().find_map(|r| r.serial.clone()).unwrap();
+    let everything = format!("{} records ({} of them pruned", rows.len(), rows.len());
+    poll_until("every record is pruned", Duration::from_secs(10), || {
+        let verify = meshid(&["audit", "verify"], &env.data_dir);
+        verify.status.success() && String::from_utf8_lossy(&verify.stdout).contains(&everything)
+    });
+    let gone = meshid(&["audit", "prove", "--serial", &serial], &env.data_dir);
+    assert!(!gone.status.success());
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("retention"));
+    drop(ca);
+}

@@ -27,6 +27,7 @@ use crate::audit::AuditError;
 pub(super) const SCHEMA: &str = "
 ALTER TABLE audit_records ADD COLUMN leaf_index INTEGER;
 ALTER TABLE audit_records ADD COLUMN leaf_hash BLOB;
+ALTER TABLE audit_records ADD COLUMN pruned INTEGER NOT NULL DEFAULT 0;
 CREATE UNIQUE INDEX audit_records_leaf ON audit_records (leaf_index);
 CREATE TABLE tlog_state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -145,6 +146,34 @@ pub(super) fn checkpoint(
     Ok(Some(frontier.size()))
 }
 
+/// Retention: empties the body of every record older than `before` that a
+/// checkpoint already covers (every field but its time and outcome), and
+/// marks it pruned; its leaf hash stays, so the tree, its checkpoints and
+/// every other record's proof still verify. The records pruned.
+pub(super) fn prune(
+    conn: &mut Connection,
+    path: &std::path::Path,
+    before: OffsetDateTime,
+) -> Result<u64, AuditError> {
+    let Some((covered, _)) = latest_checkpoint(conn, path)? else {
+        return Ok(0);
+    };
+    let before = i64::try_from(before.unix_timestamp_nanos()).unwrap_or(i64::MIN);
+    let pruned = conn
+        .execute(
+            "UPDATE audit_records SET caller = NULL, requested_identity = NULL, \
+             granted_identity = NULL, namespace = NULL, service_account = NULL, node = NULL, \
+             pod_name = NULL, pod_uid = NULL, serial = NULL, public_key_sha256 = NULL, \
+             not_before_unix_nanos = NULL, not_after_unix_nanos = NULL, \
+             requested_ttl_secs = NULL, granted_ttl_secs = NULL, reason = NULL, peer = NULL, \
+             pruned = 1 \
+             WHERE time_unix_nanos < ?1 AND pruned = 0 AND leaf_index < ?2",
+            params![before, size_i64(covered)],
+        )
+        .map_err(sqlite_err(path, "removing old records' bodies (retention)"))?;
+    Ok(pruned as u64)
+}
+
 /// The root of leaves `[start, end)` from the stored leaf hashes.
 fn stored_root(
     conn: &Connection,
@@ -257,7 +286,12 @@ pub(super) fn prove(
         .optional()
         .map_err(sqlite_err(path, "finding the record"))?;
     let Some((record, index)) = found else {
-        return Err(tlog_err(path, format!("no record of serial {serial}")));
+        return Err(tlog_err(
+            path,
+            format!(
+                "no record of serial {serial} (never issued here, or retention removed its body)"
+            ),
+        ));
     };
     let record = record?;
     let index = index
@@ -296,6 +330,9 @@ pub struct Verified {
     pub records: u64,
     /// Checkpoints whose signature and root were checked.
     pub checkpoints: u64,
+    /// Records whose body retention removed (their stored leaf hash was
+    /// used, checked through the tree).
+    pub pruned: u64,
 }
 
 /// Recomputes every record's leaf and the tree, in leaf order, and checks
@@ -328,6 +365,7 @@ pub(super) fn verify(
     };
     let mut frontier = Frontier::new();
     let mut checked = 0;
+    let mut pruned_count = 0;
     let mut check_due = |frontier: &Frontier, checkpoints: &mut Vec<(u64, String)>| {
         while let Some((size, note)) = checkpoints.last() {
             if *size != frontier.size() {
@@ -351,8 +389,9 @@ pub(super) fn verify(
         Ok::<(), AuditError>(())
     };
     check_due(&frontier, &mut checkpoints)?;
-    let sql =
-        format!("SELECT {COLUMNS}, leaf_index, leaf_hash FROM audit_records ORDER BY leaf_index");
+    let sql = format!(
+        "SELECT {COLUMNS}, leaf_index, leaf_hash, pruned FROM audit_records ORDER BY leaf_index"
+    );
     let mut stmt = conn
         .prepare(&sql)
         .map_err(sqlite_err(path, "reading records"))?;
@@ -380,7 +419,18 @@ pub(super) fn verify(
                 ),
             ));
         }
-        let hash = merkle::leaf_hash(&record.leaf_bytes()?);
+        let pruned: i64 = row.get(21).map_err(sqlite_err(path, "reading records"))?;
+        let hash = if pruned != 0 {
+            // Retention removed the body: its stored hash stands for it,
+            // checked against the checkpoints through the tree.
+            pruned_count += 1;
+            stored
+                .as_deref()
+                .and_then(|h| Hash::try_from(h).ok())
+                .ok_or_else(|| tlog_err(path, format!("the pruned {} has no leaf hash", name())))?
+        } else {
+            merkle::leaf_hash(&record.leaf_bytes()?)
+        };
         if stored.as_deref() != Some(&hash[..]) {
             return Err(tlog_err(
                 path,
@@ -425,6 +475,7 @@ pub(super) fn verify(
     Ok(Verified {
         records: frontier.size(),
         checkpoints: checked,
+        pruned: pruned_count,
     })
 }
 

@@ -276,3 +276,42 @@ fn a_schema_1_store_gets_a_leaf_for_every_record() {
     assert_eq!(verified.records, 7);
     assert!(backend.prove("a004").is_ok());
 }
+
+#[test]
+fn retention_removes_old_bodies_and_the_log_still_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let signer = signer();
+    let verifier = signer.verifier();
+    let mut backend = SqliteBackend::open(&path)
+        .unwrap()
+        .with_checkpoints(signer, ORIGIN)
+        .unwrap()
+        .with_retention(Some(std::time::Duration::from_secs(3600)));
+    // Records a second apart from T0; a checkpoint covering the first 10.
+    let all = records(14);
+    backend.append(&all[..10]).unwrap();
+    // An hour and 5 s after T0: records 0..5 are older than the retention;
+    // the checkpoint signed now covers the first 10.
+    let now = T0 + Duration::seconds(3605);
+    assert_eq!(backend.checkpoint(now).unwrap(), Some(10));
+    backend.append(&all[10..]).unwrap();
+    let verified = backend.verify(&verifier, &mut |_, _| {}).unwrap();
+    assert_eq!((verified.records, verified.pruned), (14, 5));
+    // A pruned record's body is gone; its proof cannot be given, others' can.
+    let err = backend.prove("a002").unwrap_err().to_string();
+    assert!(err.contains("retention"), "{err}");
+    assert!(backend.prove("a007").is_ok());
+    let q = crate::audit::AuditQuery {
+        serial: Some("a002".to_owned()),
+        ..Default::default()
+    };
+    assert!(backend.query(&q).unwrap().is_empty());
+    // Later records are never pruned before a checkpoint covers them.
+    assert_eq!(
+        backend.checkpoint(now + Duration::days(1)).unwrap(),
+        Some(14)
+    );
+    let verified = backend.verify(&verifier, &mut |_, _| {}).unwrap();
+    assert_eq!((verified.records, verified.pruned), (14, 14));
+}
