@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
@@ -203,21 +203,9 @@ impl InjectorServer {
             );
         }
         let started = tokio::time::Instant::now();
-        let body = match Limited::new(req.into_body(), MAX_REVIEW_BYTES)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
-                let err = if e.is::<http_body_util::LengthLimitError>() {
-                    ReviewError::TooLarge {
-                        size: MAX_REVIEW_BYTES + 1,
-                    }
-                } else {
-                    ReviewError::NotJson(format!("reading the body: {e}"))
-                };
-                return self.bad_request(&err, started);
-            }
+        let body = match read_body(req.into_body()).await {
+            Ok(body) => body,
+            Err(err) => return self.bad_request(&err, started),
         };
         let labels = &self.namespace_labels;
         match review::answer(&body, |ns| labels(ns), &self.config) {
@@ -266,4 +254,53 @@ fn text(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
         .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(Full::new(Bytes::from(format!("{message}\n"))))
         .unwrap_or_default()
+}
+
+/// Bytes of a too-large body read and thrown away before the answer, so
+/// the client (which is still sending) reads the 400 instead of a reset
+/// connection; past this, the connection is simply closed.
+const DRAIN_LIMIT: usize = 4 * MAX_REVIEW_BYTES;
+
+/// How long reading a body (or draining a too-large one) may take.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// The request body, at most [`MAX_REVIEW_BYTES`] (rule enforced: no more
+/// is ever held in memory); a larger one is read on and discarded, up to
+/// [`DRAIN_LIMIT`] bytes and [`DRAIN_TIME`], so the answer reaches the client.
+async fn read_body(mut body: Incoming) -> Result<Bytes, ReviewError> {
+    let mut kept = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    let reading = async {
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| ReviewError::NotJson(format!("reading the body: {e}")))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            seen = seen.saturating_add(data.len());
+            if seen <= MAX_REVIEW_BYTES {
+                kept.extend_from_slice(&data);
+            } else {
+                kept = bytes::BytesMut::new();
+                if seen > DRAIN_LIMIT {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    };
+    // A client too slow to send its body gets an answer anyway.
+    let finished = tokio::time::timeout(DRAIN_TIME, reading).await;
+    if seen > MAX_REVIEW_BYTES {
+        return Err(ReviewError::TooLarge {
+            size: MAX_REVIEW_BYTES + 1,
+        });
+    }
+    match finished {
+        Ok(Ok(())) => Ok(kept.freeze()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ReviewError::NotJson(
+            "reading the body: timed out".to_owned(),
+        )),
+    }
 }
