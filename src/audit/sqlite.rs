@@ -288,6 +288,7 @@ impl SqliteBackend {
     /// An inclusion proof of the record of certificate `serial` in the
     /// latest checkpoint.
     pub fn prove(&self, serial: &str) -> Result<tlog::InclusionProof, AuditError> {
+        self.has_log()?;
         tlog::prove(&self.conn, &self.path, serial)
     }
 
@@ -297,7 +298,23 @@ impl SqliteBackend {
         verifier: &NoteVerifier,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<tlog::Verified, AuditError> {
+        self.has_log()?;
         tlog::verify(&self.conn, &self.path, verifier, progress)
+    }
+
+    /// An error naming the fix when the store predates the log (schema 1,
+    /// not yet opened by a CA of this version).
+    fn has_log(&self) -> Result<(), AuditError> {
+        match self.schema_version()? {
+            Some(version) if version >= 2 => Ok(()),
+            found => Err(AuditError::Tlog {
+                path: self.path.clone(),
+                detail: format!(
+                    "this store has no transparency log yet (schema {}): start the CA on it once to add one",
+                    found.unwrap_or(0)
+                ),
+            }),
+        }
     }
 
     /// Calls `each` with every record matching `q`, oldest first, one row at a

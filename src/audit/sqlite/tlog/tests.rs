@@ -264,6 +264,10 @@ fn a_schema_1_store_gets_a_leaf_for_every_record() {
             .unwrap();
         }
     }
+    let read_only = SqliteBackend::open_read_only(&path).unwrap();
+    let err = read_only.prove("a001").unwrap_err().to_string();
+    assert!(err.contains("no transparency log yet (schema 1)"), "{err}");
+    drop(read_only);
     let signer = signer();
     let verifier = signer.verifier();
     let mut backend = SqliteBackend::open(&path)
