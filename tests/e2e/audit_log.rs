@@ -39,6 +39,23 @@ record = json.loads(leaf)
 print("ok", record["serial"])
 "#;
 
+/// `n` certificates for the web pod, each with a fresh key.
+async fn issue(
+    env: &meshid::test_helpers::TestEnv,
+    ca: &meshid::test_helpers::InProcessCa,
+    n: usize,
+) {
+    let token = web_token(env);
+    let mut client = ca.client(&env.root_pem()).await.unwrap();
+    for _ in 0..n {
+        let (_key, csr) = key_and_csr(&env.id("default", "web"));
+        client
+            .create_certificate(request(&csr, 600, Some(&token), None))
+            .await
+            .unwrap();
+    }
+}
+
 fn meshid(args: &[&str], data_dir: &std::path::Path) -> std::process::Output {
     Command::new(bin())
         .args(args)
@@ -51,15 +68,7 @@ fn meshid(args: &[&str], data_dir: &std::path::Path) -> std::process::Output {
 #[tokio::test]
 async fn every_certificate_is_proved_in_a_signed_checkpoint_and_an_edit_is_named() {
     let (env, ca) = ca_with_web_pod(&["--audit-checkpoint-every", "200ms"]);
-    let token = web_token(&env);
-    let mut client = ca.client(&env.root_pem()).await.unwrap();
-    for _ in 0..5 {
-        let (_key, csr) = key_and_csr(&env.id("default", "web"));
-        client
-            .create_certificate(request(&csr, 600, Some(&token), None))
-            .await
-            .unwrap();
-    }
+    issue(&env, &ca, 5).await;
     let rows = audit_rows(&env);
     // Ours, and any the CA issued for itself (its serving certificate).
     let serials: Vec<String> = rows.iter().filter_map(|r| r.serial.clone()).collect();
@@ -201,15 +210,7 @@ async fn retention_removes_old_bodies_and_the_log_still_verifies() {
         "--audit-retention",
         "1s",
     ]);
-    let token = web_token(&env);
-    let mut client = ca.client(&env.root_pem()).await.unwrap();
-    for _ in 0..3 {
-        let (_key, csr) = key_and_csr(&env.id("default", "web"));
-        client
-            .create_certificate(request(&csr, 600, Some(&token), None))
-            .await
-            .unwrap();
-    }
+    issue(&env, &ca, 3).await;
     let rows = audit_rows(&env);
     let serial = rows.iter().rev().find_map(|r| r.serial.clone()).unwrap();
     let everything = format!("{} records ({} of them pruned", rows.len(), rows.len());

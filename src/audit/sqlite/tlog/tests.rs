@@ -31,17 +31,28 @@ fn signer() -> NoteSigner {
     NoteSigner::from_pkcs8(ORIGIN, &NoteSigner::generate_pkcs8().unwrap()).unwrap()
 }
 
-/// A store with `n` records appended in batches of 7 and checkpoints
-/// signed after the first batch and at the end.
-fn store(n: usize) -> (tempfile::TempDir, std::path::PathBuf, NoteVerifier) {
+/// An empty store whose checkpoints are signed; its verifier.
+fn signing_store() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    NoteVerifier,
+    SqliteBackend,
+) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.db");
     let signer = signer();
     let verifier = signer.verifier();
-    let mut backend = SqliteBackend::open(&path)
+    let backend = SqliteBackend::open(&path)
         .unwrap()
         .with_checkpoints(signer, ORIGIN)
         .unwrap();
+    (dir, path, verifier, backend)
+}
+
+/// A store with `n` records appended in batches of 7 and checkpoints
+/// signed after the first batch and at the end.
+fn store(n: usize) -> (tempfile::TempDir, std::path::PathBuf, NoteVerifier) {
+    let (dir, path, verifier, mut backend) = signing_store();
     for (i, batch) in records(n).chunks(7).enumerate() {
         backend.append(batch).unwrap();
         if i == 0 {
@@ -283,15 +294,8 @@ fn a_schema_1_store_gets_a_leaf_for_every_record() {
 
 #[test]
 fn retention_removes_old_bodies_and_the_log_still_verifies() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.db");
-    let signer = signer();
-    let verifier = signer.verifier();
-    let mut backend = SqliteBackend::open(&path)
-        .unwrap()
-        .with_checkpoints(signer, ORIGIN)
-        .unwrap()
-        .with_retention(Some(std::time::Duration::from_secs(3600)));
+    let (_dir, _path, verifier, backend) = signing_store();
+    let mut backend = backend.with_retention(Some(std::time::Duration::from_secs(3600)));
     // Records a second apart from T0; a checkpoint covering the first 10.
     let all = records(14);
     backend.append(&all[..10]).unwrap();
