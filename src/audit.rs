@@ -35,6 +35,7 @@ pub mod record;
 pub mod sqlite;
 pub mod store;
 pub mod tlog;
+pub mod tree;
 
 pub use query::{render_json, render_table, AuditQuery};
 pub use record::{AuditRecord, Outcome};

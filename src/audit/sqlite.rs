@@ -21,11 +21,12 @@ use super::query::AuditQuery;
 use super::record::AuditRecord;
 use super::store::AuditBackend;
 use super::tlog::note::{NoteSigner, NoteVerifier};
+use super::tree::{self, TreeRows as _};
 use super::AuditError;
 
 /// The schema version this build writes and reads. Bump it with a migration in
 /// [`SqliteBackend::open`] when the table changes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// How long a connection waits for the other side (CA writer or CLI reader) to
 /// release a lock before giving up.
@@ -226,6 +227,14 @@ impl SqliteBackend {
         }
     }
 
+    /// The log's rows over this connection.
+    fn rows(&self) -> tlog::SqliteRows<'_> {
+        tlog::SqliteRows {
+            conn: &self.conn,
+            path: &self.path,
+        }
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -239,12 +248,18 @@ impl SqliteBackend {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sqlite_err(&path, "creating the schema"))?;
         match schema_version(&tx, &path)? {
-            Some(1) => tlog::migrate_from_v1(&tx, &path)?,
+            Some(1) => {
+                tlog::migrate_from_v1(&tx, &path)?;
+                tlog::migrate_from_v2(&tx, &path)?;
+            }
+            Some(2) => tlog::migrate_from_v2(&tx, &path)?,
             Some(found) => check_version(&path, found)?,
             None => {
                 tx.execute_batch(SCHEMA)
                     .map_err(sqlite_err(&path, "creating the schema"))?;
                 tx.execute_batch(tlog::SCHEMA)
+                    .map_err(sqlite_err(&path, "creating the schema"))?;
+                tx.execute_batch(tlog::NODES_SCHEMA)
                     .map_err(sqlite_err(&path, "creating the schema"))?;
                 tx.execute(
                     "INSERT INTO meshid_audit_schema (version) VALUES (?1)",
@@ -280,16 +295,16 @@ impl SqliteBackend {
         signer: NoteSigner,
         origin: &str,
     ) -> Result<Self, AuditError> {
-        tlog::check_latest(&self.conn, &self.path, &signer.verifier())?;
+        tree::check_latest(&mut self.rows(), &signer.verifier())?;
         self.signer = Some((signer, origin.to_owned()));
         Ok(self)
     }
 
     /// An inclusion proof of the record of certificate `serial` in the
     /// latest checkpoint.
-    pub fn prove(&self, serial: &str) -> Result<tlog::InclusionProof, AuditError> {
+    pub fn prove(&self, serial: &str) -> Result<tree::InclusionProof, AuditError> {
         self.has_log()?;
-        tlog::prove(&self.conn, &self.path, serial)
+        tree::prove(&mut self.rows(), serial)
     }
 
     /// Recomputes the log and checks every checkpoint (see [`tlog::verify`]).
@@ -297,20 +312,20 @@ impl SqliteBackend {
         &self,
         verifier: &NoteVerifier,
         progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<tlog::Verified, AuditError> {
+    ) -> Result<tree::Verified, AuditError> {
         self.has_log()?;
-        tlog::verify(&self.conn, &self.path, verifier, progress)
+        tree::verify(&mut self.rows(), verifier, progress)
     }
 
     /// An error naming the fix when the store predates the log (schema 1,
     /// not yet opened by a CA of this version).
     fn has_log(&self) -> Result<(), AuditError> {
         match self.schema_version()? {
-            Some(version) if version >= 2 => Ok(()),
+            Some(version) if version >= 3 => Ok(()),
             found => Err(AuditError::Tlog {
                 path: self.path.clone(),
                 detail: format!(
-                    "this store has no transparency log yet (schema {}): start the CA on it once to add one",
+                    "this store's transparency log is incomplete (schema {}): start the CA on it once to complete it",
                     found.unwrap_or(0)
                 ),
             }),
@@ -380,7 +395,12 @@ impl AuditBackend for SqliteBackend {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err())?;
         // Under the write lock: this batch's leaves follow the tree's last.
-        let mut frontier = tlog::load_frontier(&tx, &path)?;
+        let mut frontier = tlog::SqliteRows {
+            conn: &tx,
+            path: &path,
+        }
+        .frontier()?;
+        let old_size = frontier.size();
         {
             let mut insert = tx.prepare_cached(INSERT).map_err(err())?;
             for rec in batch {
@@ -415,6 +435,14 @@ impl AuditBackend for SqliteBackend {
                     .map_err(err())?;
             }
         }
+        tree::seal_nodes(
+            &mut tlog::SqliteRows {
+                conn: &tx,
+                path: &path,
+            },
+            old_size,
+            frontier.size(),
+        )?;
         tlog::save_frontier(&tx, &path, &frontier)?;
         tx.commit().map_err(err())
     }

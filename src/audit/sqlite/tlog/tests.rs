@@ -170,6 +170,70 @@ fn every_record_is_a_leaf_whose_proof_checks_with_the_rfc_alone() {
     assert_eq!((verified.records, verified.checkpoints), (23, 2));
 }
 
+/// Whether the proof of record `i` of [`records`] checks with the RFC alone.
+fn proof_checks(backend: &SqliteBackend, verifier: &NoteVerifier, i: usize) -> bool {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let proof = backend.prove(&format!("{:04x}", 0xa000 + i)).unwrap();
+    assert_eq!(proof.leaf_index, i as u64);
+    let leaf = b64.decode(&proof.leaf).unwrap();
+    let hashes: Vec<[u8; 32]> = proof
+        .proof
+        .iter()
+        .map(|h| b64.decode(h).unwrap().try_into().unwrap())
+        .collect();
+    let (size, root) = open_note(&proof.checkpoint, &verifier.verifier_key());
+    rfc9162_inclusion(proof.leaf_index, size, &leaf, &hashes, &root)
+}
+
+#[test]
+fn proofs_read_from_stored_nodes_check_with_the_rfc_alone() {
+    // 700 leaves: two complete nodes of 256 and a partial right edge.
+    let (_dir, path, verifier) = store(700);
+    let backend = SqliteBackend::open_read_only(&path).unwrap();
+    for i in [0, 1, 255, 256, 300, 511, 512, 640, 698, 699] {
+        assert!(proof_checks(&backend, &verifier, i), "leaf {i}");
+    }
+    let verified = backend.verify(&verifier, &mut |_, _| {}).unwrap();
+    assert_eq!(verified.records, 700);
+}
+
+#[test]
+fn verify_names_a_stored_node_changed_behind_the_store() {
+    let (_dir, path, verifier) = store(600);
+    sql(
+        &path,
+        "UPDATE tlog_nodes SET hash = zeroblob(32) WHERE level = 1 AND idx = 1",
+    );
+    let error = verify_error(&path, &verifier);
+    assert!(
+        error.contains("node 1 of level 1 (leaves 256..512)"),
+        "{error}"
+    );
+    // A proof through the changed node does not check.
+    let backend = SqliteBackend::open_read_only(&path).unwrap();
+    assert!(!proof_checks(&backend, &verifier, 550));
+}
+
+#[test]
+fn a_schema_2_store_gets_its_nodes_when_the_ca_opens_it() {
+    let (_dir, path, verifier) = store(520);
+    sql(
+        &path,
+        "DROP TABLE tlog_nodes; UPDATE meshid_audit_schema SET version = 2",
+    );
+    let read_only = SqliteBackend::open_read_only(&path).unwrap();
+    let err = read_only.prove("a001").unwrap_err().to_string();
+    assert!(err.contains("start the CA on it once"), "{err}");
+    drop(read_only);
+    drop(SqliteBackend::open(&path).unwrap());
+    let backend = SqliteBackend::open_read_only(&path).unwrap();
+    assert!(proof_checks(&backend, &verifier, 515));
+    assert_eq!(
+        backend.verify(&verifier, &mut |_, _| {}).unwrap().records,
+        520
+    );
+}
+
 fn sql(path: &std::path::Path, statement: &str) {
     let conn = rusqlite::Connection::open(path).unwrap();
     conn.execute_batch(statement).unwrap();
@@ -277,7 +341,7 @@ fn a_schema_1_store_gets_a_leaf_for_every_record() {
     }
     let read_only = SqliteBackend::open_read_only(&path).unwrap();
     let err = read_only.prove("a001").unwrap_err().to_string();
-    assert!(err.contains("no transparency log yet (schema 1)"), "{err}");
+    assert!(err.contains("log is incomplete (schema 1)"), "{err}");
     drop(read_only);
     let signer = signer();
     let verifier = signer.verifier();
