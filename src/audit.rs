@@ -30,6 +30,7 @@ use time::OffsetDateTime;
 
 pub mod checkpoint_key;
 pub mod http;
+pub mod postgres;
 pub mod query;
 pub mod record;
 pub mod sqlite;
@@ -59,6 +60,28 @@ pub enum AuditError {
         /// The SQLite error.
         #[source]
         source: rusqlite::Error,
+    },
+
+    /// A PostgreSQL operation on the audit store failed (the store is named
+    /// without its password).
+    #[error("audit store {store}: {context} failed")]
+    Postgres {
+        /// `postgres://USER@HOST:PORT/DB`.
+        store: String,
+        /// What we were doing.
+        context: &'static str,
+        /// The client's error (it names the cause: refused, timed out, wrong password…).
+        #[source]
+        source: ::postgres::Error,
+    },
+
+    /// The audit store's settings are wrong, or it cannot be reached.
+    #[error("audit store {store}: {detail}")]
+    StoreConfig {
+        /// The store (no password).
+        store: String,
+        /// What is wrong.
+        detail: String,
     },
 
     /// A file-system operation on the audit store failed.

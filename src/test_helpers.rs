@@ -20,6 +20,7 @@ pub mod env;
 pub mod in_process;
 pub mod kube_api;
 pub mod netns;
+pub mod postgres;
 pub mod process;
 
 pub use bench_args::{cli_arg, cli_flag, cli_value};
