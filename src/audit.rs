@@ -30,6 +30,7 @@ use time::OffsetDateTime;
 
 pub mod checkpoint_key;
 pub mod http;
+pub mod location;
 pub mod postgres;
 pub mod query;
 pub mod record;
@@ -38,6 +39,7 @@ pub mod store;
 pub mod tlog;
 pub mod tree;
 
+pub use location::{AuditReader, StoreLocation};
 pub use query::{render_json, render_table, AuditQuery};
 pub use record::{AuditRecord, Outcome};
 pub use sqlite::{read_sqlite, ReadError, SqliteBackend};

@@ -49,7 +49,18 @@ pub fn origin(trust_domain: &str) -> String {
 
 /// The signer of `data_dir`, created on first use; writes its verifier key.
 pub fn load_or_create(data_dir: &Path, origin: &str) -> Result<NoteSigner, CheckpointKeyError> {
-    let path = data_dir.join(KEY_FILE);
+    load_or_create_at(&data_dir.join(KEY_FILE), data_dir, origin)
+}
+
+/// The signer whose PKCS#8 key is at `path` (`--audit-checkpoint-key`, shared
+/// by replicas), created there on first use; writes its verifier key in
+/// `data_dir`.
+pub fn load_or_create_at(
+    path: &Path,
+    data_dir: &Path,
+    origin: &str,
+) -> Result<NoteSigner, CheckpointKeyError> {
+    let path = path.to_owned();
     let io = |context| {
         let path = path.clone();
         move |source| CheckpointKeyError::Io {
@@ -78,14 +89,20 @@ pub fn load_or_create(data_dir: &Path, origin: &str) -> Result<NoteSigner, Check
         Err(e) => return Err(io("reading")(e)),
     };
     let signer = NoteSigner::from_pkcs8(origin, &pkcs8).map_err(|e| invalid(e.to_string()))?;
+    write_verifier(data_dir, &signer)?;
+    Ok(signer)
+}
+
+/// Writes `signer`'s verifier key in `data_dir` (public), for
+/// `meshid audit checkpoint-key` and `audit verify`.
+pub fn write_verifier(data_dir: &Path, signer: &NoteSigner) -> Result<(), CheckpointKeyError> {
     let vkey = data_dir.join(VERIFIER_FILE);
     crate::secret_file::write_public(&vkey, format!("{}\n", signer.verifier_key()).as_bytes())
         .map_err(|source| CheckpointKeyError::Io {
             path: vkey,
             context: "writing the verifier key",
             source,
-        })?;
-    Ok(signer)
+        })
 }
 
 /// The verifier key written by the CA in `data_dir`.

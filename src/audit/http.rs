@@ -2,13 +2,14 @@
 //! `GET /audit/checkpoint` (the latest signed checkpoint, as C2SP's
 //! `tlog-tiles` serves its `checkpoint`) and `GET /audit/proof/{serial}`
 //! (what `meshid audit prove -o json` prints). Tiles are not served: the
-//! store keeps leaf hashes, not tiles.
+//! store keeps nodes at tile boundaries, not C2SP's tile files.
 //!
-//! Rule enforced: read-only (a read-only connection per request, on a
-//! blocking thread); a record is served only as part of its proof, to
-//! whoever can reach the metrics port: keep that port inside the cluster.
+//! Rule enforced: read-only (a reader connection, kept between requests,
+//! used on a blocking thread); a record is served only as part of its
+//! proof, to whoever can reach the metrics port: keep that port inside the
+//! cluster.
 
-use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::Path;
 use axum::http::{header, StatusCode};
@@ -16,18 +17,29 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use super::{AuditError, SqliteBackend};
+use super::{AuditError, AuditReader, StoreLocation};
 
-/// The routes, reading the store at `db`.
-pub fn routes(db: PathBuf) -> Router {
-    let for_proof = db.clone();
+/// One reader connection, opened on first use and reopened after an error.
+#[derive(Clone)]
+struct Reader {
+    location: StoreLocation,
+    open: Arc<Mutex<Option<Box<dyn AuditReader>>>>,
+}
+
+/// The routes, reading the store at `location`.
+pub fn routes(location: StoreLocation) -> Router {
+    let reader = Reader {
+        location,
+        open: Arc::new(Mutex::new(None)),
+    };
+    let for_proof = reader.clone();
     Router::new()
         .route(
             "/audit/checkpoint",
             get(move || {
-                let db = db.clone();
+                let reader = reader.clone();
                 async move {
-                    read(db, |store| store.latest_checkpoint())
+                    read(reader, |store| store.latest_checkpoint())
                         .await
                         .map(|latest| match latest {
                             Some((_, note)) => {
@@ -43,10 +55,10 @@ pub fn routes(db: PathBuf) -> Router {
         .route(
             "/audit/proof/{serial}",
             get(move |Path(serial): Path<String>| {
-                let db = for_proof.clone();
+                let reader = for_proof.clone();
                 async move {
                     let serial = serial.to_ascii_lowercase();
-                    read(db, move |store| store.prove(&serial))
+                    read(reader, move |store| store.prove(&serial))
                         .await
                         .map(|proof| match serde_json::to_string_pretty(&proof) {
                             Ok(json) => {
@@ -62,15 +74,27 @@ pub fn routes(db: PathBuf) -> Router {
         )
 }
 
-/// Runs `f` on a read-only connection to `db` on a blocking thread; an
-/// error becomes its answer (404 for what is not there, 503 otherwise).
+/// Runs `f` on the reader connection on a blocking thread; an error
+/// becomes its answer (404 for what is not there, 503 otherwise, and the
+/// connection is reopened next time).
 async fn read<T: Send + 'static>(
-    db: PathBuf,
-    f: impl FnOnce(&SqliteBackend) -> Result<T, AuditError> + Send + 'static,
+    reader: Reader,
+    f: impl FnOnce(&mut dyn AuditReader) -> Result<T, AuditError> + Send + 'static,
 ) -> Result<T, Response> {
     let answer = tokio::task::spawn_blocking(move || {
-        let store = SqliteBackend::open_read_only(&db)?;
-        f(&store)
+        let mut open = reader.open.lock().unwrap_or_else(|e| e.into_inner());
+        let store = match open.as_mut() {
+            Some(store) => store,
+            None => open.insert(reader.location.open_reader()?),
+        };
+        let result = f(store.as_mut());
+        if matches!(
+            result,
+            Err(AuditError::Postgres { .. } | AuditError::StoreConfig { .. })
+        ) {
+            *open = None;
+        }
+        result
     })
     .await;
     match answer {

@@ -86,6 +86,10 @@ CREATE TABLE tlog_checkpoints (
     time_unix_nanos BIGINT NOT NULL,
     note TEXT NOT NULL
 );
+CREATE TABLE meshid_audit_key (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    verifier_key TEXT NOT NULL
+);
 CREATE TABLE tlog_nodes (
     level INTEGER NOT NULL,
     idx BIGINT NOT NULL,
@@ -397,11 +401,42 @@ impl PgStore {
     /// Signs the log's checkpoints with `signer` under `origin`, after
     /// checking that the latest checkpoint in the store is ours and matches
     /// the stored tree ([`tree::check_latest`]).
+    ///
+    /// The store records the first verifier key it is given and refuses a
+    /// CA with another (every replica must sign with the same key, or the
+    /// log could not be verified with one).
     pub fn with_checkpoints(
         mut self,
         signer: NoteSigner,
         origin: &str,
     ) -> Result<Self, AuditError> {
+        let mine = signer.verifier_key();
+        let connect = self.connect.clone();
+        let client = self.client()?;
+        client
+            .execute(
+                "INSERT INTO meshid_audit_key (id, verifier_key) VALUES (1, $1) \
+                 ON CONFLICT (id) DO NOTHING",
+                &[&mine],
+            )
+            .map_err(connect.err("recording the checkpoint key"))?;
+        let theirs: String = client
+            .query_one(
+                "SELECT verifier_key FROM meshid_audit_key WHERE id = 1",
+                &[],
+            )
+            .map_err(connect.err("reading the checkpoint key"))?
+            .get(0);
+        if theirs != mine {
+            return Err(AuditError::StoreConfig {
+                store: connect.name.display().to_string(),
+                detail: format!(
+                    "its checkpoints are signed by {theirs}, this CA's key is {mine}: give every \
+                     replica the same checkpoint key (Secret meshid-audit-checkpoint-key, or \
+                     --audit-checkpoint-key)"
+                ),
+            });
+        }
         tree::check_latest(&mut self.rows()?, &signer.verifier())?;
         self.signer = Some((signer, origin.to_owned()));
         Ok(self)
@@ -446,6 +481,19 @@ impl PgStore {
         )?;
         tx.commit().map_err(connect.err("finishing the check"))?;
         Ok(verified)
+    }
+
+    /// The verifier key recorded by the first CA that signed into this store.
+    pub fn recorded_verifier(&mut self) -> Result<Option<String>, AuditError> {
+        let connect = self.connect.clone();
+        let row = self
+            .client()?
+            .query_opt(
+                "SELECT verifier_key FROM meshid_audit_key WHERE id = 1",
+                &[],
+            )
+            .map_err(connect.err("reading the checkpoint key"))?;
+        Ok(row.map(|r| r.get(0)))
     }
 
     /// The latest signed checkpoint: (tree size, signed note).

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::audit::{AuditError, AuditLog, GroupCommitConfig, SqliteBackend};
+use crate::audit::{AuditError, AuditLog, GroupCommitConfig, StoreLocation};
 use crate::ca::config::CaConfig;
 use crate::ca::issuer::CaDeps;
 use crate::ca::kube::root_distribution;
@@ -46,6 +46,11 @@ pub struct CaSetup {
     pub audit_checkpoint_every: Duration,
     /// Bodies of audit records older than this are removed (leaf hashes stay).
     pub audit_retention: Option<Duration>,
+    /// The audit store; `None`: `DATA_DIR/audit.db`.
+    pub audit_store: Option<StoreLocation>,
+    /// The checkpoint-signing key's file (shared by replicas); `None`:
+    /// `DATA_DIR/audit-checkpoint-key.pk8`.
+    pub audit_checkpoint_key: Option<PathBuf>,
     /// Where facts come from.
     pub platform: CaPlatform,
     /// Time.
@@ -170,10 +175,10 @@ pub enum BuildError {
     CheckpointKey(crate::audit::checkpoint_key::CheckpointKeyError),
 
     /// The audit store could not be opened.
-    #[error("opening the audit store {}", path.display())]
+    #[error("opening the audit store {store}")]
     Audit {
-        /// The database.
-        path: PathBuf,
+        /// The store (a path, or a DSN without password).
+        store: String,
         /// What is wrong.
         #[source]
         source: Box<AuditError>,
@@ -198,6 +203,8 @@ pub async fn build(setup: CaSetup, shutdown: Shutdown) -> Result<CaServer, Build
         audit_commit_delay,
         audit_checkpoint_every,
         audit_retention,
+        audit_store,
+        audit_checkpoint_key,
         platform,
         clock,
     } = setup;
@@ -256,20 +263,37 @@ pub async fn build(setup: CaSetup, shutdown: Shutdown) -> Result<CaServer, Build
             source,
         })?;
 
-    let audit_path = data_dir.join("audit.db");
-    let audit_path_for_http = audit_path.clone();
+    let audit_store =
+        audit_store.unwrap_or_else(|| StoreLocation::Sqlite(data_dir.join("audit.db")));
     let origin = crate::audit::checkpoint_key::origin(config.trust_domain.as_str());
-    let signer = crate::audit::checkpoint_key::load_or_create(&data_dir, &origin)
-        .map_err(BuildError::CheckpointKey)?;
-    let backend = SqliteBackend::open(&audit_path)
-        .and_then(|backend| backend.with_checkpoints(signer, &origin))
-        .map(|backend| backend.with_retention(audit_retention))
-        .map_err(|source| BuildError::Audit {
-            path: audit_path,
-            source: Box::new(source),
-        })?;
+    let signer = match &audit_checkpoint_key {
+        Some(key) => crate::audit::checkpoint_key::load_or_create_at(key, &data_dir, &origin),
+        None => crate::audit::checkpoint_key::load_or_create(&data_dir, &origin),
+    }
+    .map_err(BuildError::CheckpointKey)?;
+    if !audit_store.is_shared() {
+        tracing::debug!(store = %audit_store.name(), "audit store: SQLite (single replica)");
+    }
+    // A PostgreSQL client runs on a runtime of its own: open it off the
+    // async threads (the writer thread owns it from then on).
+    let opening = audit_store.clone();
+    let backend =
+        tokio::task::spawn_blocking(move || opening.open_writer(signer, &origin, audit_retention))
+            .await
+            .map_err(|e| BuildError::Audit {
+                store: audit_store.name(),
+                source: Box::new(AuditError::StoreConfig {
+                    store: audit_store.name(),
+                    detail: format!("the opening task failed: {e}"),
+                }),
+            })?
+            .map_err(|source| BuildError::Audit {
+                store: audit_store.name(),
+                source: Box::new(source),
+            })?;
+    tracing::info!(store = %audit_store.name(), "audit store open");
     let audit = AuditLog::start(
-        Box::new(backend),
+        backend,
         GroupCommitConfig {
             commit_delay: audit_commit_delay,
             ..GroupCommitConfig::default()
@@ -300,7 +324,7 @@ pub async fn build(setup: CaSetup, shutdown: Shutdown) -> Result<CaServer, Build
         authority: Arc::new(authority),
         clock,
         metrics,
-        http: crate::audit::http::routes(audit_path_for_http),
+        http: crate::audit::http::routes(audit_store),
     };
     Ok(CaServer::start(config, deps, registry, shutdown).await?)
 }

@@ -1,7 +1,7 @@
 //! `meshid audit …`: read the audit store (while the CA runs, too) and
 //! check its transparency log: `list`, `export`, `checkpoint-key`, `prove`, `verify`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -9,7 +9,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use crate::audit::checkpoint_key;
 use crate::audit::tlog::note::NoteVerifier;
-use crate::audit::{read_sqlite, render_json, render_table, AuditQuery, Outcome, SqliteBackend};
+use crate::audit::{read_sqlite, render_json, render_table, AuditQuery, Outcome, StoreLocation};
 
 /// `meshid audit …`
 #[derive(Debug, Subcommand)]
@@ -52,6 +52,42 @@ pub struct StoreArgs {
     /// Data directory holding audit.db and the checkpoint key.
     #[arg(long, env = "MESHID_DATA_DIR", default_value = "meshid-data")]
     pub data_dir: PathBuf,
+    /// The audit store.
+    #[command(flatten)]
+    pub store: AuditStoreArgs,
+}
+
+impl StoreArgs {
+    fn location(&self) -> anyhow::Result<StoreLocation> {
+        self.store.location(&self.data_dir)
+    }
+}
+
+/// Which audit store (`meshid ca` and every `meshid audit …` command).
+#[derive(Debug, Clone, Args)]
+pub struct AuditStoreArgs {
+    /// The audit store: a SQLite file (default: DATA_DIR/audit.db) or postgres://USER@HOST:PORT/DB, which several CA replicas share. A password in it is never printed; prefer --audit-store-password-file.
+    #[arg(long, env = "MESHID_AUDIT_STORE", hide_env_values = true)]
+    pub audit_store: Option<String>,
+    /// A file holding the PostgreSQL password (trailing newline ignored).
+    #[arg(long, env = "MESHID_AUDIT_STORE_PASSWORD_FILE")]
+    pub audit_store_password_file: Option<PathBuf>,
+    /// PEM CA certificate(s) of the PostgreSQL server: connects over TLS and verifies the server's certificate and host name against them.
+    #[arg(long, env = "MESHID_AUDIT_STORE_CA_FILE")]
+    pub audit_store_ca_file: Option<PathBuf>,
+}
+
+impl AuditStoreArgs {
+    /// The store these flags name (`data_dir` holds the default SQLite file).
+    pub fn location(&self, data_dir: &Path) -> anyhow::Result<StoreLocation> {
+        StoreLocation::parse(
+            self.audit_store.as_deref(),
+            data_dir,
+            self.audit_store_password_file.clone(),
+            self.audit_store_ca_file.clone(),
+        )
+        .map_err(anyhow::Error::msg)
+    }
 }
 
 /// Flags of `meshid audit prove`.
@@ -96,9 +132,8 @@ pub enum OutputFormat {
 /// Flags of `meshid audit list`.
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Data directory holding audit.db.
-    #[arg(long, env = "MESHID_DATA_DIR", default_value = "meshid-data")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Only this namespace.
     #[arg(short = 'n', long, env = "MESHID_NAMESPACE")]
     pub namespace: Option<String>,
@@ -127,17 +162,27 @@ fn parse_outcome(s: &str) -> Result<Outcome, String> {
         .map_err(|_| format!("{s:?} is not an outcome: use issued or refused"))
 }
 
-/// Runs `meshid audit …`.
+/// Runs `meshid audit …` (on a blocking thread: a PostgreSQL client runs
+/// a runtime of its own).
 pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || run_blocking(cmd)).await?
+}
+
+fn run_blocking(cmd: AuditCommand) -> anyhow::Result<()> {
     match cmd {
         AuditCommand::List(args) => list(args),
         AuditCommand::CheckpointKey(args) => {
-            let verifier = checkpoint_key::read_verifier(&args.data_dir)?;
-            println!("{}", verifier.verifier_key());
+            let verifier = match args.location()? {
+                StoreLocation::Sqlite(_) => checkpoint_key::read_verifier(&args.data_dir)?
+                    .verifier_key()
+                    .to_owned(),
+                shared => recorded_verifier(&shared)?,
+            };
+            println!("{verifier}");
             Ok(())
         }
         AuditCommand::Prove(args) => {
-            let store = SqliteBackend::open_read_only(&args.store.data_dir.join("audit.db"))?;
+            let mut store = args.store.location()?.open_reader()?;
             let proof = store.prove(&args.serial.to_ascii_lowercase())?;
             match args.output {
                 ProveFormat::Json => println!("{}", serde_json::to_string_pretty(&proof)?),
@@ -149,15 +194,33 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
     }
 }
 
+/// The verifier key recorded in a shared store by the first CA that signed.
+fn recorded_verifier(location: &StoreLocation) -> anyhow::Result<String> {
+    location.open_reader()?.recorded_verifier()?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: no CA has signed a checkpoint into this store yet",
+            location.name()
+        )
+    })
+}
+
 // The progress line shows real elapsed time.
 #[allow(clippy::disallowed_methods)]
 fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     use std::io::IsTerminal as _;
-    let verifier = match &args.verifier_key {
-        Some(key) => NoteVerifier::parse(key).context("--verifier-key")?,
-        None => checkpoint_key::read_verifier(&args.store.data_dir)?,
+    let location = args.store.location()?;
+    let verifier = match (&args.verifier_key, &location) {
+        (Some(key), _) => NoteVerifier::parse(key).context("--verifier-key")?,
+        (None, StoreLocation::Sqlite(_)) => checkpoint_key::read_verifier(&args.store.data_dir)?,
+        (None, shared) => {
+            eprintln!(
+                "checking against the verifier key recorded in the store; pass --verifier-key to check against one kept elsewhere"
+            );
+            NoteVerifier::parse(&recorded_verifier(shared)?)
+                .context("the verifier key recorded in the store")?
+        }
     };
-    let store = SqliteBackend::open_read_only(&args.store.data_dir.join("audit.db"))?;
+    let mut store = location.open_reader()?;
     let terminal = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
     let mut progress = |done: u64, total: u64| {
@@ -186,7 +249,7 @@ fn verify(args: VerifyArgs) -> anyhow::Result<()> {
 
 fn export(args: ExportArgs) -> anyhow::Result<()> {
     use std::io::Write as _;
-    let store = SqliteBackend::open_read_only(&args.store.data_dir.join("audit.db"))?;
+    let mut store = args.store.location()?.open_reader()?;
     let query = AuditQuery {
         since: since(args.since)?,
         ..AuditQuery::default()
@@ -212,7 +275,6 @@ fn since(ago: Option<Duration>) -> anyhow::Result<Option<time::OffsetDateTime>> 
 }
 
 fn list(args: ListArgs) -> anyhow::Result<()> {
-    let path = args.data_dir.join("audit.db");
     let since = since(args.since)?;
     let query = AuditQuery {
         namespace: args.namespace,
@@ -222,7 +284,11 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
         serial: args.serial.map(|s| s.to_ascii_lowercase()),
         limit: args.limit,
     };
-    let records = read_sqlite(&path, &query)?;
+    let records = match args.store.location()? {
+        // The one read path for a local store (its errors name the file).
+        StoreLocation::Sqlite(path) => read_sqlite(&path, &query)?,
+        shared => shared.open_reader()?.list(&query)?,
+    };
     let text = match args.output {
         OutputFormat::Table => render_table(&records),
         OutputFormat::Json => render_json(&records),

@@ -96,6 +96,12 @@ pub struct CaArgs {
     /// Remove the bodies of audit records older than this (e.g. 400d) once a checkpoint covers them; their leaf hashes stay, so the log still verifies. Default: keep everything.
     #[arg(long, env = "MESHID_AUDIT_RETENTION", value_parser = super::parse_duration)]
     pub audit_retention: Option<Duration>,
+    /// The audit store and how to reach it.
+    #[command(flatten)]
+    pub audit_store: super::audit::AuditStoreArgs,
+    /// The Ed25519 key (PKCS#8) that signs the audit log's checkpoints; every replica sharing a store needs the same one. Created if missing. Default: DATA_DIR/audit-checkpoint-key.pk8.
+    #[arg(long, env = "MESHID_AUDIT_CHECKPOINT_KEY")]
+    pub audit_checkpoint_key: Option<PathBuf>,
     /// Where facts come from and how tokens are verified.
     #[command(flatten)]
     pub platform: PlatformArgs,
@@ -127,14 +133,15 @@ pub async fn run(args: CaArgs) -> anyhow::Result<()> {
 
 /// Builds every dependency from the flags and starts the CA.
 pub async fn start(args: CaArgs, shutdown: Shutdown) -> anyhow::Result<CaServer> {
-    Ok(ca::build(args.into_setup(None), shutdown).await?)
+    Ok(ca::build(args.into_setup(None)?, shutdown).await?)
 }
 
 impl CaArgs {
     /// The flags as plain settings. `shared`: a local platform already open
     /// and running (`meshid up` shares one among the CA, the agent and
     /// itself).
-    pub fn into_setup(self, shared: Option<Arc<dyn Platform>>) -> CaSetup {
+    pub fn into_setup(self, shared: Option<Arc<dyn Platform>>) -> anyhow::Result<CaSetup> {
+        let audit_store = self.audit_store.location(&self.data_dir)?;
         let platform = match self.platform.platform {
             PlatformKind::Local => CaPlatform::Local {
                 manifests: self.manifests,
@@ -146,7 +153,7 @@ impl CaArgs {
                 pod_name: self.pod_name,
             },
         };
-        CaSetup {
+        Ok(CaSetup {
             config: CaConfig {
                 listen: self.listen,
                 metrics_listen: Some(self.metrics_listen),
@@ -169,8 +176,10 @@ impl CaArgs {
             audit_commit_delay: self.audit_commit_delay,
             audit_checkpoint_every: self.audit_checkpoint_every,
             audit_retention: self.audit_retention,
+            audit_store: Some(audit_store),
+            audit_checkpoint_key: self.audit_checkpoint_key,
             platform,
             clock: system_clock(),
-        }
+        })
     }
 }

@@ -388,6 +388,8 @@ fn ca_setup(
         audit_commit_delay: Duration::from_millis(1),
         audit_checkpoint_every: Duration::from_secs(10),
         audit_retention: None,
+        audit_store: None,
+        audit_checkpoint_key: None,
         platform: CaPlatform::Local {
             manifests: None,
             shared: Some(platform),

@@ -127,7 +127,7 @@ impl InProcessCa {
         ];
         argv.extend(extra.iter().map(|s| (*s).to_owned()));
         let args = Flags::<CaArgs>::try_parse_from(argv).context("meshid ca flags")?;
-        Self::start(args.args.into_setup(None))
+        Self::start(args.args.into_setup(None)?)
     }
 
     /// A CA built from `setup`.
