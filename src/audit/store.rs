@@ -225,6 +225,7 @@ impl AuditLog {
             commit_siblings: cfg.commit_siblings.max(1),
             expected: Arc::clone(&expected),
             stats: Arc::clone(&stats),
+            deferred: std::collections::VecDeque::new(),
             _exited: exited_tx,
         };
         let spawned = std::thread::Builder::new()
@@ -376,9 +377,34 @@ struct Writer {
     commit_siblings: usize,
     expected: Arc<ExpectedCount>,
     stats: Arc<Stats>,
+    /// Records of failed batches, to be recorded as refusals once the store
+    /// takes writes again ([`withheld`]); at most [`MAX_DEFERRED`].
+    deferred: std::collections::VecDeque<AuditRecord>,
     /// Dropped when the thread ends, however it ends: [`AuditLog::shutdown`] waits
     /// for that.
     _exited: oneshot::Sender<()>,
+}
+
+/// The most records of failed batches kept for recording later; beyond, the
+/// newest are only logged.
+const MAX_DEFERRED: usize = 100_000;
+
+/// The record written, once the store is back, for a decision whose batch
+/// failed: its caller got `UNAVAILABLE` and no certificate, whatever the
+/// decision was, so it is a refusal, saying why and what the decision was.
+fn withheld(rec: &AuditRecord, cause: &str) -> AuditRecord {
+    let mut out = rec.clone();
+    let was = match (rec.outcome, &rec.reason) {
+        (super::Outcome::Issued, _) => "issued".to_owned(),
+        (super::Outcome::Refused, Some(reason)) => format!("refused: {reason}"),
+        (super::Outcome::Refused, None) => "refused".to_owned(),
+    };
+    out.outcome = super::Outcome::Refused;
+    out.reason = Some(format!(
+        "withheld: the audit store failed ({cause}), so the caller got UNAVAILABLE and no certificate; \
+         recorded once the store came back (the decision was: {was})"
+    ));
+    out
 }
 
 impl Writer {
@@ -402,6 +428,7 @@ impl Writer {
                     let _ = reply.send(self.backend.query(&q));
                 }
                 Command::Checkpoint(now, reply) => {
+                    self.flush_deferred();
                     let _ = reply.send(self.backend.checkpoint(now));
                 }
                 Command::Append(rec, reply) => {
@@ -415,7 +442,36 @@ impl Writer {
                 }
             }
         }
+        self.flush_deferred();
+        if !self.deferred.is_empty() {
+            tracing::error!(
+                records = self.deferred.len(),
+                "audit writer stopping with records of failed batches it could not write; they are lost"
+            );
+        }
         tracing::debug!("audit writer stopped: every handle is gone and the queue is flushed");
+    }
+
+    /// Writes the records of failed batches, as refusals, if the store takes
+    /// them now; keeps them otherwise.
+    fn flush_deferred(&mut self) {
+        while !self.deferred.is_empty() {
+            let n = self.deferred.len().min(self.max_batch);
+            let batch: Vec<AuditRecord> = self.deferred.iter().take(n).cloned().collect();
+            match self.backend.append(&batch) {
+                Ok(()) => {
+                    self.deferred.drain(..n);
+                    self.stats
+                        .records_committed
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    tracing::warn!(
+                        records = n,
+                        "audit: decisions of failed batches recorded as withheld refusals"
+                    );
+                }
+                Err(_) => return,
+            }
+        }
     }
 
     /// Moves whatever is queued into the batch, up to `max_batch`; returns a query
@@ -487,6 +543,7 @@ impl Writer {
                     // The caller may have given up waiting; its record is stored anyway.
                     let _ = waiter.send(Ok(()));
                 }
+                self.flush_deferred();
             }
             Err(e) => {
                 *self
@@ -500,6 +557,14 @@ impl Writer {
                     batch_len,
                     "audit batch not committed; its requests get no certificate"
                 );
+                let cause = error_chain(&e);
+                for rec in records.iter() {
+                    if self.deferred.len() < MAX_DEFERRED {
+                        self.deferred.push_back(withheld(rec, &cause));
+                    } else {
+                        tracing::error!(record = ?rec, "audit: too many records of failed batches kept; this one is only logged");
+                    }
+                }
                 let source = Arc::new(e);
                 for waiter in waiters.drain(..) {
                     let _ = waiter.send(Err(AuditError::CommitFailed {

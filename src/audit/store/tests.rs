@@ -367,3 +367,58 @@ async fn the_log_is_unhealthy_after_a_failed_commit_and_healthy_again_after_a_go
     assert!(err.contains("deleted"), "{err}");
     assert!(log.record(rec(1)).await.is_err());
 }
+
+/// A real store whose disk is full while `full` is set.
+struct FillableBackend {
+    inner: SqliteBackend,
+    full: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl AuditBackend for FillableBackend {
+    fn append(&mut self, batch: &[AuditRecord]) -> Result<(), AuditError> {
+        if self.full.load(Ordering::SeqCst) {
+            return Err(AuditError::Io {
+                path: PathBuf::from("/full/audit.db"),
+                context: "appending a batch",
+                source: std::io::Error::other("no space left on device"),
+            });
+        }
+        self.inner.append(batch)
+    }
+
+    fn query(&mut self, q: &AuditQuery) -> Result<Vec<AuditRecord>, AuditError> {
+        self.inner.query(q)
+    }
+}
+
+#[tokio::test]
+async fn a_decision_whose_batch_failed_is_recorded_as_withheld_once_the_store_is_back() {
+    let (_dir, path) = temp_db();
+    let full = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let log = AuditLog::start(
+        Box::new(FillableBackend {
+            inner: SqliteBackend::open(&path).unwrap(),
+            full: Arc::clone(&full),
+        }),
+        GroupCommitConfig::default(),
+    );
+    let mut lost = rec(1);
+    lost.serial = Some("0a0a".to_owned());
+    assert!(log.record(lost).await.is_err());
+    assert!(log.query(AuditQuery::default()).await.unwrap().is_empty());
+    full.store(false, Ordering::SeqCst);
+    log.record(rec(2)).await.unwrap();
+    let stored = log.query(AuditQuery::default()).await.unwrap();
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    let withheld = stored
+        .iter()
+        .find(|r| r.serial.as_deref() == Some("0a0a"))
+        .unwrap();
+    assert_eq!(withheld.outcome, Outcome::Refused);
+    let reason = withheld.reason.as_deref().unwrap();
+    assert!(
+        reason.contains("no space left on device") && reason.contains("the decision was: issued"),
+        "{reason}"
+    );
+    log.shutdown().await;
+}
