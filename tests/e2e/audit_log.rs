@@ -14,7 +14,7 @@ use crate::support::*;
 
 /// RFC 9162 section 2.1.3.2 and the C2SP checkpoint body, in Python: reads
 /// `meshid audit prove -o json` on stdin, prints "ok" or why not.
-const RFC9162_VERIFIER: &str = r#"
+pub(crate) const RFC9162_VERIFIER: &str = r#"
 import base64, hashlib, json, sys
 p = json.load(sys.stdin)
 leaf = base64.b64decode(p["leaf"])

@@ -10,6 +10,7 @@
 mod agent;
 mod agent_sds;
 mod audit_log;
+mod audit_postgres;
 mod ca_issue;
 mod ca_refusals;
 mod ca_transport;

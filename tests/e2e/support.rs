@@ -37,7 +37,7 @@ fn web_pod_env() -> TestEnv {
     env
 }
 
-fn trusting_the_agent<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+pub(crate) fn trusting_the_agent<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["--trusted-node-accounts", "meshid-system/meshid-agent"];
     args.extend_from_slice(extra);
     args
