@@ -173,6 +173,9 @@ pub enum BuildError {
     /// The audit log's checkpoint key could not be loaded or created.
     #[error(transparent)]
     CheckpointKey(crate::audit::checkpoint_key::CheckpointKeyError),
+    /// The checkpoint key could not be loaded from (or created in) its Secret.
+    #[error(transparent)]
+    CheckpointSecret(Box<crate::ca::kube::checkpoint_secret::CheckpointSecretError>),
 
     /// The audit store could not be opened.
     #[error("opening the audit store {store}")]
@@ -214,6 +217,10 @@ pub async fn build(setup: CaSetup, shutdown: Shutdown) -> Result<CaServer, Build
         key_algorithm: root_key_algorithm,
         clock_skew: time::Duration::seconds(60),
     };
+    let origin = crate::audit::checkpoint_key::origin(config.trust_domain.as_str());
+    // On Kubernetes: the checkpoint key from its Secret (unless a file is
+    // given), and the Deployment's replica count for the SQLite warning.
+    let mut kube_audit = KubeAudit::default();
     let (authority, platform) = match platform {
         CaPlatform::Local { manifests, shared } => {
             let authority = match &plugin_ca_dir {
@@ -247,6 +254,11 @@ pub async fn build(setup: CaSetup, shutdown: Shutdown) -> Result<CaServer, Build
             }
             kube_parts(
                 &authority_cfg,
+                KubeAuditWanted {
+                    origin: &origin,
+                    checkpoint_key: audit_checkpoint_key.is_none(),
+                    out: &mut kube_audit,
+                },
                 token_verification,
                 namespace,
                 pod_name,
@@ -265,14 +277,22 @@ pub async fn build(setup: CaSetup, shutdown: Shutdown) -> Result<CaServer, Build
 
     let audit_store =
         audit_store.unwrap_or_else(|| StoreLocation::Sqlite(data_dir.join("audit.db")));
-    let origin = crate::audit::checkpoint_key::origin(config.trust_domain.as_str());
-    let signer = match &audit_checkpoint_key {
-        Some(key) => crate::audit::checkpoint_key::load_or_create_at(key, &data_dir, &origin),
-        None => crate::audit::checkpoint_key::load_or_create(&data_dir, &origin),
+    let signer = match (&audit_checkpoint_key, kube_audit.signer) {
+        (Some(key), _) => crate::audit::checkpoint_key::load_or_create_at(key, &data_dir, &origin),
+        (None, Some(signer)) => {
+            crate::audit::checkpoint_key::write_verifier(&data_dir, &signer).map(|()| signer)
+        }
+        (None, None) => crate::audit::checkpoint_key::load_or_create(&data_dir, &origin),
     }
     .map_err(BuildError::CheckpointKey)?;
     if !audit_store.is_shared() {
-        tracing::debug!(store = %audit_store.name(), "audit store: SQLite (single replica)");
+        if let Some(warning) = kube_audit
+            .replicas
+            .and_then(crate::ca::kube::replicas::sqlite_with_replicas_warning)
+        {
+            tracing::error!(store = %audit_store.name(), "{warning}");
+            eprintln!("WARNING: {warning}");
+        }
     }
     // A PostgreSQL client runs on a runtime of its own: open it off the
     // async threads (the writer thread owns it from then on).
@@ -385,8 +405,25 @@ fn local_platform(
 /// self-signed root in `istio-ca-secret` (retried while the API server is
 /// away), informers over every pod, and the root-certificate ConfigMap in
 /// every namespace, written by the replica holding the Lease.
+/// What the kube platform is asked for the audit store, and where it puts
+/// the answers.
+struct KubeAuditWanted<'a> {
+    origin: &'a str,
+    /// Whether the checkpoint key comes from its Secret.
+    checkpoint_key: bool,
+    out: &'a mut KubeAudit,
+}
+
+/// The checkpoint key from its Secret, and the Deployment's replica count.
+#[derive(Default)]
+struct KubeAudit {
+    signer: Option<crate::audit::tlog::note::NoteSigner>,
+    replicas: Option<i32>,
+}
+
 async fn kube_parts(
     authority_cfg: &AuthorityConfig,
+    audit: KubeAuditWanted<'_>,
     mode: TokenVerification,
     namespace: String,
     pod_name: Option<String>,
@@ -408,6 +445,27 @@ async fn kube_parts(
         source: Box::new(source),
     })?;
     tracing::info!(source = ?loaded.source, %namespace, "CA loaded from the cluster");
+    if audit.checkpoint_key {
+        let signer = crate::ca::kube::checkpoint_secret::load_or_create_retrying(
+            &api.client,
+            &namespace,
+            audit.origin,
+            &ca_secret::RetryPolicy::default(),
+            shutdown.token(),
+        )
+        .await
+        .map_err(|e| BuildError::CheckpointSecret(Box::new(e)))?;
+        audit.out.signer = Some(signer);
+    }
+    if let Some(pod) = &pod_name {
+        // Never stops the start: the count only decides a warning.
+        match crate::ca::kube::replicas::desired_replicas(&api.client, &namespace, pod).await {
+            Ok(replicas) => audit.out.replicas = replicas,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read this Deployment's replica count (for the audit store check)")
+            }
+        }
+    }
 
     let (verifier, warm) = api.token_verifier(mode, clock.clone(), shutdown.token().clone());
     if let Some(warm) = warm {

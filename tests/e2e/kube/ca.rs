@@ -87,9 +87,15 @@ async fn ca_on_kube_creates_one_root_secret_and_issues_after_tokenreview() {
     )
     .await;
 
-    // One Secret created, holding the root the CA serves.
-    let creates = api.calls_to(&Method::POST, SECRETS_PATH);
+    // One CA Secret created, holding the root the CA serves, and one
+    // holding the audit log's checkpoint key.
+    let creates = secret_creates(&api, "istio-ca-secret");
     assert_eq!(creates.len(), 1, "one Secret create");
+    assert_eq!(
+        secret_creates(&api, "meshid-audit-checkpoint-key").len(),
+        1,
+        "one checkpoint key Secret"
+    );
     let secret = api
         .get(&SECRETS, "meshid-system", "istio-ca-secret")
         .unwrap();
@@ -241,9 +247,14 @@ async fn second_ca_replica_loads_the_same_root() {
     let second = CaProcess::spawn_kube(bin(), &second_env, &kubeconfig, "ca-1", &[]).unwrap();
     assert_eq!(
         api.calls_to(&Method::POST, SECRETS_PATH).len(),
-        1,
-        "the second replica created no Secret"
+        2,
+        "the second replica created no Secret (the first: the CA's and the checkpoint key's)"
     );
+    // Both replicas sign the audit log's checkpoints with the key in the Secret.
+    let vkey = |env: &TestEnv| {
+        std::fs::read_to_string(env.data_dir.join("audit-checkpoint.vkey")).unwrap()
+    };
+    assert_eq!(vkey(&first_env), vkey(&second_env));
     assert_eq!(der(&first_env.root_pem()), der(&second_env.root_pem()));
     assert_eq!(der(&second_env.root_pem()), vec![secret_root(&api)]);
     eventually(
@@ -422,4 +433,12 @@ async fn ca_on_kube_with_jwks_verifies_tokens_locally_and_checks_the_bound_pod()
     );
     assert!(!api.calls_to(&Method::GET, "/openid/v1/jwks").is_empty());
     api.assert_all_served();
+}
+
+/// The creates of Secret `name` the CA sent.
+fn secret_creates(api: &FakeApi, name: &str) -> Vec<meshid::test_helpers::kube_api::Call> {
+    api.calls_to(&Method::POST, SECRETS_PATH)
+        .into_iter()
+        .filter(|c| c.body["metadata"]["name"] == name)
+        .collect()
 }
