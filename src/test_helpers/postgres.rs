@@ -28,6 +28,8 @@ pub struct PgCluster {
     as_user: Option<(u32, u32)>,
     /// `fsync` setting (off for unit tests, on for durability tests).
     fsync: bool,
+    /// Serve TLS with the certificate and key files in the cluster's directory.
+    tls: bool,
 }
 
 /// The directory holding `initdb`, `postgres` and `psql`: the newest
@@ -70,6 +72,12 @@ impl PgCluster {
     /// Initialises and starts a cluster (`fsync` as given); `Ok(None)`
     /// when PostgreSQL is not installed (print [`unavailable`] and skip).
     pub fn start(fsync: bool) -> anyhow::Result<Option<Self>> {
+        Self::start_in(&std::env::temp_dir(), fsync)
+    }
+
+    /// [`PgCluster::start`] with the cluster's directory under `parent`
+    /// (a small file system, to fill it).
+    pub fn start_in(parent: &Path, fsync: bool) -> anyhow::Result<Option<Self>> {
         let Some(bin) = bin_dir() else {
             return Ok(None);
         };
@@ -78,7 +86,9 @@ impl PgCluster {
         } else {
             None
         };
-        let dir = tempfile::Builder::new().prefix("meshid-pg").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("meshid-pg")
+            .tempdir_in(parent)?;
         if let Some((uid, gid)) = as_user {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))?;
         }
@@ -111,6 +121,7 @@ impl PgCluster {
             postmaster: None,
             as_user,
             fsync,
+            tls: false,
         };
         cluster.start_postmaster()?;
         Ok(Some(cluster))
@@ -137,8 +148,21 @@ impl PgCluster {
                 self.dir.path().display()
             ))
             .args(["-c", if self.fsync { "fsync=on" } else { "fsync=off" }])
-            .args(["-c", "max_connections=60", "-c", "shared_buffers=64MB"])
-            .stdin(Stdio::null())
+            .args(["-c", "max_connections=60", "-c", "shared_buffers=64MB"]);
+        if self.tls {
+            cmd.args(["-c", "ssl=on"])
+                .arg("-c")
+                .arg(format!(
+                    "ssl_cert_file={}",
+                    self.dir.path().join("server.crt").display()
+                ))
+                .arg("-c")
+                .arg(format!(
+                    "ssl_key_file={}",
+                    self.dir.path().join("server.key").display()
+                ));
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = run_as(&mut cmd, self.as_user).spawn()?;
@@ -224,6 +248,37 @@ impl PgCluster {
             bail!("psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Restarts the cluster serving TLS with a new CA's certificate for
+    /// 127.0.0.1 and localhost; returns that CA's certificate (PEM).
+    pub fn restart_with_tls(&mut self) -> anyhow::Result<String> {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+        let mut server = CertificateParams::new(vec!["localhost".to_owned()])?;
+        server
+            .subject_alt_names
+            .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        let key = KeyPair::generate()?;
+        let cert = server.signed_by(&key, &ca)?;
+        let (crt, pem_key) = (
+            self.dir.path().join("server.crt"),
+            self.dir.path().join("server.key"),
+        );
+        std::fs::write(&crt, cert.pem())?;
+        std::fs::write(&pem_key, key.serialize_pem())?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&pem_key, std::fs::Permissions::from_mode(0o600))?;
+        if let Some((uid, gid)) = self.as_user {
+            std::os::unix::fs::chown(&crt, Some(uid), Some(gid))?;
+            std::os::unix::fs::chown(&pem_key, Some(uid), Some(gid))?;
+        }
+        self.stop()?;
+        self.tls = true;
+        self.start_postmaster()?;
+        Ok(ca.pem())
     }
 
     /// The cluster's directory.

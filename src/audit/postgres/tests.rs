@@ -392,3 +392,120 @@ fn text_with_nul_is_stored_with_a_replacement_character() {
     );
     assert_eq!(store.verify(&verifier, &mut |_, _| {}).unwrap().records, 1);
 }
+
+#[test]
+fn tls_to_postgres_verifies_the_server_against_the_ca_file() {
+    let Some((mut cluster, mut opts)) = cluster() else {
+        return;
+    };
+    let ca = cluster.restart_with_tls().unwrap();
+    let ca_file = cluster.dir().join("pg-ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    opts.ca_file = Some(ca_file);
+    let mut store = PgStore::open(&opts).unwrap();
+    store.append(&records(0, 3)).unwrap();
+    let over_tls: String = store
+        .client()
+        .unwrap()
+        .query_one(
+            "SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(over_tls, "true");
+    // A CA that did not sign the server's certificate: refused, saying why.
+    let other = tempfile::NamedTempFile::new().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let stranger = params
+        .self_signed(&rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    std::fs::write(other.path(), stranger.pem()).unwrap();
+    opts.ca_file = Some(other.path().to_owned());
+    let text = message(&PgStore::open(&opts).unwrap_err());
+    assert!(
+        text.contains("127.0.0.1") && text.to_lowercase().contains("certificate"),
+        "{text}"
+    );
+}
+
+/// A tmpfs mounted for one test (root only), unmounted on drop.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<Self> {
+        if crate::test_helpers::my_unix_uid() != 0 {
+            eprintln!("skipped: mounting a small file system needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "meshid-test"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount -t tmpfs");
+        Some(Self(dir))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_batch_and_the_store_takes_writes_once_there_is_room() {
+    if let Some(why) = unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let Some(disk) = SmallDisk::mount("160m") else {
+        return;
+    };
+    let cluster = PgCluster::start_in(disk.0.path(), true).unwrap().unwrap();
+    cluster.create_db("audit").unwrap();
+    let opts = PgOptions {
+        dsn: cluster.dsn("audit", true),
+        password_file: None,
+        ca_file: None,
+    };
+    let mut store = PgStore::open(&opts).unwrap();
+    store.reconnect_every = std::time::Duration::ZERO;
+    store.append(&records(0, 10)).unwrap();
+    // Fill the file system.
+    let filler = disk.0.path().join("filler");
+    {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+    }
+    let mut failed = None;
+    for from in (10..20_000).step_by(500) {
+        if let Err(e) = store.append(&records(from, 500)) {
+            failed = Some(message(&e));
+            break;
+        }
+    }
+    let text = failed.expect("appends kept succeeding on a full disk");
+    assert!(text.contains("No space left on device"), "{text}");
+    // Room again: the store takes writes (PostgreSQL may be recovering
+    // from a crash on a full WAL: wait for it to accept connections).
+    std::fs::remove_file(&filler).unwrap();
+    let mut tries = 0;
+    while let Err(e) = store.append(&records(30_000, 5)) {
+        tries += 1;
+        assert!(tries < 200, "never recovered: {}", message(&e));
+        std::thread::park_timeout(std::time::Duration::from_millis(50));
+    }
+    let all = store.query(&AuditQuery::default()).unwrap();
+    assert!(all.iter().any(|r| r.serial.as_deref() == Some("a7530")));
+    drop(cluster);
+}
