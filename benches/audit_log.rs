@@ -1,20 +1,22 @@
 //! The audit store's transparency log at scale: N records (default
-//! 1,000,000) appended to a SQLite store through the CA's backend in
-//! batches of 1,000, one checkpoint, then the latency of `audit list
-//! --serial` (the serial index) and of `audit prove` (an inclusion proof,
-//! whose subtree hashes are recomputed from the stored leaf hashes: no
-//! tiles are stored yet), and the disk per record.
+//! 1,000,000; the target is stated at 10,000,000) appended through the CA's
+//! backend in batches of 10,000, one checkpoint, then the latency of
+//! `audit list --serial` (the serial index) and of `audit prove` (an
+//! inclusion proof from the stored nodes) on an open reader, and the disk
+//! per record. For SQLite, PostgreSQL (a throwaway cluster on 127.0.0.1,
+//! fsync on) or both in the same run.
 //!
-//! `cargo bench --bench audit_log -- [--records 1000000] [--lookups 50]`
+//! `cargo bench --bench audit_log -- [--records 1000000] [--lookups 50] [--store sqlite|postgres|both]`
 
 #![allow(clippy::disallowed_methods, clippy::unwrap_used)]
 
 use std::time::Instant;
 
-use meshid::audit::store::AuditBackend;
+use meshid::audit::postgres::PgOptions;
 use meshid::audit::tlog::note::NoteSigner;
-use meshid::audit::{AuditQuery, AuditRecord, Outcome, SqliteBackend};
+use meshid::audit::{AuditQuery, AuditRecord, Outcome, StoreLocation};
 use meshid::test_helpers::cli_arg;
+use meshid::test_helpers::postgres::PgCluster;
 
 fn record(i: u64) -> AuditRecord {
     let t0 = time::macros::datetime!(2026-01-01 00:00 UTC);
@@ -44,36 +46,75 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
 fn main() {
     let n: u64 = cli_arg("--records", 1_000_000);
     let lookups: u64 = cli_arg("--lookups", 50);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.db");
+    let stores = match meshid::test_helpers::cli_value("--store").as_deref() {
+        None | Some("both") => vec!["sqlite", "postgres"],
+        Some("sqlite") => vec!["sqlite"],
+        Some("postgres") => vec!["postgres"],
+        Some(other) => panic!("--store {other}: sqlite, postgres or both"),
+    };
+    for store in stores {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = (store == "postgres").then(|| {
+            let pg = PgCluster::start(true)
+                .unwrap()
+                .expect("PostgreSQL is not installed");
+            pg.create_db("audit").unwrap();
+            pg
+        });
+        let location = match &pg {
+            Some(pg) => StoreLocation::Postgres(PgOptions {
+                dsn: pg.dsn("audit", true),
+                password_file: None,
+                ca_file: None,
+            }),
+            None => StoreLocation::Sqlite(dir.path().join("audit.db")),
+        };
+        run(store, &location, n, lookups, || match &pg {
+            Some(pg) => pg
+                .psql("audit", "SELECT pg_database_size('audit')")
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap(),
+            None => std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().metadata().unwrap().len())
+                .sum(),
+        });
+    }
+}
+
+fn run(store: &str, location: &StoreLocation, n: u64, lookups: u64, bytes: impl Fn() -> u64) {
     let signer =
         NoteSigner::from_pkcs8("bench/meshid-audit", &NoteSigner::generate_pkcs8().unwrap())
             .unwrap();
-    let mut backend = SqliteBackend::open(&path)
-        .unwrap()
-        .with_checkpoints(signer, "bench/meshid-audit")
+    let mut backend = location
+        .open_writer(signer, "bench/meshid-audit", None)
         .unwrap();
     let started = Instant::now();
     let mut i = 0;
     while i < n {
-        let batch: Vec<AuditRecord> = (i..(i + 1000).min(n)).map(record).collect();
+        let batch: Vec<AuditRecord> = (i..(i + 10_000).min(n)).map(record).collect();
         backend.append(&batch).unwrap();
         i += batch.len() as u64;
+        if i % 1_000_000 == 0 {
+            eprintln!(
+                "{store}: {i} records, {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     let append_secs = started.elapsed().as_secs_f64();
     backend.checkpoint(time::OffsetDateTime::now_utc()).unwrap();
     drop(backend);
-    let bytes: u64 = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
-        .sum();
+    let bytes = bytes();
     let (mut list, mut prove) = (Vec::new(), Vec::new());
-    let mut reader = SqliteBackend::open_read_only(&path).unwrap();
+    let mut reader = location.open_reader().unwrap();
     for k in 0..lookups {
         let serial = record((k * 7919 + 13) % n).serial.unwrap();
         let t = Instant::now();
         let found = reader
-            .query(&AuditQuery {
+            .list(&AuditQuery {
                 serial: Some(serial.clone()),
                 ..AuditQuery::default()
             })
@@ -85,12 +126,12 @@ fn main() {
         prove.push(t.elapsed().as_secs_f64() * 1e3);
     }
     println!(
-        "{n} records appended in {append_secs:.1} s ({:.1} µs each, batches of 1,000); {:.0} bytes per record on disk",
+        "{store}: {n} records appended in {append_secs:.1} s ({:.1} µs each, batches of 10,000); {:.0} bytes per record on disk",
         append_secs * 1e6 / n as f64,
         bytes as f64 / n as f64
     );
     println!(
-        "audit list --serial: p50 {:.2} ms, p99 {:.2} ms; audit prove: p50 {:.1} ms, p99 {:.1} ms ({lookups} lookups)",
+        "{store}: audit list --serial: p50 {:.2} ms, p99 {:.2} ms; audit prove: p50 {:.2} ms, p99 {:.2} ms ({lookups} lookups)",
         percentile(list.clone(), 0.5),
         percentile(list, 0.99),
         percentile(prove.clone(), 0.5),

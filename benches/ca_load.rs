@@ -13,6 +13,11 @@
 //! `--ca-bin <path>` runs another `meshid` binary as the CA (default: the one
 //! cargo just built), so that two builds can be compared back to back under
 //! the same machine load.
+//!
+//! `--audit-store sqlite|postgres|both` (default sqlite): where the CA keeps
+//! its audit log. `postgres` starts a throwaway PostgreSQL cluster (fsync on,
+//! 127.0.0.1) and also reports PostgreSQL's CPU per CSR; `both` runs SQLite
+//! then PostgreSQL in the same run, on the same pre-generated work.
 
 // A load generator measures the real clock.
 #![allow(clippy::disallowed_methods)]
@@ -64,6 +69,28 @@ fn audit_commits(metrics: std::net::SocketAddr) -> anyhow::Result<(f64, f64)> {
         value("meshid_audit_commits_total"),
         value("meshid_audit_records_committed_total"),
     ))
+}
+
+/// CPU seconds of a PostgreSQL cluster: the postmaster and its live children.
+fn postgres_cpu_seconds(pg: &meshid::test_helpers::postgres::PgCluster) -> anyhow::Result<f64> {
+    let postmaster = pg.pid().context("postmaster pid")?;
+    let mut total = cpu_seconds(postmaster)?;
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(postmaster) {
+            total += cpu_seconds(pid).unwrap_or(0.0);
+        }
+    }
+    Ok(total)
 }
 
 fn stat_cpu_seconds(path: &str) -> anyhow::Result<f64> {
@@ -129,7 +156,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn main() -> anyhow::Result<()> {
     let total = cli_arg::<usize>("--requests", 5000);
     let agent_mode = meshid::test_helpers::cli_flag("--agent");
-    let concurrency = cli_arg::<usize>("--concurrency", 16).max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -161,16 +187,68 @@ fn main() -> anyhow::Result<()> {
 
     std::env::set_var("MESHID_TEST_CA_LOG", "info");
     let ca_bin = cli_value("--ca-bin").unwrap_or_else(|| env!("CARGO_BIN_EXE_meshid").to_owned());
-    let ca = CaProcess::spawn(
-        std::path::Path::new(&ca_bin),
-        &env,
-        &[
+    let stores = match cli_value("--audit-store").as_deref() {
+        None | Some("sqlite") => vec!["sqlite"],
+        Some("postgres") => vec!["postgres"],
+        Some("both") => vec!["sqlite", "postgres"],
+        Some(other) => anyhow::bail!("--audit-store {other}: sqlite, postgres or both"),
+    };
+    for store in stores {
+        // Each store gets its own data directory (its own root and checkpoint key).
+        let pg = match store {
+            "postgres" => Some(
+                meshid::test_helpers::postgres::PgCluster::start(true)?
+                    .context("PostgreSQL is not installed")?,
+            ),
+            _ => None,
+        };
+        let mut flags: Vec<String> = [
             "--max-concurrent-requests",
             "1024",
             "--trusted-node-accounts",
             "meshid-system/meshid-agent",
-        ],
-    )?;
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        if let Some(pg) = &pg {
+            pg.create_db("audit")?;
+            flags.extend(["--audit-store".to_owned(), pg.dsn("audit", true)]);
+        }
+        println!("audit store         {store}");
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        measure(
+            &runtime,
+            &env,
+            &ca_bin,
+            &flags,
+            warmup,
+            work,
+            impersonate.as_deref(),
+            agent_mode,
+            pg.as_ref(),
+        )?;
+        println!();
+    }
+    Ok(())
+}
+
+/// Starts the CA with `flags`, sends the warm-up and the work, prints the figures.
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    runtime: &tokio::runtime::Runtime,
+    env: &TestEnv,
+    ca_bin: &str,
+    flags: &[&str],
+    warmup: &[(String, String)],
+    work: &[(String, String)],
+    impersonate: Option<&str>,
+    agent_mode: bool,
+    pg: Option<&meshid::test_helpers::postgres::PgCluster>,
+) -> anyhow::Result<()> {
+    let total = work.len();
+    let concurrency = cli_arg::<usize>("--concurrency", 16).max(1);
+    let impersonate = impersonate.map(str::to_owned);
+    let ca = CaProcess::spawn(std::path::Path::new(ca_bin), env, flags)?;
     let pid = ca.pid().context("CA pid")?;
     let root = env.root_pem();
 
@@ -182,6 +260,7 @@ fn main() -> anyhow::Result<()> {
                 .await?;
         }
         let cpu_before = cpu_seconds(pid)?;
+        let pg_before = pg.map(postgres_cpu_seconds).transpose()?;
         let writer_before = audit_writer_cpu_seconds(pid)?;
         let commits_before = audit_commits(ca.metrics_addr)?;
         let work = Arc::new(work.to_vec());
@@ -209,6 +288,11 @@ fn main() -> anyhow::Result<()> {
         }
         let elapsed = started.elapsed();
         let cpu = cpu_seconds(pid)? - cpu_before;
+        let pg_cpu = pg
+            .map(postgres_cpu_seconds)
+            .transpose()?
+            .zip(pg_before)
+            .map(|(after, before)| after - before);
         let writer_cpu = audit_writer_cpu_seconds(pid)? - writer_before;
         let commits_after = audit_commits(ca.metrics_addr)?;
         let commits = commits_after.0 - commits_before.0;
@@ -262,6 +346,17 @@ fn main() -> anyhow::Result<()> {
         };
         println!("crypto baseline     {baseline:.0} µs ({steps}, ring)");
         println!("ratio               {:.2}x", cpu_per_csr_us / baseline);
+        println!(
+            "CSRs per CA CPU-s   {:.0}",
+            total as f64 / cpu.max(1e-9)
+        );
+        if let Some(pg_cpu) = pg_cpu {
+            println!(
+                "PostgreSQL CPU      {:.0} µs per CSR (its processes); CA + PostgreSQL {:.0} CSRs per CPU-s",
+                pg_cpu * 1e6 / total as f64,
+                total as f64 / (cpu + pg_cpu).max(1e-9)
+            );
+        }
         anyhow::Ok(())
     })
 }

@@ -24,6 +24,7 @@
 //! or log ([`PgOptions::name`]); TLS, when asked for, always verifies the
 //! server ([`tls`]).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -879,6 +880,81 @@ impl<C: GenericClient> TreeRows for PgRows<'_, C> {
             .collect()
     }
 
+    /// Every range in two queries (leaves, nodes), not one per range: a
+    /// proof needs a few dozen ranges and each query is a round trip.
+    fn hashes_in(&mut self, ranges: &[(u32, u64, u64)]) -> Result<Vec<Vec<Hash>>, AuditError> {
+        let mut out = vec![Vec::new(); ranges.len()];
+        let (leaves, nodes): (Vec<_>, Vec<_>) =
+            ranges.iter().enumerate().partition(|(_, r)| r.0 == 0);
+        let n = |v: &[(usize, &(u32, u64, u64))]| -> Vec<i64> {
+            v.iter()
+                .map(|(i, _)| i64::try_from(*i).unwrap_or(i64::MAX))
+                .collect()
+        };
+        let lo = |v: &[(usize, &(u32, u64, u64))]| -> Vec<i64> {
+            v.iter().map(|(_, r)| size_i64(r.1)).collect()
+        };
+        let hi = |v: &[(usize, &(u32, u64, u64))]| -> Vec<i64> {
+            v.iter().map(|(_, r)| size_i64(r.2)).collect()
+        };
+        let mut rows = Vec::new();
+        if !leaves.is_empty() {
+            // The leaves by primary key (`= ANY`): an index lookup whatever
+            // the planner's statistics (a range join may be planned as a scan).
+            let ids: Vec<i64> = leaves
+                .iter()
+                .flat_map(|(_, r)| (r.1..r.2).map(size_i64))
+                .collect();
+            let found = self
+                .client
+                .query(
+                    "SELECT id, leaf_hash FROM audit_records WHERE id = ANY($1::bigint[])",
+                    &[&ids],
+                )
+                .map_err(|e| self.err("reading stored hashes")(e))?;
+            let mut by_id = HashMap::with_capacity(found.len());
+            for row in &found {
+                by_id.insert(
+                    row.get::<_, i64>(0),
+                    hash_of(&self.name, row.get::<_, &[u8]>(1))?,
+                );
+            }
+            for (i, range) in &leaves {
+                let slot = &mut out[*i];
+                for id in range.1..range.2 {
+                    if let Some(hash) = by_id.get(&size_i64(id)) {
+                        slot.push(*hash);
+                    }
+                }
+            }
+        }
+        if !nodes.is_empty() {
+            let levels: Vec<i32> = nodes
+                .iter()
+                .map(|(_, r)| i32::try_from(r.0).unwrap_or(i32::MAX))
+                .collect();
+            rows.extend(
+                self.client
+                    .query(
+                        "SELECT r.n, t.hash FROM UNNEST($1::bigint[], $2::int[], $3::bigint[], \
+                         $4::bigint[]) AS r(n, lvl, lo, hi) CROSS JOIN LATERAL (SELECT idx, hash \
+                         FROM tlog_nodes WHERE level = r.lvl AND idx >= r.lo AND idx < r.hi) t \
+                         ORDER BY r.n, t.idx",
+                        &[&n(&nodes), &levels, &lo(&nodes), &hi(&nodes)],
+                    )
+                    .map_err(|e| self.err("reading stored hashes")(e))?,
+            );
+        }
+        for row in rows {
+            let i = usize::try_from(row.get::<_, i64>(0)).unwrap_or(usize::MAX);
+            let hash = hash_of(&self.name, row.get::<_, &[u8]>(1))?;
+            if let Some(slot) = out.get_mut(i) {
+                slot.push(hash);
+            }
+        }
+        Ok(out)
+    }
+
     fn put_nodes(&mut self, level: u32, nodes: &[(u64, Hash)]) -> Result<(), AuditError> {
         let idx: Vec<i64> = nodes.iter().map(|(i, _)| size_i64(*i)).collect();
         let hashes: Vec<Vec<u8>> = nodes.iter().map(|(_, h)| h.to_vec()).collect();
@@ -922,17 +998,21 @@ impl<C: GenericClient> TreeRows for PgRows<'_, C> {
         &mut self,
         serial: &str,
     ) -> Result<Option<(AuditRecord, Option<u64>)>, AuditError> {
-        let sql =
-            format!("SELECT {COLUMNS} FROM audit_records WHERE serial = $1 ORDER BY id LIMIT 1");
-        let row = self
+        // No `ORDER BY id LIMIT 1`: with it PostgreSQL may walk the primary
+        // key in order instead of the serial index. A serial has one record
+        // (two at most: issued, and withheld), so the first is picked here.
+        let sql = format!("SELECT {COLUMNS} FROM audit_records WHERE serial = $1");
+        let rows = self
             .client
-            .query_opt(sql.as_str(), &[&serial])
+            .query(sql.as_str(), &[&serial])
             .map_err(|e| self.err("finding the record")(e))?;
-        row.map(|r| {
-            let index = u64::try_from(r.get::<_, i64>(0)).ok();
-            Ok((read_row(&r, &self.name)?, index))
-        })
-        .transpose()
+        let first = rows.into_iter().min_by_key(|r| r.get::<_, i64>(0));
+        first
+            .map(|r| {
+                let index = u64::try_from(r.get::<_, i64>(0)).ok();
+                Ok((read_row(&r, &self.name)?, index))
+            })
+            .transpose()
     }
 
     fn each_leaf(

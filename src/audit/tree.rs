@@ -60,6 +60,14 @@ pub trait TreeRows {
     /// The stored hashes of `level` with indexes `[start, end)`, in order
     /// (level 0: the leaf hashes). Fewer than asked means some are missing.
     fn hashes(&mut self, level: u32, start: u64, end: u64) -> Result<Vec<Hash>, AuditError>;
+    /// [`TreeRows::hashes`] for several ranges `(level, start, end)` at once
+    /// (a store with round trips answers them in one query).
+    fn hashes_in(&mut self, ranges: &[(u32, u64, u64)]) -> Result<Vec<Vec<Hash>>, AuditError> {
+        ranges
+            .iter()
+            .map(|&(level, start, end)| self.hashes(level, start, end))
+            .collect()
+    }
     /// Stores nodes of `level` (index, hash).
     fn put_nodes(&mut self, level: u32, nodes: &[(u64, Hash)]) -> Result<(), AuditError>;
     /// Every stored node of `level`, (index, hash).
@@ -121,20 +129,32 @@ pub fn seal_nodes(rows: &mut dyn TreeRows, old: u64, new: u64) -> Result<(), Aud
     Ok(())
 }
 
-/// The root of the perfect subtree of leaves `[start, end)` (a power of two
-/// wide, aligned), from the highest level of stored nodes inside it.
-fn perfect_root(rows: &mut dyn TreeRows, start: u64, end: u64) -> Result<Hash, AuditError> {
+/// The stored range a perfect subtree of leaves `[start, end)` (a power of
+/// two wide, aligned) is the root of: `(level, first, last)`, at the
+/// highest level of stored nodes inside it.
+fn stored_range(start: u64, end: u64) -> (u32, u64, u64) {
     let span = end - start;
     let mut level = 0;
     while width(level + 1).is_some_and(|w| w <= span) {
         level += 1;
     }
     let w = width(level).unwrap_or(1);
-    let (first, last) = (start / w, end / w);
+    (level, start / w, end / w)
+}
+
+/// The root of the perfect subtree of leaves `[start, end)`, from the
+/// stored hashes of its [`stored_range`].
+fn perfect_root(rows: &mut dyn TreeRows, start: u64, end: u64) -> Result<Hash, AuditError> {
+    let (level, first, last) = stored_range(start, end);
     let hashes = rows.hashes(level, first, last)?;
+    root_of(rows.name(), start, end, &hashes)
+}
+
+fn root_of(name: &Path, start: u64, end: u64, hashes: &[Hash]) -> Result<Hash, AuditError> {
+    let (level, first, last) = stored_range(start, end);
     if hashes.len() as u64 != last - first {
         return Err(tlog_err(
-            rows.name(),
+            name,
             format!(
                 "leaves {start}..{end}: {} of the {} level-{level} hashes are stored (a record or node was deleted)",
                 hashes.len(),
@@ -142,7 +162,7 @@ fn perfect_root(rows: &mut dyn TreeRows, start: u64, end: u64) -> Result<Hash, A
             ),
         ));
     }
-    Ok(merkle::root(&hashes))
+    Ok(merkle::root(hashes))
 }
 
 /// The Merkle Tree Hash of leaves `[0, size)`, from stored nodes.
@@ -269,8 +289,26 @@ pub fn prove(rows: &mut dyn TreeRows, serial: &str) -> Result<InclusionProof, Au
             format!("the record of serial {serial} is not in a checkpoint yet (the CA signs one within 10 s)"),
         ));
     }
+    // The subtrees a proof needs depend on (index, size) alone: list them,
+    // read every stored hash under them at once, then build the proof.
+    let mut wanted = Vec::new();
+    merkle::inclusion_proof_with(index, size, &mut |start, end| {
+        wanted.push((start, end));
+        Ok([0; 32])
+    })
+    .map_err(|e| tlog_err(&name, format!("building the proof: {e}")))?;
+    let ranges: Vec<(u32, u64, u64)> = wanted.iter().map(|&(s, e)| stored_range(s, e)).collect();
+    let stored = rows.hashes_in(&ranges)?;
+    let roots: HashMap<(u64, u64), Hash> = wanted
+        .iter()
+        .zip(&stored)
+        .map(|(&(s, e), hashes)| Ok(((s, e), root_of(&name, s, e, hashes)?)))
+        .collect::<Result<_, AuditError>>()?;
     let mut subtree = |start: u64, end: u64| -> Result<Hash, MerkleError> {
-        perfect_root(rows, start, end).map_err(|e| MerkleError::Store(e.to_string()))
+        roots
+            .get(&(start, end))
+            .copied()
+            .ok_or_else(|| MerkleError::Store(format!("subtree {start}..{end} was not read")))
     };
     let proof = merkle::inclusion_proof_with(index, size, &mut subtree)
         .map_err(|e| tlog_err(&name, format!("building the proof: {e}")))?;

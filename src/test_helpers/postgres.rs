@@ -49,9 +49,16 @@ pub fn bin_dir() -> Option<PathBuf> {
 }
 
 /// Why PostgreSQL tests are skipped here, if they are.
+/// Under CI (`CI` set) a missing PostgreSQL fails the test instead: a green
+/// run must not hide a missing install step.
 pub fn unavailable() -> Option<String> {
     match bin_dir() {
         Some(_) => None,
+        None if std::env::var_os("CI").is_some() => {
+            panic!(
+                "CI: PostgreSQL is not installed; .ci/run installs it (apt-get install postgresql)"
+            )
+        }
         None => Some(
             "PostgreSQL is not installed (/usr/lib/postgresql/*/bin/initdb): \
              `apt-get install postgresql` (.ci/run does)"
@@ -279,6 +286,11 @@ impl PgCluster {
         self.tls = true;
         self.start_postmaster()?;
         Ok(ca.pem())
+    }
+
+    /// The postmaster's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.postmaster.as_ref().map(Child::id)
     }
 
     /// The cluster's directory.
