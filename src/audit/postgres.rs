@@ -880,24 +880,13 @@ impl<C: GenericClient> TreeRows for PgRows<'_, C> {
             .collect()
     }
 
-    /// Every range in two queries (leaves, nodes), not one per range: a
+    /// Every range in two queries (leaves, nodes; both by primary key with
+    /// `= ANY`, index lookups whatever the statistics), not one per range: a
     /// proof needs a few dozen ranges and each query is a round trip.
     fn hashes_in(&mut self, ranges: &[(u32, u64, u64)]) -> Result<Vec<Vec<Hash>>, AuditError> {
         let mut out = vec![Vec::new(); ranges.len()];
         let (leaves, nodes): (Vec<_>, Vec<_>) =
             ranges.iter().enumerate().partition(|(_, r)| r.0 == 0);
-        let n = |v: &[(usize, &(u32, u64, u64))]| -> Vec<i64> {
-            v.iter()
-                .map(|(i, _)| i64::try_from(*i).unwrap_or(i64::MAX))
-                .collect()
-        };
-        let lo = |v: &[(usize, &(u32, u64, u64))]| -> Vec<i64> {
-            v.iter().map(|(_, r)| size_i64(r.1)).collect()
-        };
-        let hi = |v: &[(usize, &(u32, u64, u64))]| -> Vec<i64> {
-            v.iter().map(|(_, r)| size_i64(r.2)).collect()
-        };
-        let mut rows = Vec::new();
         if !leaves.is_empty() {
             // The leaves by primary key (`= ANY`): an index lookup whatever
             // the planner's statistics (a range join may be planned as a scan).
@@ -929,32 +918,43 @@ impl<C: GenericClient> TreeRows for PgRows<'_, C> {
             }
         }
         if !nodes.is_empty() {
+            // The nodes by primary key too (`= ANY` on both columns: an index
+            // scan; a few extra pairs come back and are ignored).
             let levels: Vec<i32> = nodes
                 .iter()
                 .map(|(_, r)| i32::try_from(r.0).unwrap_or(i32::MAX))
                 .collect();
-            rows.extend(
-                self.client
-                    .query(
-                        "SELECT r.n, t.hash FROM UNNEST($1::bigint[], $2::int[], $3::bigint[], \
-                         $4::bigint[]) AS r(n, lvl, lo, hi) CROSS JOIN LATERAL (SELECT idx, hash \
-                         FROM tlog_nodes WHERE level = r.lvl AND idx >= r.lo AND idx < r.hi) t \
-                         ORDER BY r.n, t.idx",
-                        &[&n(&nodes), &levels, &lo(&nodes), &hi(&nodes)],
-                    )
-                    .map_err(|e| self.err("reading stored hashes")(e))?,
-            );
-        }
-        for row in rows {
-            let i = usize::try_from(row.get::<_, i64>(0)).unwrap_or(usize::MAX);
-            let hash = hash_of(&self.name, row.get::<_, &[u8]>(1))?;
-            if let Some(slot) = out.get_mut(i) {
-                slot.push(hash);
+            let idx: Vec<i64> = nodes
+                .iter()
+                .flat_map(|(_, r)| (r.1..r.2).map(size_i64))
+                .collect();
+            let found = self
+                .client
+                .query(
+                    "SELECT level, idx, hash FROM tlog_nodes \
+                     WHERE level = ANY($1::int[]) AND idx = ANY($2::bigint[])",
+                    &[&levels, &idx],
+                )
+                .map_err(|e| self.err("reading stored hashes")(e))?;
+            let mut by_key = HashMap::with_capacity(found.len());
+            for row in &found {
+                by_key.insert(
+                    (row.get::<_, i32>(0), row.get::<_, i64>(1)),
+                    hash_of(&self.name, row.get::<_, &[u8]>(2))?,
+                );
+            }
+            for (i, range) in &nodes {
+                let level = i32::try_from(range.0).unwrap_or(i32::MAX);
+                let slot = &mut out[*i];
+                for index in range.1..range.2 {
+                    if let Some(hash) = by_key.get(&(level, size_i64(index))) {
+                        slot.push(*hash);
+                    }
+                }
             }
         }
         Ok(out)
     }
-
     fn put_nodes(&mut self, level: u32, nodes: &[(u64, Hash)]) -> Result<(), AuditError> {
         let idx: Vec<i64> = nodes.iter().map(|(i, _)| size_i64(*i)).collect();
         let hashes: Vec<Vec<u8>> = nodes.iter().map(|(_, h)| h.to_vec()).collect();
