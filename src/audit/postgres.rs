@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use postgres::types::ToSql;
+use postgres::types::{ToSql, Type};
 use postgres::{Client, GenericClient, NoTls, Row};
 use time::OffsetDateTime;
 
@@ -852,7 +852,7 @@ impl<C: GenericClient> TreeRows for PgRows<'_, C> {
     fn latest_checkpoint(&mut self) -> Result<Option<(u64, String)>, AuditError> {
         let row = self
             .client
-            .query_opt(
+            .query_typed_opt(
                 "SELECT size, note FROM tlog_checkpoints ORDER BY size DESC LIMIT 1",
                 &[],
             )
@@ -881,7 +881,8 @@ impl<C: GenericClient> TreeRows for PgRows<'_, C> {
     }
 
     /// Every range in two queries (leaves, nodes; both by primary key with
-    /// `= ANY`, index lookups whatever the statistics), not one per range: a
+    /// `= ANY`, index lookups whatever the statistics; typed: one round trip
+    /// each, no prepare), not one per range: a
     /// proof needs a few dozen ranges and each query is a round trip.
     fn hashes_in(&mut self, ranges: &[(u32, u64, u64)]) -> Result<Vec<Vec<Hash>>, AuditError> {
         let mut out = vec![Vec::new(); ranges.len()];
@@ -896,9 +897,9 @@ impl<C: GenericClient> TreeRows for PgRows<'_, C> {
                 .collect();
             let found = self
                 .client
-                .query(
+                .query_typed(
                     "SELECT id, leaf_hash FROM audit_records WHERE id = ANY($1::bigint[])",
-                    &[&ids],
+                    &[(&ids, Type::INT8_ARRAY)],
                 )
                 .map_err(|e| self.err("reading stored hashes")(e))?;
             let mut by_id = HashMap::with_capacity(found.len());
@@ -930,10 +931,10 @@ impl<C: GenericClient> TreeRows for PgRows<'_, C> {
                 .collect();
             let found = self
                 .client
-                .query(
+                .query_typed(
                     "SELECT level, idx, hash FROM tlog_nodes \
                      WHERE level = ANY($1::int[]) AND idx = ANY($2::bigint[])",
-                    &[&levels, &idx],
+                    &[(&levels, Type::INT4_ARRAY), (&idx, Type::INT8_ARRAY)],
                 )
                 .map_err(|e| self.err("reading stored hashes")(e))?;
             let mut by_key = HashMap::with_capacity(found.len());
@@ -1004,7 +1005,7 @@ impl<C: GenericClient> TreeRows for PgRows<'_, C> {
         let sql = format!("SELECT {COLUMNS} FROM audit_records WHERE serial = $1");
         let rows = self
             .client
-            .query(sql.as_str(), &[&serial])
+            .query_typed(sql.as_str(), &[(&serial, Type::TEXT)])
             .map_err(|e| self.err("finding the record")(e))?;
         let first = rows.into_iter().min_by_key(|r| r.get::<_, i64>(0));
         first
