@@ -34,10 +34,11 @@ use time::OffsetDateTime;
 
 use super::query::AuditQuery;
 use super::record::AuditRecord;
+use super::store::error_chain;
 use super::store::AuditBackend;
 use super::tlog::merkle::{self, Frontier, Hash};
 use super::tlog::note::{NoteSigner, NoteVerifier};
-use super::tree::{self, tlog_err, LeafRow, TreeRows};
+use super::tree::{self, frontier_from, hash_of, tlog_err, LeafRow, TreeRows};
 use super::AuditError;
 
 pub mod tls;
@@ -1066,20 +1067,6 @@ fn schema_version(client: &mut impl GenericClient, name: &Path) -> Result<Option
     Ok(row.get(0))
 }
 
-fn frontier_from(name: &Path, size: i64, blob: &[u8]) -> Result<Frontier, AuditError> {
-    let hashes = blob
-        .chunks(32)
-        .map(|c| hash_of(name, c))
-        .collect::<Result<Vec<Hash>, _>>()?;
-    let size = u64::try_from(size).map_err(|_| tlog_err(name, "negative tree size"))?;
-    Frontier::from_parts(size, hashes)
-        .map_err(|e| tlog_err(name, format!("the stored frontier is inconsistent: {e}")))
-}
-
-fn hash_of(name: &Path, blob: &[u8]) -> Result<Hash, AuditError> {
-    Hash::try_from(blob).map_err(|_| tlog_err(name, "a stored hash is not 32 bytes"))
-}
-
 fn size_i64(size: u64) -> i64 {
     i64::try_from(size).unwrap_or(i64::MAX)
 }
@@ -1181,18 +1168,6 @@ fn read_row(row: &Row, name: &Path) -> Result<AuditRecord, AuditError> {
         reason: text(17)?,
         peer: text(18)?,
     })
-}
-
-/// `e: cause: cause…`, so a message names the root cause.
-pub fn error_chain(e: &AuditError) -> String {
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -578,8 +578,9 @@ impl Writer {
     }
 }
 
-/// `e: cause: cause…`, so the log line names the root cause (the SQLite error).
-fn error_chain(e: &AuditError) -> String {
+/// `e: cause: cause…`, so a message or log line names the root cause (the
+/// SQLite or PostgreSQL error).
+pub(crate) fn error_chain(e: &AuditError) -> String {
     let mut out = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {

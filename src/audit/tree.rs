@@ -94,6 +94,22 @@ pub fn tlog_err(name: &Path, detail: impl Into<String>) -> AuditError {
     }
 }
 
+/// A stored hash (32 bytes).
+pub fn hash_of(name: &Path, blob: &[u8]) -> Result<Hash, AuditError> {
+    Hash::try_from(blob).map_err(|_| tlog_err(name, "a stored hash is not 32 bytes"))
+}
+
+/// The tree's frontier from its stored size and concatenated hashes.
+pub fn frontier_from(name: &Path, size: i64, blob: &[u8]) -> Result<Frontier, AuditError> {
+    let hashes = blob
+        .chunks(32)
+        .map(|c| hash_of(name, c))
+        .collect::<Result<Vec<Hash>, _>>()?;
+    let size = u64::try_from(size).map_err(|_| tlog_err(name, "negative tree size"))?;
+    Frontier::from_parts(size, hashes)
+        .map_err(|e| tlog_err(name, format!("the stored frontier is inconsistent: {e}")))
+}
+
 /// Leaves under one node of `level` (None past u64).
 fn width(level: u32) -> Option<u64> {
     NODE_WIDTH.checked_pow(level)

@@ -14,7 +14,7 @@ use crate::support::*;
 
 /// RFC 9162 section 2.1.3.2 and the C2SP checkpoint body, in Python: reads
 /// `meshid audit prove -o json` on stdin, prints "ok" or why not.
-pub(crate) const RFC9162_VERIFIER: &str = r#"
+const RFC9162_VERIFIER: &str = r#"
 import base64, hashlib, json, sys
 p = json.load(sys.stdin)
 leaf = base64.b64decode(p["leaf"])
@@ -38,6 +38,27 @@ assert sn == 0 and r == root, "the proof does not lead to the checkpoint's root"
 record = json.loads(leaf)
 print("ok", record["serial"])
 "#;
+
+/// Checks `meshid audit prove -o json` output with [`RFC9162_VERIFIER`]:
+/// the proof leads to the checkpoint's root and its leaf names `serial`.
+pub(crate) fn assert_rfc9162_proof(proof_json: &[u8], serial: &str) {
+    use std::io::Write as _;
+    let mut python = Command::new("python3")
+        .args(["-c", RFC9162_VERIFIER])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    python.stdin.take().unwrap().write_all(proof_json).unwrap();
+    let checked = python.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&checked.stdout).trim(),
+        format!("ok {serial}"),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
 
 /// `n` certificates for the web pod, each with a fresh key.
 async fn issue(
@@ -99,27 +120,7 @@ async fn every_certificate_is_proved_in_a_signed_checkpoint_and_an_edit_is_named
             "{}",
             String::from_utf8_lossy(&proof.stderr)
         );
-        let mut python = Command::new("python3")
-            .args(["-c", RFC9162_VERIFIER])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        python
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(&proof.stdout)
-            .unwrap();
-        let checked = python.wait_with_output().unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&checked.stdout).trim(),
-            format!("ok {serial}"),
-            "{}",
-            String::from_utf8_lossy(&checked.stderr)
-        );
+        assert_rfc9162_proof(&proof.stdout, serial);
     }
 
     // The same, read-only over HTTP on the CA's metrics port.

@@ -14,9 +14,8 @@
 //! Skipped, saying why, where PostgreSQL is not installed.
 
 use std::collections::HashSet;
-use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +23,7 @@ use std::time::Duration;
 use meshid::test_helpers::postgres::{unavailable, PgCluster, PASSWORD};
 use meshid::test_helpers::{key_and_csr, request, CaProcess, TestEnv};
 
-use crate::audit_log::RFC9162_VERIFIER;
+use crate::audit_log::assert_rfc9162_proof;
 use crate::support::*;
 
 /// A cluster with database `audit`, its DSN (no password) and a password file.
@@ -243,26 +242,7 @@ fn prove_with_the_rfc_alone(pg: &Pg, serial: &str) {
         "{}",
         String::from_utf8_lossy(&proof.stderr)
     );
-    let mut python = Command::new("python3")
-        .args(["-c", RFC9162_VERIFIER])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    python
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&proof.stdout)
-        .unwrap();
-    let checked = python.wait_with_output().unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&checked.stdout).trim(),
-        format!("ok {serial}"),
-        "{}",
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    assert_rfc9162_proof(&proof.stdout, serial);
 }
 
 /// Waits until the latest checkpoint covers every record and the log verifies.

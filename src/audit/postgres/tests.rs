@@ -56,7 +56,7 @@ fn signer() -> NoteSigner {
 }
 
 fn message(e: &AuditError) -> String {
-    super::error_chain(e)
+    crate::audit::store::error_chain(e)
 }
 
 #[test]

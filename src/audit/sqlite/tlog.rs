@@ -17,7 +17,7 @@ use super::{read_row, sqlite_err, COLUMNS};
 use crate::audit::record::AuditRecord;
 use crate::audit::tlog::merkle::{self, Frontier, Hash};
 use crate::audit::tlog::note::NoteSigner;
-use crate::audit::tree::{self, tlog_err, LeafRow, TreeRows};
+use crate::audit::tree::{self, frontier_from, hash_of, tlog_err, LeafRow, TreeRows};
 use crate::audit::AuditError;
 
 /// Tables and columns of the log (schema version 2).
@@ -58,10 +58,6 @@ pub(crate) struct SqliteRows<'a> {
 
 fn size_i64(size: u64) -> i64 {
     i64::try_from(size).unwrap_or(i64::MAX)
-}
-
-fn hash_of(path: &Path, blob: &[u8]) -> Result<Hash, AuditError> {
-    Hash::try_from(blob).map_err(|_| tlog_err(path, "a stored hash is not 32 bytes"))
 }
 
 impl TreeRows for SqliteRows<'_> {
@@ -212,17 +208,6 @@ impl TreeRows for SqliteRows<'_> {
         }
         Ok(())
     }
-}
-
-/// A frontier from its stored size and hashes.
-pub(crate) fn frontier_from(path: &Path, size: i64, blob: &[u8]) -> Result<Frontier, AuditError> {
-    let hashes = blob
-        .chunks(32)
-        .map(|c| hash_of(path, c))
-        .collect::<Result<Vec<Hash>, _>>()?;
-    let size = u64::try_from(size).map_err(|_| tlog_err(path, "negative tree size"))?;
-    Frontier::from_parts(size, hashes)
-        .map_err(|e| tlog_err(path, format!("the stored frontier is inconsistent: {e}")))
 }
 
 /// Writes `frontier` back (inside the append's transaction).
