@@ -1,7 +1,8 @@
 //! Audit: every decision the CA makes, issued or refused, is recorded *before* the
-//! CA answers. If the write fails, no certificate leaves: the CA answers
-//! `UNAVAILABLE` instead (DESIGN.md, "Every issued certificate is recorded in the
-//! audit store before it is returned to the caller").
+//! CA answers (and so is every certificate an operator revokes). If the write
+//! fails, no certificate leaves: the CA answers `UNAVAILABLE` instead (DESIGN.md,
+//! "Every issued certificate is recorded in the audit store before it is returned
+//! to the caller").
 //!
 //! What this module owns:
 //!
@@ -195,8 +196,8 @@ pub enum AuditError {
         time: OffsetDateTime,
     },
 
-    /// A string that is neither `issued` nor `refused` where an [`Outcome`] was expected.
-    #[error("unknown audit outcome {value:?}: expected \"issued\" or \"refused\"")]
+    /// A string that is not an [`Outcome`]'s name where one was expected.
+    #[error("unknown audit outcome {value:?}: expected \"issued\", \"refused\" or \"revoked\"")]
     UnknownOutcome {
         /// The string given.
         value: String,

@@ -44,10 +44,20 @@ use super::AuditError;
 pub mod tls;
 
 /// The newest schema this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
-/// The schema, one migration per version (index 0 makes version 1).
-pub const MIGRATIONS: &[&str] = &["
+/// The schema, one migration per version (index 0 makes version 1). A migration
+/// is never edited once released: a store migrated by it keeps what it did.
+///
+/// 2: `outcome` may be `'revoked'`. PostgreSQL named the inline check of
+/// version 1 `audit_records_outcome_check` (`<table>_<column>_check`); it is
+/// dropped and added again, wider, in one `ALTER TABLE`. `NOT VALID`: every row
+/// already stored passed the narrower check, so it passes this one, and
+/// validating would scan the whole table while holding the lock that stops the
+/// other replicas' appends; PostgreSQL checks every row written from now on
+/// either way.
+pub const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE meshid_audit_schema (version INTEGER NOT NULL);
 INSERT INTO meshid_audit_schema (version) VALUES (0);
 CREATE TABLE audit_records (
@@ -98,7 +108,14 @@ CREATE TABLE tlog_nodes (
     hash BYTEA NOT NULL,
     PRIMARY KEY (level, idx)
 );
-"];
+",
+    "
+ALTER TABLE audit_records
+    DROP CONSTRAINT audit_records_outcome_check,
+    ADD CONSTRAINT audit_records_outcome_check
+        CHECK (outcome IN ('issued', 'refused', 'revoked')) NOT VALID;
+",
+];
 
 /// The advisory lock migrations run under ("meshid-a" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6d65_7368_6964_2d61;
@@ -1001,8 +1018,9 @@ impl<C: GenericClient> TreeRows for PgRows<'_, C> {
         serial: &str,
     ) -> Result<Option<(AuditRecord, Option<u64>)>, AuditError> {
         // No `ORDER BY id LIMIT 1`: with it PostgreSQL may walk the primary
-        // key in order instead of the serial index. A serial has one record
-        // (two at most: issued, and withheld), so the first is picked here.
+        // key in order instead of the serial index. A serial has few records
+        // (issued, perhaps withheld, perhaps revoked), and the first (its
+        // issuance) is picked here.
         let sql = format!("SELECT {COLUMNS} FROM audit_records WHERE serial = $1");
         let rows = self
             .client
@@ -1100,7 +1118,7 @@ fn select(q: &AuditQuery) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
         filter("serial =", Box::new(serial.clone()));
     }
     if let Some(outcome) = q.outcome {
-        // One of two fixed words: nothing from outside reaches the SQL text;
+        // One of three fixed words: nothing from outside reaches the SQL text;
         // a literal lets PostgreSQL use the partial index of refusals.
         clauses.push(format!("outcome = '{}'", outcome.as_str()));
     }

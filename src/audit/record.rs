@@ -1,5 +1,7 @@
-//! The audit record: one CA decision, issued or refused, with everything an auditor
-//! needs to answer "who got which identity, when, on whose behalf, and why (not)".
+//! The audit record: one CA decision (issued or refused) or one operator's
+//! revocation, with everything an auditor needs to answer "who got which identity,
+//! when, on whose behalf, and why (not)", and "which certificate was revoked, by
+//! whom, and why".
 //!
 //! Times serialize as RFC 3339. Records read back from a store carry UTC times.
 
@@ -12,7 +14,7 @@ use time::OffsetDateTime;
 use super::AuditError;
 use crate::identity::SpiffeId;
 
-/// What the CA decided.
+/// What the CA decided, or that an operator revoked a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
@@ -20,14 +22,24 @@ pub enum Outcome {
     Issued,
     /// The request was refused; [`AuditRecord::reason`] says why.
     Refused,
+    /// A certificate was revoked by an operator (`meshid ca revoke`):
+    /// [`AuditRecord::serial`] names it, [`AuditRecord::reason`] says why and
+    /// [`AuditRecord::caller`] who. The certificate's issuance has a record of
+    /// its own (`issued`, same serial).
+    Revoked,
 }
 
 impl Outcome {
-    /// The stable lowercase name: `"issued"` or `"refused"` (also the stored form).
+    /// Every outcome, in the order they were introduced.
+    pub const ALL: [Outcome; 3] = [Outcome::Issued, Outcome::Refused, Outcome::Revoked];
+
+    /// The stable lowercase name: `"issued"`, `"refused"` or `"revoked"` (also the
+    /// stored form, and the record's JSON, hence its log leaf).
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Issued => "issued",
             Outcome::Refused => "refused",
+            Outcome::Revoked => "revoked",
         }
     }
 }
@@ -45,6 +57,7 @@ impl FromStr for Outcome {
         match s {
             "issued" => Ok(Outcome::Issued),
             "refused" => Ok(Outcome::Refused),
+            "revoked" => Ok(Outcome::Revoked),
             other => Err(AuditError::UnknownOutcome {
                 value: other.to_owned(),
             }),
@@ -105,7 +118,7 @@ pub struct AuditRecord {
     pub requested_ttl_secs: Option<i64>,
     /// The TTL granted after defaulting and clamping, in seconds.
     pub granted_ttl_secs: Option<i64>,
-    /// Issued or refused.
+    /// Issued, refused or revoked.
     pub outcome: Outcome,
     /// Why the request was refused (the full reason, including what the caller was
     /// only told opaquely), or a note on an issuance (for example a clamped TTL).
@@ -240,7 +253,7 @@ pub(crate) fn full_record(
         time,
         caller: Some("spiffe://cluster.local/ns/meshid-system/sa/agent".to_owned()),
         requested_identity: Some(id.clone()),
-        granted_identity: (outcome == Outcome::Issued).then(|| id.clone()),
+        granted_identity: (outcome != Outcome::Refused).then(|| id.clone()),
         namespace: Some(namespace.to_owned()),
         service_account: Some(service_account.to_owned()),
         node: Some("node-1".to_owned()),
@@ -253,7 +266,11 @@ pub(crate) fn full_record(
         requested_ttl_secs: Some(86_400),
         granted_ttl_secs: Some(86_400),
         outcome,
-        reason: (outcome == Outcome::Refused).then(|| "token is for ns/a/sa/x".to_owned()),
+        reason: match outcome {
+            Outcome::Issued => None,
+            Outcome::Refused => Some("token is for ns/a/sa/x".to_owned()),
+            Outcome::Revoked => Some("revoked: keyCompromise".to_owned()),
+        },
         peer: Some("10.0.0.7:51234".to_owned()),
     }
 }
@@ -266,9 +283,10 @@ mod tests {
 
     #[test]
     fn outcome_round_trips_through_its_name() {
-        for outcome in [Outcome::Issued, Outcome::Refused] {
+        for outcome in Outcome::ALL {
             assert_eq!(outcome.to_string().parse::<Outcome>().ok(), Some(outcome));
         }
+        assert_eq!("revoked".parse::<Outcome>().ok(), Some(Outcome::Revoked));
         let err = "granted".parse::<Outcome>().unwrap_err();
         assert!(err.to_string().contains("\"granted\""), "{err}");
     }
@@ -289,6 +307,27 @@ mod tests {
         assert!(json.contains("\"outcome\":\"issued\""), "{json}");
         let back: AuditRecord = serde_json::from_str(&json).unwrap();
         assert_eq!(back, rec);
+    }
+
+    #[test]
+    fn a_revoked_record_is_a_leaf_like_any_other_naming_its_outcome() {
+        let rec = full_record(
+            datetime!(2025-03-01 12:00 UTC),
+            "shop",
+            "cart",
+            Outcome::Revoked,
+        );
+        let leaf = rec.leaf_bytes().unwrap();
+        let text = String::from_utf8(leaf.clone()).unwrap();
+        assert!(text.contains("\"outcome\":\"revoked\""), "{text}");
+        let back: AuditRecord = serde_json::from_slice(&leaf).unwrap();
+        assert_eq!(back, rec);
+        // The outcome is part of the leaf: the same record issued hashes otherwise.
+        let issued = AuditRecord {
+            outcome: Outcome::Issued,
+            ..rec
+        };
+        assert_ne!(issued.leaf_bytes().unwrap(), leaf);
     }
 
     #[test]

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::types::{FromSql, Value};
-use rusqlite::{params, params_from_iter, Connection, OpenFlags, Row, TransactionBehavior};
+use rusqlite::{
+    params, params_from_iter, Connection, OpenFlags, Row, Transaction, TransactionBehavior,
+};
 use time::OffsetDateTime;
 
 use super::query::AuditQuery;
@@ -26,7 +28,10 @@ use super::AuditError;
 
 /// The schema version this build writes and reads. Bump it with a migration in
 /// [`SqliteBackend::open`] when the table changes.
-pub const SCHEMA_VERSION: i64 = 3;
+///
+/// 1: the records; 2: the transparency log; 3: its stored nodes; 4: `outcome`
+/// may be `'revoked'` (`migrate_from_v3`).
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// How long a connection waits for the other side (CA writer or CLI reader) to
 /// release a lock before giving up.
@@ -51,11 +56,18 @@ CREATE TABLE audit_records (
     not_after_unix_nanos INTEGER,
     requested_ttl_secs INTEGER,
     granted_ttl_secs INTEGER,
-    outcome TEXT NOT NULL CHECK (outcome IN ('issued', 'refused')),
+    outcome TEXT NOT NULL CHECK (outcome IN ('issued', 'refused', 'revoked')),
     reason TEXT,
     peer TEXT
 );
 ";
+
+/// The `outcome` column's constraint up to schema 3, as [`SCHEMA`] wrote it then
+/// (and as SQLite keeps it in `sqlite_master`, whatever columns were added since).
+const OUTCOME_CHECK_V1: &str = "CHECK (outcome IN ('issued', 'refused'))";
+
+/// The `outcome` column's constraint from schema 4 on, as in [`SCHEMA`].
+const OUTCOME_CHECK: &str = "CHECK (outcome IN ('issued', 'refused', 'revoked'))";
 
 /// The secondary indexes, created or brought up to date on every writer open.
 ///
@@ -73,6 +85,10 @@ CREATE TABLE audit_records (
 ///   wrote to; databases created before are migrated by [`SqliteBackend::open`]
 ///   (same table, so older builds still read and write them).
 ///
+/// - `audit_records_revoked`: `--outcome revoked`, partial like the refusal index
+///   (revocations are rare: issued rows never touch it). Built on the first writer
+///   open of a schema-3 database, with one pass over the table.
+///
 /// - `audit_records_serial`: the CA's renewal check (which pod was this serial
 ///   issued to?). Every issued row writes to it; without it each renewal would scan
 ///   the whole table.
@@ -86,6 +102,8 @@ CREATE INDEX IF NOT EXISTS audit_records_identity
     ON audit_records (namespace, service_account, time_unix_nanos);
 CREATE INDEX IF NOT EXISTS audit_records_refused
     ON audit_records (time_unix_nanos) WHERE outcome = 'refused';
+CREATE INDEX IF NOT EXISTS audit_records_revoked
+    ON audit_records (time_unix_nanos) WHERE outcome = 'revoked';
 CREATE INDEX IF NOT EXISTS audit_records_serial
     ON audit_records (serial) WHERE serial IS NOT NULL;
 ";
@@ -251,8 +269,13 @@ impl SqliteBackend {
             Some(1) => {
                 tlog::migrate_from_v1(&tx, &path)?;
                 tlog::migrate_from_v2(&tx, &path)?;
+                migrate_from_v3(&tx, &path)?;
             }
-            Some(2) => tlog::migrate_from_v2(&tx, &path)?,
+            Some(2) => {
+                tlog::migrate_from_v2(&tx, &path)?;
+                migrate_from_v3(&tx, &path)?;
+            }
+            Some(3) => migrate_from_v3(&tx, &path)?,
             Some(found) => check_version(&path, found)?,
             None => {
                 tx.execute_batch(SCHEMA)
@@ -514,7 +537,7 @@ fn select(q: &AuditQuery) -> (String, Vec<Value>) {
     if let Some(outcome) = q.outcome {
         // A literal, not a parameter: SQLite uses the partial index
         // `audit_records_refused` only when the query names `'refused'` itself.
-        // `as_str` is one of two fixed words, so nothing from outside reaches
+        // `as_str` is one of three fixed words, so nothing from outside reaches
         // the SQL text.
         clauses.push(format!("outcome = '{}'", outcome.as_str()));
     }
@@ -548,7 +571,63 @@ fn check_version(path: &Path, found: i64) -> Result<(), AuditError> {
             supported: SCHEMA_VERSION,
         });
     }
-    // Version 1 is migrated by the writer's open (tlog::migrate_from_v1).
+    // Older versions are migrated by the writer's open ([`SqliteBackend::open`]);
+    // a reader reads them as they are.
+    Ok(())
+}
+
+/// Schema 3 to 4: `outcome` may be `'revoked'` (inside the open's transaction).
+///
+/// SQLite cannot alter a constraint, and rebuilding the table would copy every
+/// record (millions). Widening a `CHECK` changes nothing on disk (every stored row
+/// satisfies the wider check), so this edits the table's `CREATE TABLE` text in
+/// `sqlite_master` instead, as SQLite documents for such changes
+/// (<https://www.sqlite.org/lang_altertable.html#otheralter>): `writable_schema` on,
+/// the text rewritten, the schema cookie incremented (every connection, this one
+/// included, reloads the schema before its next statement), `writable_schema`
+/// off. All of it commits or rolls back with the open's transaction.
+///
+/// Rule enforced: the only edit is the one documented constraint text; a table
+/// whose text is neither the schema-3 nor the schema-4 one is refused, untouched.
+fn migrate_from_v3(tx: &Transaction<'_>, path: &Path) -> Result<(), AuditError> {
+    const CONTEXT: &str = "migrating to schema 4 (revocation records)";
+    let err = || sqlite_err(path, CONTEXT);
+    let sql: String = tx
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'audit_records'",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(err())?;
+    // A store created at schema 1 by this build's SCHEMA (tests do) already has it.
+    if !sql.contains(OUTCOME_CHECK) {
+        if sql.matches(OUTCOME_CHECK_V1).count() != 1 {
+            return Err(AuditError::StoreConfig {
+                store: path.display().to_string(),
+                detail: format!(
+                    "cannot migrate to schema 4: the audit_records table does not hold the \
+                     constraint `{OUTCOME_CHECK_V1}` exactly once (was it altered by hand?)"
+                ),
+            });
+        }
+        let widened = sql.replacen(OUTCOME_CHECK_V1, OUTCOME_CHECK, 1);
+        let cookie: i64 = tx
+            .query_row("PRAGMA schema_version", [], |row| row.get(0))
+            .map_err(err())?;
+        tx.pragma_update(None, "writable_schema", true)
+            .map_err(err())?;
+        let edited = tx
+            .execute(
+                "UPDATE sqlite_master SET sql = ?1 WHERE type = 'table' AND name = 'audit_records'",
+                [&widened],
+            )
+            .and_then(|_| tx.pragma_update(None, "schema_version", cookie + 1));
+        // Off again whatever happened: the connection goes on writing records.
+        let off = tx.pragma_update(None, "writable_schema", false);
+        edited.and(off).map_err(err())?;
+    }
+    tx.execute("UPDATE meshid_audit_schema SET version = 4", [])
+        .map_err(err())?;
     Ok(())
 }
 

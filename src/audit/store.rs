@@ -392,12 +392,23 @@ const MAX_DEFERRED: usize = 100_000;
 /// The record written, once the store is back, for a decision whose batch
 /// failed: its caller got `UNAVAILABLE` and no certificate, whatever the
 /// decision was, so it is a refusal, saying why and what the decision was.
+///
+/// A revocation is the exception: it took effect before it was recorded (the
+/// certificate is already in the CRLs, and the operator was told its record is
+/// not written yet), so it stays a revocation, saying it was recorded late.
 fn withheld(rec: &AuditRecord, cause: &str) -> AuditRecord {
     let mut out = rec.clone();
     let was = match (rec.outcome, &rec.reason) {
         (super::Outcome::Issued, _) => "issued".to_owned(),
         (super::Outcome::Refused, Some(reason)) => format!("refused: {reason}"),
         (super::Outcome::Refused, None) => "refused".to_owned(),
+        (super::Outcome::Revoked, reason) => {
+            out.reason = Some(format!(
+                "{}; recorded late: the audit store failed ({cause}) when the revocation took effect",
+                reason.as_deref().unwrap_or("revoked")
+            ));
+            return out;
+        }
     };
     out.outcome = super::Outcome::Refused;
     out.reason = Some(format!(

@@ -143,7 +143,7 @@ pub struct ListArgs {
     /// Only records newer than this (e.g. 10m, 24h).
     #[arg(long, env = "MESHID_AUDIT_SINCE", value_parser = super::parse_duration)]
     pub since: Option<Duration>,
-    /// Only this outcome.
+    /// Only this outcome: issued, refused or revoked.
     #[arg(long, env = "MESHID_AUDIT_OUTCOME", value_parser = parse_outcome)]
     pub outcome: Option<Outcome>,
     /// Only the certificate with this serial (hex, as `-o json` prints it; any case).
@@ -159,7 +159,7 @@ pub struct ListArgs {
 
 fn parse_outcome(s: &str) -> Result<Outcome, String> {
     s.parse::<Outcome>()
-        .map_err(|_| format!("{s:?} is not an outcome: use issued or refused"))
+        .map_err(|_| format!("{s:?} is not an outcome: use issued, refused or revoked"))
 }
 
 /// Runs `meshid audit …` (on a blocking thread: a PostgreSQL client runs
@@ -275,6 +275,18 @@ fn since(ago: Option<Duration>) -> anyhow::Result<Option<time::OffsetDateTime>> 
 }
 
 fn list(args: ListArgs) -> anyhow::Result<()> {
+    let output = args.output;
+    let records = list_records(args)?;
+    let text = match output {
+        OutputFormat::Table => render_table(&records),
+        OutputFormat::Json => render_json(&records),
+    };
+    print!("{text}");
+    Ok(())
+}
+
+/// The records `meshid audit list` prints.
+fn list_records(args: ListArgs) -> anyhow::Result<Vec<crate::audit::AuditRecord>> {
     let since = since(args.since)?;
     let query = AuditQuery {
         namespace: args.namespace,
@@ -284,15 +296,68 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
         serial: args.serial.map(|s| s.to_ascii_lowercase()),
         limit: args.limit,
     };
-    let records = match args.store.location()? {
+    Ok(match args.store.location()? {
         // The one read path for a local store (its errors name the file).
         StoreLocation::Sqlite(path) => read_sqlite(&path, &query)?,
         shared => shared.open_reader()?.list(&query)?,
-    };
-    let text = match args.output {
-        OutputFormat::Table => render_table(&records),
-        OutputFormat::Json => render_json(&records),
-    };
-    print!("{text}");
-    Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::audit::record::full_record;
+    use crate::audit::{AuditBackend, SqliteBackend};
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        audit: AuditCommand,
+    }
+
+    fn list_args(args: &[&str]) -> Result<ListArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["audit", "list"].iter().chain(args))?;
+        match cli.audit {
+            AuditCommand::List(args) => Ok(args),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn list_outcome_revoked_shows_only_revocations() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = datetime!(2025-03-01 12:00 UTC);
+        let mut records: Vec<_> = [Outcome::Issued, Outcome::Refused, Outcome::Revoked]
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| full_record(t0 + time::Duration::minutes(i as i64), "shop", "cart", o))
+            .collect();
+        records[2].serial = Some("0abc".to_owned());
+        SqliteBackend::open(&dir.path().join("audit.db"))
+            .unwrap()
+            .append(&records)
+            .unwrap();
+        let data_dir = dir.path().to_str().unwrap();
+        let args = list_args(&["--data-dir", data_dir, "--outcome", "revoked"]).unwrap();
+        assert_eq!(args.outcome, Some(Outcome::Revoked));
+        assert_eq!(list_records(args).unwrap(), [records[2].clone()]);
+        let args = list_args(&["--data-dir", data_dir, "--outcome", "issued"]).unwrap();
+        assert_eq!(list_records(args).unwrap(), [records[0].clone()]);
+        let args = list_args(&["--data-dir", data_dir]).unwrap();
+        assert_eq!(list_records(args).unwrap(), records);
+    }
+
+    #[test]
+    fn list_outcome_names_the_three_outcomes_when_given_another() {
+        let err = list_args(&["--outcome", "granted"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"granted\" is not an outcome: use issued, refused or revoked"),
+            "{err}"
+        );
+    }
 }

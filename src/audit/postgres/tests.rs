@@ -509,3 +509,122 @@ fn a_full_disk_fails_the_batch_and_the_store_takes_writes_once_there_is_room() {
     assert!(all.iter().any(|r| r.serial.as_deref() == Some("a7530")));
     drop(cluster);
 }
+
+/// A revocation of the certificate of `records(0, n)[i]` (same serial).
+fn revocation(i: usize) -> AuditRecord {
+    let issued = &records(i, 1)[0];
+    let mut r = full_record(
+        T0 + Duration::hours(1),
+        issued.namespace.as_deref().unwrap(),
+        "cart",
+        Outcome::Revoked,
+    );
+    r.serial = issued.serial.clone();
+    r.caller = Some("uid 0 (admin socket)".to_owned());
+    r
+}
+
+/// The outcome constraint as PostgreSQL shows it: (definition, validated).
+fn outcome_check(cluster: &PgCluster) -> String {
+    cluster
+        .psql(
+            "audit",
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint \
+             WHERE conrelid = 'audit_records'::regclass AND conname = 'audit_records_outcome_check'",
+        )
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn a_revoked_record_round_trips_verifies_and_is_selected_by_outcome() {
+    let Some((_cluster, opts)) = cluster() else {
+        return;
+    };
+    let signer = signer();
+    let verifier = signer.verifier();
+    let mut store = PgStore::open(&opts)
+        .unwrap()
+        .with_checkpoints(signer, ORIGIN)
+        .unwrap();
+    let mut all = records(0, 10);
+    all.push(revocation(3));
+    store.append(&all).unwrap();
+    assert_eq!(store.checkpoint(T0).unwrap(), Some(11));
+    assert_eq!(store.verify(&verifier, &mut |_, _| {}).unwrap().records, 11);
+    let q = AuditQuery {
+        outcome: Some(Outcome::Revoked),
+        ..Default::default()
+    };
+    assert_eq!(store.query(&q).unwrap(), [revocation(3)]);
+    let mut reader = PgStore::open_read_only(&opts).unwrap();
+    assert_eq!(reader.query(&q).unwrap(), [revocation(3)]);
+    // The serial's proof is of its issuance.
+    assert_eq!(reader.prove("a0003").unwrap().leaf_index, 3);
+}
+
+#[test]
+fn a_schema_1_store_takes_revocations_after_the_ca_opens_it_and_its_log_still_verifies() {
+    let Some((cluster, opts)) = cluster() else {
+        return;
+    };
+    // What the previous build left: migration 1 at version 1, records
+    // appended and checkpointed through the same append path.
+    cluster.psql("audit", super::MIGRATIONS[0]).unwrap();
+    cluster
+        .psql("audit", "UPDATE meshid_audit_schema SET version = 1")
+        .unwrap();
+    assert_eq!(
+        outcome_check(&cluster),
+        "CHECK ((outcome = ANY (ARRAY['issued'::text, 'refused'::text])))"
+    );
+    let key = NoteSigner::generate_pkcs8().unwrap();
+    let mut previous = PgStore::connected(&opts)
+        .unwrap()
+        .with_checkpoints(signer_of(&key), ORIGIN)
+        .unwrap();
+    previous.append(&records(0, 20)).unwrap();
+    assert_eq!(previous.checkpoint(T0).unwrap(), Some(20));
+    let text = message(&previous.append(&[revocation(3)]).unwrap_err());
+    assert!(text.contains("audit_records_outcome_check"), "{text}");
+    drop(previous);
+
+    let mut store = PgStore::open(&opts)
+        .unwrap()
+        .with_checkpoints(signer_of(&key), ORIGIN)
+        .unwrap();
+    assert_eq!(
+        cluster
+            .psql("audit", "SELECT MAX(version) FROM meshid_audit_schema")
+            .unwrap()
+            .trim(),
+        super::SCHEMA_VERSION.to_string()
+    );
+    assert_eq!(
+        outcome_check(&cluster),
+        "CHECK ((outcome = ANY (ARRAY['issued'::text, 'refused'::text, 'revoked'::text]))) NOT VALID"
+    );
+    store.append(&[revocation(3)]).unwrap();
+    assert_eq!(store.checkpoint(T0).unwrap(), Some(21));
+    let verifier = signer_of(&key).verifier();
+    let verified = store.verify(&verifier, &mut |_, _| {}).unwrap();
+    assert_eq!((verified.records, verified.checkpoints), (21, 2));
+    let q = AuditQuery {
+        outcome: Some(Outcome::Revoked),
+        ..Default::default()
+    };
+    assert_eq!(store.query(&q).unwrap(), [revocation(3)]);
+    // The wider check still refuses anything else.
+    let text = cluster
+        .psql(
+            "audit",
+            "INSERT INTO audit_records (id, time_unix_nanos, outcome, leaf_hash) \
+             VALUES (999, 0, 'granted', '')",
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("audit_records_outcome_check"), "{text}");
+    // Opening again migrates nothing more.
+    drop(PgStore::open(&opts).unwrap());
+}

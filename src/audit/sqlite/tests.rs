@@ -3,6 +3,7 @@ use time::Duration;
 
 use super::*;
 use crate::audit::record::{full_record, Outcome};
+use crate::audit::tlog::note::NoteSigner;
 
 fn temp_db() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -325,7 +326,7 @@ fn every_audit_list_filter_but_a_lone_service_account_is_served_by_an_index() {
     let mut b = SqliteBackend::open(&path).unwrap();
     b.append(&fixture()).unwrap();
     type Case = (&'static str, fn(&mut AuditQuery));
-    let cases: [Case; 7] = [
+    let cases: [Case; 8] = [
         ("audit_records_time", |_| {}),
         ("audit_records_identity", |q| {
             q.namespace = Some("shop".into())
@@ -343,6 +344,9 @@ fn every_audit_list_filter_but_a_lone_service_account_is_served_by_an_index() {
             q.limit = Some(20);
         }),
         ("audit_records_time", |q| q.limit = Some(20)),
+        ("audit_records_revoked", |q| {
+            q.outcome = Some(Outcome::Revoked)
+        }),
     ];
     for (index, f) in cases {
         let plan = plan(&b, f);
@@ -382,6 +386,7 @@ fn the_old_outcome_index_is_replaced_on_open_and_records_stay_readable() {
             "audit_records_identity",
             "audit_records_leaf",
             "audit_records_refused",
+            "audit_records_revoked",
             "audit_records_serial",
             "audit_records_time"
         ]
@@ -454,4 +459,275 @@ fn a_database_deleted_or_replaced_under_the_writer_takes_no_records_until_it_is_
         .query(&AuditQuery::default())
         .unwrap();
     assert_eq!(rows.len(), 2);
+}
+
+/// A revocation of the certificate of fixture record `i` (same serial), at `minute`.
+fn revocation(i: usize, minute: i64) -> AuditRecord {
+    let mut r = full_record(
+        T0 + Duration::minutes(minute),
+        fixture()[i].namespace.as_deref().unwrap(),
+        fixture()[i].service_account.as_deref().unwrap(),
+        Outcome::Revoked,
+    );
+    r.serial = fixture()[i].serial.clone();
+    r.caller = Some("uid 0 (admin socket)".to_owned());
+    r
+}
+
+#[test]
+fn a_revoked_record_round_trips_and_outcome_revoked_selects_only_revocations() {
+    let (_dir, path) = temp_db();
+    let mut b = SqliteBackend::open(&path).unwrap();
+    b.append(&fixture()).unwrap();
+    let revoked = revocation(3, 10);
+    b.append(std::slice::from_ref(&revoked)).unwrap();
+    let only = |outcome| AuditQuery {
+        outcome: Some(outcome),
+        ..AuditQuery::default()
+    };
+    assert_eq!(
+        b.query(&only(Outcome::Revoked)).unwrap(),
+        std::slice::from_ref(&revoked)
+    );
+    assert_eq!(b.query(&only(Outcome::Issued)).unwrap().len(), 4);
+    assert_eq!(b.query(&only(Outcome::Refused)).unwrap().len(), 2);
+    // The certificate's issuance and its revocation, by serial.
+    let by_serial = AuditQuery {
+        serial: Some("5f03".into()),
+        ..AuditQuery::default()
+    };
+    let outcomes: Vec<Outcome> = b
+        .query(&by_serial)
+        .unwrap()
+        .iter()
+        .map(|r| r.outcome)
+        .collect();
+    assert_eq!(outcomes, [Outcome::Issued, Outcome::Revoked]);
+    // Read-only readers (`meshid audit list`) see it too.
+    assert_eq!(
+        read_sqlite(&path, &only(Outcome::Revoked)).unwrap(),
+        [revoked]
+    );
+}
+
+#[test]
+fn an_outcome_outside_the_three_is_refused_by_the_table() {
+    let (_dir, path) = temp_db();
+    drop(SqliteBackend::open(&path).unwrap());
+    let err = Connection::open(&path)
+        .unwrap()
+        .execute(
+            "INSERT INTO audit_records (time_unix_nanos, outcome) VALUES (0, 'granted')",
+            [],
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("CHECK constraint failed"), "{err}");
+}
+
+/// The `audit_records` table as schema 3 created it (`SCHEMA` of the build
+/// before schema 4, verbatim), then the log's tables, at version 3: what the
+/// previous build's first open left.
+const SCHEMA_V3_RECORDS: &str = "
+CREATE TABLE meshid_audit_schema (version INTEGER NOT NULL);
+CREATE TABLE audit_records (
+    id INTEGER PRIMARY KEY,
+    time_unix_nanos INTEGER NOT NULL,
+    caller TEXT,
+    requested_identity TEXT,
+    granted_identity TEXT,
+    namespace TEXT,
+    service_account TEXT,
+    node TEXT,
+    pod_name TEXT,
+    pod_uid TEXT,
+    serial TEXT,
+    public_key_sha256 TEXT,
+    not_before_unix_nanos INTEGER,
+    not_after_unix_nanos INTEGER,
+    requested_ttl_secs INTEGER,
+    granted_ttl_secs INTEGER,
+    outcome TEXT NOT NULL CHECK (outcome IN ('issued', 'refused')),
+    reason TEXT,
+    peer TEXT
+);
+";
+
+const ORIGIN: &str = "cluster.local/meshid-audit";
+
+/// A schema-3 store holding the fixture, written and checkpointed through the
+/// backend's own append and checkpoint (the code path the previous build ran):
+/// the table, the log's tables and the indexes that build created, version 3.
+fn schema_3_store(path: &Path, key: &[u8]) {
+    let conn = Connection::open(path).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.execute_batch(SCHEMA_V3_RECORDS).unwrap();
+    conn.execute_batch(tlog::SCHEMA).unwrap();
+    conn.execute_batch(tlog::NODES_SCHEMA).unwrap();
+    conn.execute_batch(
+        "INSERT INTO meshid_audit_schema (version) VALUES (3);
+         CREATE INDEX audit_records_time ON audit_records (time_unix_nanos);
+         CREATE INDEX audit_records_identity
+             ON audit_records (namespace, service_account, time_unix_nanos);
+         CREATE INDEX audit_records_refused
+             ON audit_records (time_unix_nanos) WHERE outcome = 'refused';
+         CREATE INDEX audit_records_serial
+             ON audit_records (serial) WHERE serial IS NOT NULL;",
+    )
+    .unwrap();
+    let signer = NoteSigner::from_pkcs8(ORIGIN, key).unwrap();
+    let mut previous = SqliteBackend {
+        conn,
+        path: path.to_owned(),
+        signer: Some((signer, ORIGIN.to_owned())),
+        retention: None,
+        probe: None,
+    };
+    previous.append(&fixture()).unwrap();
+    assert_eq!(previous.checkpoint(T0).unwrap(), Some(6));
+    // A schema-3 table takes no revocation: the fixture is the old table.
+    let err = previous.append(&[revocation(3, 10)]).unwrap_err();
+    assert!(
+        crate::audit::store::error_chain(&err).contains("CHECK constraint failed"),
+        "{err}"
+    );
+}
+
+fn table_sql(path: &Path) -> String {
+    Connection::open(path)
+        .unwrap()
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'audit_records'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+fn version(path: &Path) -> i64 {
+    Connection::open(path)
+        .unwrap()
+        .query_row("SELECT MAX(version) FROM meshid_audit_schema", [], |r| {
+            r.get(0)
+        })
+        .unwrap()
+}
+
+#[test]
+fn a_schema_3_store_takes_revocations_after_the_ca_opens_it_and_its_log_still_verifies() {
+    let (_dir, path) = temp_db();
+    let key = NoteSigner::generate_pkcs8().unwrap();
+    schema_3_store(&path, &key);
+    let before = table_sql(&path);
+    let rowids = |path: &Path| -> Vec<(i64, Option<i64>)> {
+        let conn = Connection::open(path).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT id, leaf_index FROM audit_records ORDER BY id")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let rows_before = rowids(&path);
+    // A connection that loaded the old schema before the migration: it must
+    // see the new constraint after it (the schema cookie was bumped).
+    let bystander = Connection::open(&path).unwrap();
+    let n: i64 = bystander
+        .query_row("SELECT COUNT(*) FROM audit_records", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 6);
+
+    let signer = NoteSigner::from_pkcs8(ORIGIN, &key).unwrap();
+    let verifier = signer.verifier();
+    let mut b = SqliteBackend::open(&path)
+        .unwrap()
+        .with_checkpoints(signer, ORIGIN)
+        .unwrap();
+    assert_eq!(version(&path), SCHEMA_VERSION);
+    assert_eq!(SCHEMA_VERSION, 4);
+    // The constraint, and only it, was rewritten; no row moved.
+    assert_eq!(
+        table_sql(&path),
+        before.replace(OUTCOME_CHECK_V1, OUTCOME_CHECK)
+    );
+    assert_eq!(rowids(&path), rows_before);
+    let writable: i64 = b
+        .conn
+        .query_row("PRAGMA writable_schema", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(writable, 0, "writable_schema is off again");
+    let check: String = b
+        .conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+
+    let revoked = revocation(3, 10);
+    b.append(std::slice::from_ref(&revoked)).unwrap();
+    assert_eq!(b.checkpoint(T0).unwrap(), Some(7));
+    let verified = b.verify(&verifier, &mut |_, _| {}).unwrap();
+    assert_eq!((verified.records, verified.checkpoints), (7, 2));
+    let q = AuditQuery {
+        outcome: Some(Outcome::Revoked),
+        ..AuditQuery::default()
+    };
+    assert_eq!(b.query(&q).unwrap(), std::slice::from_ref(&revoked));
+    assert!(plan(&b, |q| q.outcome = Some(Outcome::Revoked)).contains("audit_records_revoked"));
+    // The issuance is still the record the serial's proof is of.
+    assert_eq!(b.prove("5f03").unwrap().leaf_index, 3);
+    drop(b);
+
+    bystander
+        .execute(
+            "INSERT INTO audit_records (time_unix_nanos, outcome) VALUES (1, 'revoked')",
+            [],
+        )
+        .unwrap();
+    let err = bystander
+        .execute(
+            "INSERT INTO audit_records (time_unix_nanos, outcome) VALUES (1, 'granted')",
+            [],
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("CHECK constraint failed"), "{err}");
+}
+
+#[test]
+fn a_schema_3_store_whose_table_was_altered_by_hand_is_refused_untouched() {
+    let (_dir, path) = temp_db();
+    schema_3_store(&path, &NoteSigner::generate_pkcs8().unwrap());
+    // The same table with its constraint spelled otherwise.
+    {
+        let conn = Connection::open(&path).unwrap();
+        let sql = table_sql(&path).replace(OUTCOME_CHECK_V1, "CHECK (outcome <> '')");
+        let cookie: i64 = conn
+            .query_row("PRAGMA schema_version", [], |r| r.get(0))
+            .unwrap();
+        conn.execute_batch("PRAGMA writable_schema = ON").unwrap();
+        conn.execute(
+            "UPDATE sqlite_master SET sql = ?1 WHERE name = 'audit_records'",
+            [&sql],
+        )
+        .unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA schema_version = {}; PRAGMA writable_schema = OFF",
+            cookie + 1
+        ))
+        .unwrap();
+    }
+    let before = table_sql(&path);
+    let err = SqliteBackend::open(&path).unwrap_err();
+    assert!(
+        err.to_string().contains("cannot migrate to schema 4"),
+        "{err}"
+    );
+    assert_eq!(version(&path), 3, "the migration rolled back");
+    assert_eq!(table_sql(&path), before);
+    assert_eq!(
+        SqliteBackend::open_read_only(&path)
+            .unwrap()
+            .query(&AuditQuery::default())
+            .unwrap(),
+        fixture()
+    );
 }

@@ -422,3 +422,39 @@ async fn a_decision_whose_batch_failed_is_recorded_as_withheld_once_the_store_is
     );
     log.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_revocation_whose_batch_failed_is_recorded_late_still_as_a_revocation() {
+    let (_dir, path) = temp_db();
+    let full = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let log = AuditLog::start(
+        Box::new(FillableBackend {
+            inner: SqliteBackend::open(&path).unwrap(),
+            full: Arc::clone(&full),
+        }),
+        GroupCommitConfig::default(),
+    );
+    let mut revoked = rec(1);
+    revoked.outcome = Outcome::Revoked;
+    revoked.serial = Some("0b0b".to_owned());
+    revoked.reason = Some("revoked: keyCompromise".to_owned());
+    assert!(log.record(revoked).await.is_err());
+    full.store(false, Ordering::SeqCst);
+    log.record(rec(2)).await.unwrap();
+    let stored = log
+        .query(AuditQuery {
+            outcome: Some(Outcome::Revoked),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0].serial.as_deref(), Some("0b0b"));
+    let reason = stored[0].reason.as_deref().unwrap();
+    assert!(
+        reason.starts_with("revoked: keyCompromise; recorded late")
+            && reason.contains("no space left on device"),
+        "{reason}"
+    );
+    log.shutdown().await;
+}
