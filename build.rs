@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         PathBuf::from("proto/workload.proto"),
         PathBuf::from("proto/policy.proto"),
         PathBuf::from("proto/destination.proto"),
+        PathBuf::from("proto/trust.proto"),
     ];
     // Imported files are compiled too: rebuild when any of them changes.
     println!("cargo:rerun-if-changed=proto");

@@ -11,7 +11,8 @@
 //! mTLS policy stream), [`destinations`] (which workload owns an IP, for
 //! captured connections) — [`files`] (certificates on disk), [`server`] (wiring
 //! it together), [`mod@build`] (the composition root: plain settings in, a
-//! running agent out), [`metrics`].
+//! running agent out), [`trust`] (the CA's trust stream: roots, CRLs,
+//! taints), [`metrics`].
 
 pub mod attest;
 pub mod build;
@@ -23,6 +24,7 @@ pub mod policy_push;
 pub mod sds;
 pub mod server;
 pub mod socket;
+pub mod trust;
 pub mod workload_api;
 
 pub use build::{build, AgentPlatform, AgentSetup, BuildError};

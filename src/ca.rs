@@ -13,7 +13,9 @@
 //! Lease, the root-certificate ConfigMaps). It does not own key storage ([`crate::pki`]),
 //! facts about pods and tokens ([`crate::platform`]) or the audit store ([`crate::audit`]).
 
+pub mod admin;
 pub mod authn;
+pub mod authorities;
 pub mod authz;
 pub mod build;
 pub mod config;
@@ -24,6 +26,7 @@ pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod tls;
+pub mod trust_service;
 
 pub use build::{build, BuildError, CaPlatform, CaSetup};
 pub use config::CaConfig;

@@ -4,6 +4,11 @@
 //! `ImpersonatedIdentity`, exactly as ztunnel asks; the injector asks for
 //! itself, without it.
 //!
+//! The same client opens the CA's `WatchTrust` stream ([`CaClient::watch_trust`])
+//! and follows the trust bundle it delivers: its TLS roots are the `--ca-root`
+//! roots plus the bundle's ([`CaClient::trust_roots`]), so that an agent keeps
+//! reaching a CA whose serving certificate a newly activated authority issued.
+//!
 //! Rule enforced: an answer is used only if its leaf names the identity that
 //! was asked for, carries our public key, and is signed by the next
 //! certificate of the chain (or a root of the bundle). Anything else is
@@ -12,6 +17,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
@@ -23,6 +29,8 @@ use crate::identity::SpiffeId;
 use crate::pki::bundle::parse_pem_certs;
 use crate::proto::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
 use crate::proto::istio::v1::auth::IstioCertificateRequest;
+use crate::proto::meshid::ca::v1::trust_service_client::TrustServiceClient;
+use crate::proto::meshid::ca::v1::{TrustUpdate, WatchTrustRequest};
 use crate::token::{BearerToken, TokenError};
 
 /// Why a certificate could not be obtained.
@@ -75,12 +83,42 @@ pub struct CaClientConfig {
 }
 
 /// The gRPC client of the CA. Connects lazily, so the agent starts (and keeps
-/// retrying) while the CA is unreachable.
+/// retrying) while the CA is unreachable. Clones share one channel (and see
+/// [`CaClient::trust_roots`] of each other).
 #[derive(Debug, Clone)]
 pub struct CaClient {
-    channel: Channel,
+    /// Rebuilt when the roots it trusts change; read (cloned) per request.
+    channel: Arc<RwLock<Channel>>,
+    target: Arc<Target>,
     token_file: PathBuf,
     impersonate: bool,
+}
+
+/// Where the channel goes and what it trusts from the start.
+#[derive(Debug)]
+struct Target {
+    uri: tonic::transport::Uri,
+    /// The name the CA's serving certificate must carry.
+    host: String,
+    /// `--ca-root`: always trusted, whatever the bundle says.
+    root_pem: String,
+    /// The bundle roots trusted besides `root_pem` (DER), to skip no-op rebuilds.
+    extra: std::sync::Mutex<Vec<CertificateDer<'static>>>,
+}
+
+impl Target {
+    /// A lazily connecting channel trusting `roots_pem`.
+    fn channel(&self, roots_pem: &str) -> Result<Channel, CaClientError> {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(roots_pem))
+            .domain_name(self.host.clone());
+        Ok(Endpoint::from(self.uri.clone())
+            .tls_config(tls)
+            .map_err(|e| CaClientError::Config(format!("TLS: {e}")))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(15))
+            .connect_lazy())
+    }
 }
 
 impl CaClient {
@@ -106,20 +144,70 @@ impl CaClient {
                 "--ca-root holds no PEM certificate".to_owned(),
             ));
         }
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&cfg.root_pem))
-            .domain_name(host);
-        let channel = Endpoint::from(uri)
-            .tls_config(tls)
-            .map_err(|e| CaClientError::Config(format!("TLS: {e}")))?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(15))
-            .connect_lazy();
+        let target = Target {
+            uri,
+            host,
+            root_pem: cfg.root_pem.clone(),
+            extra: std::sync::Mutex::new(Vec::new()),
+        };
+        let channel = target.channel(&cfg.root_pem)?;
         Ok(Self {
-            channel,
+            channel: Arc::new(RwLock::new(channel)),
+            target: Arc::new(target),
             token_file: cfg.token_file.clone(),
             impersonate: cfg.impersonate,
         })
+    }
+
+    /// The current channel (cheap: a handle).
+    fn channel(&self) -> Channel {
+        self.channel
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Trusts `bundle_roots` (DER) besides the `--ca-root` roots for the
+    /// connections made from now on: the channel is rebuilt (lazily
+    /// connecting) when they differ from the last ones given. Streams and
+    /// requests already under way keep their connection.
+    pub fn trust_roots(
+        &self,
+        bundle_roots: &[CertificateDer<'static>],
+    ) -> Result<(), CaClientError> {
+        let mut extra = self.target.extra.lock().unwrap_or_else(|e| e.into_inner());
+        if extra.as_slice() == bundle_roots {
+            return Ok(());
+        }
+        let mut pem = self.target.root_pem.clone();
+        if !pem.ends_with('\n') {
+            pem.push('\n');
+        }
+        for root in bundle_roots {
+            pem.push_str(&crate::pki::bundle::cert_pem(root));
+        }
+        let channel = self.target.channel(&pem)?;
+        *self.channel.write().unwrap_or_else(|e| e.into_inner()) = channel;
+        *extra = bundle_roots.to_vec();
+        tracing::info!(
+            bundle_roots = bundle_roots.len(),
+            "CA client now trusts --ca-root and the trust bundle's roots"
+        );
+        Ok(())
+    }
+
+    /// Opens the CA's `WatchTrust` stream: the whole trust state at once, then
+    /// again on every change. No token: the trust state is public.
+    pub async fn watch_trust(&self) -> Result<tonic::Streaming<TrustUpdate>, CaClientError> {
+        let mut client = TrustServiceClient::new(self.channel());
+        let response = client
+            .watch_trust(WatchTrustRequest {})
+            .await
+            .map_err(|s| CaClientError::Refused {
+                code: s.code(),
+                message: s.message().to_owned(),
+            })?;
+        Ok(response.into_inner())
     }
 
     async fn create(
@@ -146,7 +234,7 @@ impl CaClient {
             metadata,
         });
         token.authorize(&mut request);
-        let mut client = IstioCertificateServiceClient::new(self.channel.clone());
+        let mut client = IstioCertificateServiceClient::new(self.channel());
         let response =
             client
                 .create_certificate(request)
@@ -185,7 +273,8 @@ pub struct CheckedAnswer {
     pub not_before: OffsetDateTime,
     /// The leaf's validity.
     pub not_after: OffsetDateTime,
-    /// The leaf's serial, hex.
+    /// The leaf's serial, lowercase hex without leading zero bytes
+    /// ([`crate::pki::crl::serial_hex`]).
     pub serial_hex: String,
 }
 
@@ -238,11 +327,7 @@ pub fn check_answer(
             "leaf signature does not verify with its issuer".to_owned()
         ));
     }
-    let serial_hex = leaf
-        .raw_serial()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let serial_hex = crate::pki::crl::serial_hex(leaf.raw_serial());
     Ok(CheckedAnswer {
         not_before: leaf.validity().not_before.to_datetime(),
         not_after: leaf.validity().not_after.to_datetime(),

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod audit;
 pub mod ca;
+pub mod ca_admin;
 pub mod inject;
 pub mod mtls;
 pub mod platform;
@@ -34,7 +35,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the certificate authority (Istio CA API over TLS).
-    Ca(ca::CaArgs),
+    Ca(Box<ca::CaArgs>),
     /// Run the node agent (SDS and the SPIFFE Workload API on a Unix socket).
     Agent(agent::AgentArgs),
     /// Run the sidecar proxy: mTLS for one workload, its mode from PeerAuthentication.
@@ -76,7 +77,7 @@ pub fn main() -> ExitCode {
     };
     run_on(runtime, async move {
         match cli.command {
-            Command::Ca(args) => ca::run(args).await,
+            Command::Ca(args) => ca::run(*args).await,
             Command::Agent(args) => agent::run(args).await,
             Command::Proxy(args) => proxy::run(args).await,
             Command::Injector(args) => inject::run_injector(args).await,

@@ -11,12 +11,14 @@
 //! - leaf certificates are built from server-side facts only ([`template`]) and
 //!   re-parsed and checked after signing, before they leave ([`validate`]);
 //! - private keys zeroize on drop, never print, and are written 0600 ([`key`]);
-//! - a plug-in CA is checked file by file at start-up ([`authority`]).
+//! - a plug-in CA is checked file by file at start-up ([`authority`]);
+//! - a CRL is believed only once verified against its CA certificate ([`crl`]).
 //!
 //! Uses `identity` and `time` only.
 
 pub mod authority;
 pub mod bundle;
+pub mod crl;
 pub mod csr;
 mod der;
 #[cfg(test)]

@@ -97,6 +97,14 @@ pub mod meshid {
             tonic::include_proto!("meshid.destination.v1");
         }
     }
+    /// `meshid.ca.*`.
+    pub mod ca {
+        /// Package `meshid.ca.v1`: `TrustService`, the CA → agent stream of
+        /// authorities, trust bundle and CRLs.
+        pub mod v1 {
+            tonic::include_proto!("meshid.ca.v1");
+        }
+    }
 }
 
 impl fmt::Debug for spiffe_workload::X509svid {

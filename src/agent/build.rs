@@ -126,12 +126,13 @@ pub async fn build(setup: AgentSetup, shutdown: Shutdown) -> Result<RunningAgent
     if !token_file.is_file() {
         return Err(BuildError::TokenFile { path: token_file });
     }
-    let signer = CaClient::new(&CaClientConfig {
+    // One client for CSRs and the trust stream: its TLS roots follow the bundle.
+    let signer = Arc::new(CaClient::new(&CaClientConfig {
         address: ca_address.clone(),
         root_pem,
         token_file,
         impersonate: true,
-    })?;
+    })?);
     let platform: Arc<dyn Platform> = match platform {
         AgentPlatform::Local {
             shared: Some(shared),
@@ -161,7 +162,8 @@ pub async fn build(setup: AgentSetup, shutdown: Shutdown) -> Result<RunningAgent
     );
     let deps = AgentDeps {
         platform,
-        signer: Arc::new(signer),
+        signer: signer.clone(),
+        trust: Some(signer),
         clock,
         registry: prometheus::Registry::new(),
     };

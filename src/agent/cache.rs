@@ -8,6 +8,15 @@
 //! certificate keeps being served and the CSR is retried with capped
 //! exponential backoff and jitter; CSRs in flight are bounded; identities with
 //! no subscriber and no running pod on this node are evicted.
+//!
+//! The trust bundle comes from the CA's answers until the trust stream
+//! ([`crate::agent::trust`]) delivers one; from then on only the stream sets
+//! it ([`CertCache::apply_trust`]). Two rules follow from what the stream says
+//! (issue 18): a certificate whose serial a verified CRL lists is replaced at
+//! once; a certificate that chains to a *tainted* authority is re-issued before
+//! it expires, at most [`CacheConfig::taint_batch`] per
+//! [`CacheConfig::taint_interval`], so that a whole node does not ask the CA at
+//! once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,10 +26,12 @@ use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::agent::metrics::AgentMetrics;
 use crate::ca_client::{check_answer, CaClientError, CertSigner};
 use crate::identity::{SpiffeId, TrustDomain};
+use crate::pki::crl::RevokedSet;
 use crate::pki::key::{csr_pem, KeyAlgorithm, PrivateKey};
 use crate::platform::Platform;
 use crate::shutdown::Shutdown;
@@ -41,6 +52,13 @@ pub struct CacheConfig {
     pub backoff: Backoff,
     /// Workload key type.
     pub key_algorithm: KeyAlgorithm,
+    /// Certificates chaining to a tainted authority re-issued per
+    /// [`taint_interval`](Self::taint_interval) (`--taint-reissue-batch`, 100):
+    /// a taint re-issues everything on every node, and the CA must not see
+    /// every agent's whole cache at once.
+    pub taint_batch: usize,
+    /// The pace of those batches (`--taint-reissue-interval`, 5 s).
+    pub taint_interval: Duration,
 }
 
 impl Default for CacheConfig {
@@ -52,6 +70,8 @@ impl Default for CacheConfig {
             max_concurrent_csrs: 8,
             backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
             key_algorithm: KeyAlgorithm::EcdsaP256,
+            taint_batch: 100,
+            taint_interval: Duration::from_secs(5),
         }
     }
 }
@@ -70,7 +90,7 @@ pub struct Svid {
     pub not_before: OffsetDateTime,
     /// Validity end.
     pub not_after: OffsetDateTime,
-    /// Serial, hex.
+    /// Serial, lowercase hex without leading zero bytes.
     pub serial_hex: String,
 }
 
@@ -84,13 +104,54 @@ impl std::fmt::Debug for Svid {
     }
 }
 
-/// The trust bundle: the roots from the CA's last answer.
+/// The trust bundle: the roots (and CRLs) from the trust stream, or from the
+/// CA's last answer until the stream has delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustBundle {
     /// The roots, DER.
     pub roots_der: Vec<CertificateDer<'static>>,
     /// The roots, PEM.
     pub pem: String,
+    /// The authorities' CRLs, DER, each verified against its authority's
+    /// certificate by the trust task; empty before the stream delivered.
+    pub crls_der: Vec<Vec<u8>>,
+    /// The (issuer, serial) pairs those CRLs list.
+    pub revoked: RevokedSet,
+}
+
+impl TrustBundle {
+    /// A bundle of roots alone (no CRL).
+    pub fn from_roots(roots_der: Vec<CertificateDer<'static>>, pem: String) -> Self {
+        Self {
+            roots_der,
+            pem,
+            crls_der: Vec::new(),
+            revoked: RevokedSet::default(),
+        }
+    }
+
+    /// The CRLs as concatenated `X509 CRL` PEM blocks; `None` when there is none.
+    pub fn crl_pem(&self) -> Option<String> {
+        (!self.crls_der.is_empty()).then(|| crate::pki::crl::crls_to_pem(&self.crls_der))
+    }
+}
+
+/// What the trust stream says besides the bundle: the certificates of the
+/// authorities that are tainted (DER).
+#[derive(Debug, Default)]
+struct TrustInputs {
+    /// Whether the stream has delivered a bundle: then the CA's answers no
+    /// longer set it.
+    from_stream: bool,
+    /// Tainted authorities' certificates: subject (raw DER) and SPKI (DER).
+    tainted: Vec<TaintedAuthority>,
+}
+
+/// A tainted authority, as much of it as the per-leaf check needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TaintedAuthority {
+    subject_raw: Vec<u8>,
+    certificate_der: Vec<u8>,
 }
 
 struct Entry {
@@ -101,6 +162,8 @@ struct Entry {
     in_flight: bool,
     failures: u32,
     wanted_since: Instant,
+    /// The current certificate chains to a tainted authority.
+    tainted: bool,
 }
 
 /// The cache. Cheap to share: `Arc<CertCache>`.
@@ -113,6 +176,8 @@ pub struct CertCache {
     clock: SharedClock,
     entries: Mutex<HashMap<SpiffeId, Entry>>,
     bundle: watch::Sender<Option<Arc<TrustBundle>>>,
+    /// Locked after `entries` when both are held, never before.
+    trust: Mutex<TrustInputs>,
     wake: Notify,
     csr_slots: Arc<Semaphore>,
     metrics: AgentMetrics,
@@ -184,6 +249,7 @@ impl CertCache {
             clock,
             entries: Mutex::new(HashMap::new()),
             bundle: watch::Sender::new(None),
+            trust: Mutex::new(TrustInputs::default()),
             wake: Notify::new(),
             csr_slots: Arc::new(Semaphore::new(slots)),
             metrics,
@@ -212,6 +278,7 @@ impl CertCache {
                 in_flight: false,
                 failures: 0,
                 wanted_since: Instant::now(),
+                tainted: false,
             });
             entry.subscribers += 1;
             entry.pinned |= pin;
@@ -245,11 +312,16 @@ impl CertCache {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn lock_trust(&self) -> MutexGuard<'_, TrustInputs> {
+        self.trust.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Refreshes due certificates and evicts unused identities until shutdown.
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         let mut changes = self.platform.changes();
+        let mut next_taint_batch = Instant::now();
         loop {
-            let next = self.dispatch_due(&shutdown);
+            let next = self.dispatch_due(&shutdown, &mut next_taint_batch);
             self.evict_unused();
             let sleep = tokio::time::sleep_until(
                 next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
@@ -269,26 +341,155 @@ impl CertCache {
         }
     }
 
-    /// Starts a fetch for every due identity; returns when the next one is due.
-    fn dispatch_due(self: &Arc<Self>, shutdown: &Shutdown) -> Option<Instant> {
+    /// Starts a fetch for every due identity, and for the next batch of
+    /// tainted ones when `next_taint_batch` has come (then moves it one
+    /// [`CacheConfig::taint_interval`] on); returns when something is due next.
+    fn dispatch_due(
+        self: &Arc<Self>,
+        shutdown: &Shutdown,
+        next_taint_batch: &mut Instant,
+    ) -> Option<Instant> {
         let now = Instant::now();
         let mut due = Vec::new();
         let mut next: Option<Instant> = None;
-        for (id, entry) in self.lock().iter_mut() {
-            if entry.in_flight {
-                continue;
+        let mut earliest = |at: Instant| next = Some(next.map_or(at, |n: Instant| n.min(at)));
+        let mut tainted_waiting = Vec::new();
+        let mut tainted_total = 0;
+        {
+            let mut entries = self.lock();
+            for (id, entry) in entries.iter_mut() {
+                tainted_total += usize::from(entry.tainted);
+                if entry.in_flight {
+                    continue;
+                }
+                if entry.next_refresh <= now {
+                    entry.in_flight = true;
+                    due.push(id.clone());
+                } else {
+                    earliest(entry.next_refresh);
+                    if entry.tainted {
+                        tainted_waiting.push((entry.next_refresh, id.clone()));
+                    }
+                }
             }
-            if entry.next_refresh <= now {
-                entry.in_flight = true;
-                due.push(id.clone());
-            } else {
-                next = Some(next.map_or(entry.next_refresh, |n| n.min(entry.next_refresh)));
+            // Rule (taint): at most `taint_batch` per `taint_interval`, the
+            // soonest renewals first.
+            if !tainted_waiting.is_empty() && now >= *next_taint_batch {
+                tainted_waiting.sort_unstable_by_key(|(at, _)| *at);
+                let take = self.cfg.taint_batch.max(1).min(tainted_waiting.len());
+                for (_, id) in tainted_waiting.drain(..take) {
+                    if let Some(entry) = entries.get_mut(&id) {
+                        entry.in_flight = true;
+                        due.push(id);
+                    }
+                }
+                *next_taint_batch = now + self.cfg.taint_interval;
+                self.metrics.taint_reissues.inc_by(take as u64);
+                tracing::info!(
+                    batch = take,
+                    left = tainted_waiting.len(),
+                    next_batch_in = ?self.cfg.taint_interval,
+                    "re-issuing certificates that chain to a tainted authority"
+                );
             }
         }
+        if !tainted_waiting.is_empty() {
+            earliest(*next_taint_batch);
+        }
+        self.metrics.tainted_certificates.set(tainted_total as i64);
         for id in due {
             shutdown.spawn(Arc::clone(self).fetch(id));
         }
         next
+    }
+
+    /// Cached certificates that still chain to a tainted authority (re-issued
+    /// ones no longer count): zero once a taint has been fully acted on.
+    pub fn tainted_remaining(&self) -> usize {
+        self.lock().values().filter(|e| e.tainted).count()
+    }
+
+    /// Installs what the trust stream delivered: `bundle` becomes the trust
+    /// bundle (and the CA's answers stop setting it); `tainted` (the tainted
+    /// authorities' certificates, DER) replaces the taint list. Then every
+    /// cached certificate is judged again:
+    ///
+    /// - Rule (revocation): one whose serial `bundle.revoked` lists is
+    ///   replaced at once;
+    /// - Rule (taint): one that chains to a tainted authority (its issuer is
+    ///   the authority's subject and its signature verifies with the
+    ///   authority's key) is marked for re-issue in batches.
+    pub fn apply_trust(&self, bundle: TrustBundle, tainted: &[Vec<u8>]) {
+        let tainted: Vec<TaintedAuthority> = tainted
+            .iter()
+            .filter_map(|der| {
+                let (_, cert) = X509Certificate::from_der(der).ok()?;
+                Some(TaintedAuthority {
+                    subject_raw: cert.subject().as_raw().to_vec(),
+                    certificate_der: der.clone(),
+                })
+            })
+            .collect();
+        let revoked = bundle.revoked.clone();
+        {
+            let mut trust = self.lock_trust();
+            trust.from_stream = true;
+            trust.tainted = tainted.clone();
+        }
+        self.bundle.send_if_modified(|current| {
+            if current.as_deref() == Some(&bundle) {
+                false
+            } else {
+                *current = Some(Arc::new(bundle));
+                true
+            }
+        });
+        // Judged outside the lock (signatures), applied only where the
+        // certificate is still the one judged. A fetch that completes in
+        // between judged its new certificate against the new list already.
+        let snapshot: Vec<(SpiffeId, Arc<Svid>)> = self
+            .lock()
+            .iter()
+            .filter_map(|(id, e)| e.tx.borrow().clone().map(|s| (id.clone(), s)))
+            .collect();
+        let verdicts: Vec<(SpiffeId, Arc<Svid>, bool, bool)> = snapshot
+            .into_iter()
+            .map(|(id, svid)| {
+                let leaf = svid
+                    .chain_der
+                    .first()
+                    .map(|c| c.as_ref())
+                    .unwrap_or_default();
+                let is_revoked = !revoked.is_empty() && revoked.contains_cert(leaf);
+                let is_tainted = chains_to_tainted(leaf, &tainted);
+                (id, svid, is_revoked, is_tainted)
+            })
+            .collect();
+        let now = Instant::now();
+        {
+            let mut entries = self.lock();
+            for (id, svid, is_revoked, is_tainted) in verdicts {
+                let Some(entry) = entries.get_mut(&id) else {
+                    continue;
+                };
+                let current = entry.tx.borrow().clone();
+                if !current.is_some_and(|c| Arc::ptr_eq(&c, &svid)) {
+                    continue;
+                }
+                if is_tainted && !entry.tainted {
+                    tracing::info!(identity = %id, serial = %svid.serial_hex,
+                        "certificate chains to a tainted authority; it will be re-issued");
+                }
+                entry.tainted = is_tainted;
+                if is_revoked && !entry.in_flight && entry.next_refresh > now {
+                    entry.next_refresh = now;
+                    self.metrics.revoked_reissues.inc();
+                    tracing::warn!(identity = %id, serial = %svid.serial_hex,
+                        "our certificate is revoked (listed in the CA's CRL); replacing it now");
+                }
+            }
+        }
+        self.wake.notify_one();
     }
 
     async fn fetch(self: Arc<Self>, id: SpiffeId) {
@@ -330,8 +531,20 @@ impl CertCache {
                         .set(svid.not_after.unix_timestamp() as f64);
                     tracing::info!(identity = %id, serial = %svid.serial_hex, not_after = %svid.not_after,
                         refresh_in = ?delay, "workload certificate obtained");
+                    // Lock order: entries, then trust.
+                    let trust = self.lock_trust();
+                    entry.tainted = chains_to_tainted(
+                        svid.chain_der
+                            .first()
+                            .map(|c| c.as_ref())
+                            .unwrap_or_default(),
+                        &trust.tainted,
+                    );
+                    if !trust.from_stream {
+                        new_bundle = Some(bundle);
+                    }
+                    drop(trust);
                     entry.tx.send_replace(Some(Arc::new(svid)));
-                    new_bundle = Some(bundle);
                 }
                 Err(e) => {
                     entry.failures = entry.failures.saturating_add(1);
@@ -371,10 +584,7 @@ impl CertCache {
         .map_err(|e| CaClientError::Config(format!("key generation task: {e}")))??;
         let chain = self.signer.sign(&csr, id, self.cfg.workload_ttl).await?;
         let answer = check_answer(&chain, id, &key.public_key_der())?;
-        let bundle = TrustBundle {
-            roots_der: answer.roots_der,
-            pem: answer.roots_pem,
-        };
+        let bundle = TrustBundle::from_roots(answer.roots_der, answer.roots_pem);
         let svid = Svid {
             identity: id.clone(),
             chain_der: answer.chain_der,
@@ -421,5 +631,25 @@ impl CertCache {
     }
 }
 
+/// Whether `leaf_der` was signed by one of `tainted`: its issuer name is the
+/// authority's subject and its signature verifies with the authority's key
+/// (a name alone could be shared by an authority that is not tainted).
+fn chains_to_tainted(leaf_der: &[u8], tainted: &[TaintedAuthority]) -> bool {
+    if tainted.is_empty() {
+        return false;
+    }
+    let Ok((_, leaf)) = X509Certificate::from_der(leaf_der) else {
+        return false;
+    };
+    tainted.iter().any(|authority| {
+        leaf.issuer().as_raw() == authority.subject_raw.as_slice()
+            && X509Certificate::from_der(&authority.certificate_der)
+                .ok()
+                .is_some_and(|(_, ca)| leaf.verify_signature(Some(ca.public_key())).is_ok())
+    })
+}
+
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trust_tests;

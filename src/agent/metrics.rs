@@ -21,6 +21,20 @@ pub struct AgentMetrics {
     pub listings_refused: IntCounter,
     /// Connections to the socket closed at accept: their uid held its quota.
     pub connections_refused: IntCounter,
+    /// Trust updates from the CA's stream that were applied.
+    pub trust_updates: IntCounter,
+    /// Trust updates refused whole (no usable root), and authorities dropped
+    /// from an update (their certificate does not chain to the roots).
+    pub trust_rejected: IntCounter,
+    /// CRLs from the trust stream that failed to verify (the previous one of
+    /// that authority was kept).
+    pub crl_rejected: IntCounter,
+    /// Certificates re-issued because they chain to a tainted authority.
+    pub taint_reissues: IntCounter,
+    /// Cached certificates that still chain to a tainted authority.
+    pub tainted_certificates: IntGauge,
+    /// Certificates replaced at once because a CRL lists them.
+    pub revoked_reissues: IntCounter,
 }
 
 impl AgentMetrics {
@@ -67,6 +81,30 @@ impl AgentMetrics {
                 "meshid_agent_connections_refused_total",
                 "Connections to the agent socket closed at accept: their peer uid already held --max-connections-per-uid.",
             )?,
+            trust_updates: IntCounter::new(
+                "meshid_agent_trust_updates_total",
+                "Trust updates received from the CA's WatchTrust stream and applied.",
+            )?,
+            trust_rejected: IntCounter::new(
+                "meshid_agent_trust_rejected_total",
+                "Trust updates refused whole, and authorities dropped from an update because they do not chain to its roots.",
+            )?,
+            crl_rejected: IntCounter::new(
+                "meshid_agent_crl_rejected_total",
+                "CRLs from the CA that failed to verify against their authority; the previous CRL was kept.",
+            )?,
+            taint_reissues: IntCounter::new(
+                "meshid_agent_taint_reissues_total",
+                "Certificates re-issued because they chain to a tainted authority.",
+            )?,
+            tainted_certificates: IntGauge::new(
+                "meshid_agent_tainted_certificates",
+                "Cached certificates that still chain to a tainted authority.",
+            )?,
+            revoked_reissues: IntCounter::new(
+                "meshid_agent_revoked_reissues_total",
+                "Cached certificates replaced at once because the CA's CRL lists them.",
+            )?,
         };
         registry.register(Box::new(m.cert_expiry.clone()))?;
         registry.register(Box::new(m.rotations.clone()))?;
@@ -76,6 +114,12 @@ impl AgentMetrics {
         registry.register(Box::new(m.attestation_failures.clone()))?;
         registry.register(Box::new(m.listings_refused.clone()))?;
         registry.register(Box::new(m.connections_refused.clone()))?;
+        registry.register(Box::new(m.trust_updates.clone()))?;
+        registry.register(Box::new(m.trust_rejected.clone()))?;
+        registry.register(Box::new(m.crl_rejected.clone()))?;
+        registry.register(Box::new(m.taint_reissues.clone()))?;
+        registry.register(Box::new(m.tainted_certificates.clone()))?;
+        registry.register(Box::new(m.revoked_reissues.clone()))?;
         Ok(m)
     }
 }

@@ -10,6 +10,7 @@ use prometheus::Registry;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument;
 
 use crate::agent::attest::Attestor;
 use crate::agent::cache::{CacheConfig, CertCache};
@@ -21,6 +22,7 @@ use crate::agent::sds::SdsService;
 use crate::agent::socket::caller::SocketAttestor;
 use crate::agent::socket::limits::{Limiter, SocketLimits, TrackRequests};
 use crate::agent::socket::{self, SocketError, UdsStream};
+use crate::agent::trust::{TrustFollower, TrustSource};
 use crate::agent::workload_api::WorkloadApiService;
 use crate::ca_client::CertSigner;
 use crate::h2_authority::AuthorityRepair;
@@ -78,6 +80,9 @@ pub struct AgentDeps {
     pub platform: Arc<dyn Platform>,
     /// The CA.
     pub signer: Arc<dyn CertSigner>,
+    /// The CA's trust stream (roots, CRLs, taints); `None`: the bundle comes
+    /// from the CA's answers alone.
+    pub trust: Option<Arc<dyn TrustSource>>,
     /// Time.
     pub clock: SharedClock,
     /// Where metrics are registered.
@@ -135,6 +140,14 @@ pub async fn start(
         metrics.clone(),
     );
     shutdown.spawn(Arc::clone(&cache).run(shutdown.clone()));
+    if let Some(source) = deps.trust.clone() {
+        let follower = TrustFollower::new(source, Arc::clone(&cache), metrics.clone());
+        shutdown.spawn(
+            follower
+                .run(shutdown.clone())
+                .instrument(tracing::info_span!("trust_stream")),
+        );
+    }
     for (identity, dir) in &cfg.write_certs {
         shutdown.spawn(files::keep_written(
             Arc::clone(&cache),

@@ -67,6 +67,12 @@ pub enum AuthnError {
     /// Neither a bearer token nor a client certificate.
     #[error("no credential: neither an authorization bearer token nor a client certificate")]
     NoCredential,
+    /// The client certificate was revoked (`meshid ca revoke`).
+    #[error("client certificate {serial} is revoked")]
+    Revoked {
+        /// Its serial, hex.
+        serial: String,
+    },
     /// The authorization header is not `Bearer <token>`.
     #[error("authorization metadata is not \"Bearer <token>\"")]
     MalformedHeader,

@@ -11,8 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::audit::{AuditError, AuditLog, GroupCommitConfig, StoreLocation};
+use crate::ca::authorities::{
+    Authorities, AuthoritySource, AuthorityStore, FileStore, FirstAuthority, RotationConfig,
+    RotationError, StoreError,
+};
 use crate::ca::config::CaConfig;
 use crate::ca::issuer::CaDeps;
+use crate::ca::kube::authority_secret::{self, KubeSecretStore};
 use crate::ca::kube::root_distribution;
 use crate::ca::kube::secret::{self as ca_secret, CaSecretError};
 use crate::ca::metrics::CaMetrics;
@@ -27,6 +32,9 @@ use crate::platform::local::{
 use crate::platform::Platform;
 use crate::shutdown::Shutdown;
 use crate::time::SharedClock;
+
+/// The authorities' state file in the data directory (local platform).
+pub const AUTHORITIES_FILE: &str = "authorities.json";
 
 /// Everything a CA is built from besides the shutdown it runs under.
 pub struct CaSetup {
@@ -53,6 +61,8 @@ pub struct CaSetup {
     pub audit_checkpoint_key: Option<PathBuf>,
     /// Where facts come from.
     pub platform: CaPlatform,
+    /// How the authorities rotate (lifetimes, schedule, CRLs).
+    pub rotation: RotationConfig,
     /// Time.
     pub clock: SharedClock,
 }
@@ -186,6 +196,18 @@ pub enum BuildError {
         #[source]
         source: Box<AuditError>,
     },
+    /// The authorities could not be loaded or stored.
+    #[error("the CA's authorities")]
+    Authorities(#[source] Box<RotationError>),
+    /// The admin socket could not be opened.
+    #[error("opening the admin socket {}", path.display())]
+    AdminSocket {
+        /// The socket's path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Metrics could not be registered.
     #[error("registering metrics")]
     Metrics(#[source] prometheus::Error),
@@ -209,6 +231,7 @@ pub async fn build(setup: CaSetup, shutdown: Shutdown) -> Result<CaServer, Build
         audit_store,
         audit_checkpoint_key,
         platform,
+        mut rotation,
         clock,
     } = setup;
     ensure_writable_dir(&data_dir)?;
@@ -221,28 +244,96 @@ pub async fn build(setup: CaSetup, shutdown: Shutdown) -> Result<CaServer, Build
     // On Kubernetes: the checkpoint key from its Secret (unless a file is
     // given), and the Deployment's replica count for the SQLite warning.
     let mut kube_audit = KubeAudit::default();
-    let (authority, platform) = match platform {
+    // On Kubernetes, the Lease holder runs the rotation schedule.
+    let mut kube_leader: Option<tokio::sync::watch::Receiver<bool>> = None;
+    let (authorities, platform) = match platform {
         CaPlatform::Local { manifests, shared } => {
-            let authority = match &plugin_ca_dir {
-                Some(dir) => Authority::load_plugin(dir, &authority_cfg, clock.as_ref()).map_err(
-                    |source| BuildError::PluginCa {
-                        dir: dir.clone(),
+            // A plug-in CA is read now: it is the first authority, or, when
+            // the stored ones do not hold it, the prepared one.
+            let plugin = plugin_ca_dir.as_ref().map(|dir| {
+                (
+                    dir.clone(),
+                    Authority::load_plugin(dir, &authority_cfg, clock.as_ref()),
+                )
+            });
+            rotation.policy.can_prepare = plugin_ca_dir.is_none();
+            let store: Arc<dyn AuthorityStore> =
+                Arc::new(FileStore::new(data_dir.join(AUTHORITIES_FILE)));
+            let stored = store.load().await.map_err(authorities_error)?;
+            let (first, offer): (FirstAuthority, _) = match (plugin, stored.is_some()) {
+                // Nothing stored: the plug-in CA must load (as before rotation existed).
+                (Some((dir, Err(source))), false) => {
+                    return Err(BuildError::PluginCa {
+                        dir,
                         source: Box::new(source),
-                    },
-                )?,
-                None => {
-                    Authority::load_or_create_self_signed(&data_dir, &authority_cfg, clock.as_ref())
-                        .map_err(|source| BuildError::SelfSigned {
-                            dir: data_dir.clone(),
-                            source: Box::new(source),
-                        })?
+                    })
+                }
+                (Some((_, Ok(authority))), false) => (
+                    Box::new(move || Ok((authority, AuthoritySource::PlugIn))),
+                    None,
+                ),
+                // Stored authorities: the plug-in CA is offered as the next one.
+                (Some(offer), true) => (
+                    Box::new(|| {
+                        Err(RotationError::Refused(
+                            "unreachable: authorities are stored".to_owned(),
+                        ))
+                    }),
+                    Some(offer),
+                ),
+                (None, _) => {
+                    let (dir, cfg, clock) =
+                        (data_dir.clone(), authority_cfg.clone(), clock.clone());
+                    let validity = rotation.authority_ttl;
+                    (
+                        Box::new(move || {
+                            Authority::load_or_create_self_signed_for(
+                                &dir,
+                                &cfg,
+                                validity,
+                                clock.as_ref(),
+                            )
+                            .map(|a| (a, AuthoritySource::SelfSigned))
+                            .map_err(|source| {
+                                RotationError::Authority {
+                                    id: format!("self-signed root in {}", dir.display()),
+                                    source: Box::new(source),
+                                }
+                            })
+                        }) as FirstAuthority,
+                        None,
+                    )
                 }
             };
+            let authorities = Authorities::open(
+                store,
+                rotation.clone(),
+                authority_cfg.clone(),
+                clock.clone(),
+                first,
+            )
+            .await
+            .map_err(authorities_error)?;
+            if let Some((dir, loaded)) = offer {
+                authorities
+                    .offer_plugin(loaded, &dir.display().to_string())
+                    .await
+                    .map_err(authorities_error)?;
+            }
+            if let Some(dir) = &plugin_ca_dir {
+                crate::ca::authorities::plugin_watch::spawn(
+                    authorities.clone(),
+                    dir.clone(),
+                    authority_cfg.clone(),
+                    clock.clone(),
+                    &shutdown,
+                );
+            }
             let platform = match shared {
                 Some(platform) => platform,
                 None => local_platform(&data_dir, manifests, &clock, &shutdown)?,
             };
-            (authority, platform)
+            (authorities, platform)
         }
         CaPlatform::Kube {
             token_verification,
@@ -252,8 +343,9 @@ pub async fn build(setup: CaSetup, shutdown: Shutdown) -> Result<CaServer, Build
             if plugin_ca_dir.is_some() {
                 return Err(BuildError::PluginDirOnKube { namespace });
             }
-            kube_parts(
+            let (authorities, platform, leader) = kube_parts(
                 &authority_cfg,
+                &rotation,
                 KubeAuditWanted {
                     origin: &origin,
                     checkpoint_key: audit_checkpoint_key.is_none(),
@@ -265,15 +357,32 @@ pub async fn build(setup: CaSetup, shutdown: Shutdown) -> Result<CaServer, Build
                 &clock,
                 &shutdown,
             )
-            .await?
+            .await?;
+            kube_leader = Some(leader);
+            (authorities, platform)
         }
     };
     let bundle_path = data_dir.join("root-cert.pem");
-    crate::secret_file::write_public(&bundle_path, authority.root_bundle_pem().as_bytes())
+    crate::secret_file::write_public(&bundle_path, authorities.current().bundle_pem().as_bytes())
         .map_err(|source| BuildError::RootBundle {
-            path: bundle_path,
-            source,
-        })?;
+        path: bundle_path.clone(),
+        source,
+    })?;
+    spawn_bundle_file(authorities.clone(), bundle_path, &shutdown);
+    {
+        // Local: this CA runs the schedule. Kubernetes: the Lease holder
+        // does (see kube_parts), and every replica keeps its CRLs fresh.
+        let leader = match &kube_leader {
+            Some(rx) => rx.clone(),
+            None => tokio::sync::watch::Sender::new(true).subscribe(),
+        };
+        shutdown.spawn(
+            authorities
+                .clone()
+                .run_schedule(leader, shutdown.token().clone()),
+        );
+    }
+    let admin_socket = data_dir.join(crate::ca::admin::SOCKET_FILE);
 
     let audit_store =
         audit_store.unwrap_or_else(|| StoreLocation::Sqlite(data_dir.join("audit.db")));
@@ -341,11 +450,25 @@ pub async fn build(setup: CaSetup, shutdown: Shutdown) -> Result<CaServer, Build
     let deps = CaDeps {
         platform,
         audit,
-        authority: Arc::new(authority),
+        authorities: authorities.clone(),
         clock,
         metrics,
-        http: crate::audit::http::routes(audit_store),
+        http: crate::audit::http::routes(audit_store.clone()),
     };
+    crate::ca::admin::serve(
+        &admin_socket,
+        crate::ca::admin::AdminDeps {
+            authorities,
+            audit_store,
+            audit: deps.audit.clone(),
+            clock: deps.clock.clone(),
+        },
+        &shutdown,
+    )
+    .map_err(|source| BuildError::AdminSocket {
+        path: admin_socket.clone(),
+        source,
+    })?;
     Ok(CaServer::start(config, deps, registry, shutdown).await?)
 }
 
@@ -421,15 +544,25 @@ struct KubeAudit {
     replicas: Option<i32>,
 }
 
+// The composition root's parts, each named at the one call.
+#[allow(clippy::too_many_arguments)]
 async fn kube_parts(
     authority_cfg: &AuthorityConfig,
+    rotation: &RotationConfig,
     audit: KubeAuditWanted<'_>,
     mode: TokenVerification,
     namespace: String,
     pod_name: Option<String>,
     clock: &SharedClock,
     shutdown: &Shutdown,
-) -> Result<(Authority, Arc<dyn Platform>), BuildError> {
+) -> Result<
+    (
+        Arc<Authorities>,
+        Arc<dyn Platform>,
+        tokio::sync::watch::Receiver<bool>,
+    ),
+    BuildError,
+> {
     let api = ApiServer::infer().await?;
     let loaded = ca_secret::load_ca(
         &api.client,
@@ -478,15 +611,113 @@ async fn kube_parts(
     };
     let platform = KubePlatform::new(api.client.clone(), config, verifier)?;
     shutdown.spawn(platform.clone().run(shutdown.token().clone()));
-    root_distribution::spawn(
-        api.client,
+    // The state lives in the CA's Secret; every replica follows it.
+    let store: Arc<dyn AuthorityStore> =
+        Arc::new(KubeSecretStore::new(api.client.clone(), &namespace));
+    let plugin = loaded.source == ca_secret::CaSource::PluginSecret;
+    let mut rotation = rotation.clone();
+    // A plug-in CA's next authority comes from its operator (a new `cacerts`).
+    rotation.policy.can_prepare = !plugin;
+    let plugin_label = format!("Secret {namespace}/{}", ca_secret::PLUGIN_SECRET);
+    let source = if plugin {
+        AuthoritySource::PlugIn
+    } else {
+        AuthoritySource::SelfSigned
+    };
+    let mut first = Some((loaded.authority, source));
+    let mut attempts = 0;
+    let authorities = loop {
+        attempts += 1;
+        let stored = store.load().await.map_err(authorities_error)?.is_some();
+        let (make, offer): (FirstAuthority, Option<Authority>) = match first.take() {
+            // Stored already: a plug-in CA read now is offered as the next one.
+            Some((authority, AuthoritySource::PlugIn)) if stored => {
+                (stored_first(), Some(authority))
+            }
+            Some(first) if !stored => (Box::new(move || Ok(first)), None),
+            _ => (stored_first(), None),
+        };
+        match Authorities::open(
+            store.clone(),
+            rotation.clone(),
+            authority_cfg.clone(),
+            clock.clone(),
+            make,
+        )
+        .await
+        {
+            Ok(authorities) => {
+                if let Some(authority) = offer {
+                    authorities
+                        .offer_plugin(Ok(authority), &plugin_label)
+                        .await
+                        .map_err(authorities_error)?;
+                }
+                break authorities;
+            }
+            // Another replica stored the first state between our load and save.
+            Err(RotationError::Store(StoreError::Conflict { .. })) if attempts < 3 => {}
+            Err(e) => return Err(authorities_error(e)),
+        }
+    };
+    authority_secret::spawn_follow(authorities.clone(), shutdown);
+    authority_secret::spawn_plugin_watch(
+        api.client.clone(),
         &namespace,
-        pod_name,
-        loaded.authority.root_bundle_pem(),
+        authorities.clone(),
+        authority_cfg.clone(),
         clock.clone(),
         shutdown,
     );
-    Ok((loaded.authority, platform))
+    // The Lease holder writes the root ConfigMaps and runs the schedule.
+    let leader = root_distribution::spawn(
+        api.client,
+        &namespace,
+        pod_name,
+        &authorities,
+        clock.clone(),
+        shutdown,
+    );
+    Ok((authorities, platform, leader))
+}
+
+/// The first authority when the state is stored already: never called.
+fn stored_first() -> FirstAuthority {
+    Box::new(|| {
+        Err(RotationError::Refused(
+            "unreachable: the authorities are stored".to_owned(),
+        ))
+    })
+}
+
+fn authorities_error(e: impl Into<RotationError>) -> BuildError {
+    BuildError::Authorities(Box::new(e.into()))
+}
+
+/// Rewrites `path` (`DATA_DIR/root-cert.pem`) whenever the bundle changes.
+fn spawn_bundle_file(authorities: Arc<Authorities>, path: PathBuf, shutdown: &Shutdown) {
+    let stop = shutdown.clone();
+    shutdown.spawn(async move {
+        let mut changes = authorities.subscribe();
+        let mut written = authorities.current().bundle_pem().to_owned();
+        loop {
+            tokio::select! {
+                () = stop.triggered() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+            let bundle = changes.borrow_and_update().bundle_pem().to_owned();
+            if bundle == written {
+                continue;
+            }
+            match crate::secret_file::write_public(&path, bundle.as_bytes()) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "trust bundle rewritten");
+                    written = bundle;
+                }
+                Err(e) => tracing::error!(path = %path.display(), error = %e, "writing the trust bundle failed"),
+            }
+        }
+    });
 }
 
 /// Creates `dir` (0700) if missing and checks now, naming the path, that it

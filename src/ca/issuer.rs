@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 
 use crate::audit::{AuditLog, AuditQuery, AuditRecord, Outcome};
 use crate::ca::authn::{Authenticator, Caller};
+use crate::ca::authorities::Authorities;
 use crate::ca::authz::{
     check_authorized, AuthzInput, Permit, TrustedNodeAccounts, WorkloadDnsNames,
 };
@@ -22,7 +23,7 @@ use crate::ca::config::CaConfig;
 use crate::ca::error::CaError;
 use crate::ca::metrics::CaMetrics;
 use crate::identity::{SpiffeId, TrustDomain};
-use crate::pki::authority::{Authority, IssuedCert};
+use crate::pki::authority::IssuedCert;
 use crate::pki::csr::{validate_csr_with_dns, CsrError};
 use crate::pki::template::LeafRequest;
 use crate::platform::Platform;
@@ -36,8 +37,8 @@ pub struct CaDeps {
     pub platform: Arc<dyn Platform>,
     /// Where every decision is recorded.
     pub audit: AuditLog,
-    /// The signing CA.
-    pub authority: Arc<Authority>,
+    /// The signing authorities (the active one signs; the bundle holds all).
+    pub authorities: Arc<Authorities>,
     /// Time, for TTLs and token expiry.
     pub clock: SharedClock,
     /// Prometheus metrics.
@@ -117,9 +118,9 @@ impl Issuer {
         }
     }
 
-    /// The signing authority (for the serving certificate and the root bundle).
-    pub fn authority(&self) -> &Arc<Authority> {
-        &self.deps.authority
+    /// The signing authorities (for the serving certificate and the root bundle).
+    pub fn authorities(&self) -> &Arc<Authorities> {
+        &self.deps.authorities
     }
 
     /// Handles one request end to end, auditing the outcome before returning.
@@ -212,6 +213,17 @@ impl Issuer {
             )
             .await?;
         record.caller = Some(caller.identity().to_string());
+        // Rule: a revoked certificate authenticates nothing, a renewal
+        // included (rustls only checked its chain).
+        if let Caller::Certificate { serial_hex, .. } = &caller {
+            if self.deps.authorities.current().is_revoked(serial_hex) {
+                return Err(CaError::Unauthenticated(
+                    crate::ca::authn::AuthnError::Revoked {
+                        serial: serial_hex.clone(),
+                    },
+                ));
+            }
+        }
         if let Some(reason) = &req.metadata_error {
             return Err(CaError::InvalidRequest(reason.clone()));
         }
@@ -276,9 +288,11 @@ impl Issuer {
             dns_names: csr.dns_names().to_vec(),
             ip_addresses: Vec::new(),
         };
-        let signed: IssuedCert = self
-            .deps
-            .authority
+        // One snapshot for the signature, the chain and the bundle: a
+        // rotation between them would hand out a chain that does not fit.
+        let authorities = self.deps.authorities.current();
+        let active = authorities.active();
+        let signed: IssuedCert = active
             .sign_leaf(csr.public_key_der(), &leaf, self.deps.clock.as_ref())
             .map_err(CaError::Signing)?;
         record.serial = Some(signed.serial_hex.clone());
@@ -288,8 +302,8 @@ impl Issuer {
         // 6. Leaf, each intermediate, then the whole root bundle last.
         let mut cert_chain = Vec::with_capacity(3);
         cert_chain.push(signed.pem);
-        cert_chain.extend(self.deps.authority.chain_pem());
-        cert_chain.push(self.deps.authority.root_bundle_pem());
+        cert_chain.extend(active.chain_pem());
+        cert_chain.push(authorities.bundle_pem().to_owned());
         Ok(Issued {
             cert_chain,
             identity: permit.identity,

@@ -1,7 +1,9 @@
 //! The CA's jobs against the Kubernetes API server: its key material in
-//! Secrets ([`secret`]), leader election over a Lease ([`lease`]) and the
-//! root-certificate ConfigMap in every namespace ([`root_configmap`]),
-//! written by the leader only; [`root_distribution`] starts the last two.
+//! Secrets ([`secret`]), the authorities' rotation state in its Secret,
+//! followed by every replica ([`authority_secret`]), leader election over a
+//! Lease ([`lease`]) and the root-certificate ConfigMap in every namespace
+//! ([`root_configmap`]), written by the leader only; [`root_distribution`]
+//! starts the last two and hands the leadership on to the rotation schedule.
 //! The audit log's checkpoint key is shared through a Secret too
 //! ([`checkpoint_secret`]); [`replicas`] reads the CA's own replica count
 //! for a start-up warning.
@@ -13,6 +15,7 @@
 //! consensus — each write is a create, or a replace carrying the
 //! `resourceVersion` just read, so the API server arbitrates between replicas.
 
+pub mod authority_secret;
 pub mod checkpoint_secret;
 pub mod lease;
 pub mod replicas;

@@ -88,13 +88,13 @@ impl CaServer {
             ips: config.serving_ips.clone(),
             ttl: config.serving_cert_ttl,
         };
+        let active = deps.authorities.current().active().clone();
         let serving =
-            ServingCert::issue(&deps.authority, &identity, deps.clock.as_ref(), &deps.audit)
-                .await?;
-        let tls = server_config(serving.clone(), deps.authority.roots_der())?;
+            ServingCert::issue(&active, &identity, deps.clock.as_ref(), &deps.audit).await?;
+        let tls = server_config(serving.clone(), deps.authorities.clone())?;
         deps.metrics
             .root_expiry
-            .set(deps.authority.root_not_after().unix_timestamp() as f64);
+            .set(active.root_not_after().unix_timestamp() as f64);
         if let Err(e) = crate::ca::metrics::register_audit(&registry, deps.audit.stats()) {
             // Observability only: the CA works without these counters.
             tracing::warn!(error = %e, "audit group-commit metrics not registered");
@@ -128,6 +128,8 @@ impl CaServer {
         };
 
         let issuer = Arc::new(Issuer::new(&config, deps.clone()));
+        let trust =
+            crate::ca::trust_service::TrustStream::new(deps.authorities.clone()).into_server();
         let (conn_tx, conn_rx) =
             mpsc::channel::<Result<AuthorityRepair<CaTlsStream>, std::io::Error>>(256);
         shutdown.spawn(accept_loop(
@@ -148,6 +150,7 @@ impl CaServer {
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                 .timeout(Duration::from_secs(30))
                 .add_service(service)
+                .add_service(trust)
                 .serve_with_incoming_shutdown(
                     ReceiverStream::new(conn_rx),
                     shutdown.triggered_owned(),
@@ -249,13 +252,31 @@ async fn renew_loop(
     };
     let mut wait = next_renewal();
     let mut failures: u32 = 0;
+    let mut changes = deps.authorities.subscribe();
     loop {
+        let deadline = tokio::time::Instant::now() + wait;
         tokio::select! {
             _ = shutdown.triggered() => return,
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                // A new active authority: our certificate moves to it at
+                // once, before the old one can be revoked under it.
+                let active = changes.borrow_and_update().active().clone();
+                deps.metrics
+                    .root_expiry
+                    .set(active.root_not_after().unix_timestamp() as f64);
+                if active.id() == serving.issuer_id() {
+                    wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    continue;
+                }
+            }
         }
+        let active = deps.authorities.current().active().clone();
         match serving
-            .renew(&deps.authority, &identity, deps.clock.as_ref(), &deps.audit)
+            .renew(&active, &identity, deps.clock.as_ref(), &deps.audit)
             .await
         {
             Ok(()) => {

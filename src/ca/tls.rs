@@ -14,6 +14,7 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use rustls::crypto::ring as ring_provider;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
@@ -24,6 +25,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::server::TlsStream;
 
 use crate::audit::{AuditLog, AuditRecord, Outcome};
+use crate::ca::authorities::Authorities;
 use crate::identity::{IdentityError, SpiffeId, TrustDomain};
 use crate::pki::authority::{Authority, AuthorityError};
 use crate::pki::bundle::parse_pem_certs;
@@ -80,6 +82,8 @@ pub struct ServingCert {
     current: RwLock<Arc<CertifiedKey>>,
     /// notBefore and notAfter of the current certificate.
     validity: RwLock<(time::OffsetDateTime, time::OffsetDateTime)>,
+    /// The id of the authority that signed it.
+    issuer: RwLock<String>,
 }
 
 impl ServingCert {
@@ -94,6 +98,7 @@ impl ServingCert {
         Ok(Arc::new(Self {
             current: RwLock::new(Arc::new(key)),
             validity: RwLock::new(validity),
+            issuer: RwLock::new(authority.id().to_owned()),
         }))
     }
 
@@ -108,7 +113,16 @@ impl ServingCert {
         let (key, validity) = issue_certified_key(authority, identity, clock, audit).await?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
         *self.validity.write().unwrap_or_else(|e| e.into_inner()) = validity;
+        *self.issuer.write().unwrap_or_else(|e| e.into_inner()) = authority.id().to_owned();
         Ok(())
+    }
+
+    /// The id of the authority that signed the current certificate.
+    pub fn issuer_id(&self) -> String {
+        self.issuer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// notBefore and notAfter of the current certificate.
@@ -177,26 +191,128 @@ async fn issue_certified_key(
 }
 
 /// The rustls server configuration: TLS 1.2 + 1.3, ALPN h2, client
-/// certificates optional but verified to `roots` when sent.
+/// certificates optional but verified, when sent, to the roots of the
+/// authorities' current bundle (a rotation changes them while running).
 pub fn server_config(
     serving: Arc<ServingCert>,
-    roots: Vec<CertificateDer<'static>>,
+    authorities: Arc<Authorities>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(ring_provider::default_provider());
-    let mut store = RootCertStore::empty();
-    for root in roots {
-        store.add(root)?;
-    }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier = Arc::new(BundleClientVerifier::new(authorities)?);
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(serving);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Verifies client certificates against the current bundle: webpki's
+/// verifier, rebuilt when the snapshot's roots change.
+#[derive(Debug)]
+struct BundleClientVerifier {
+    authorities: Arc<Authorities>,
+    current: RwLock<(Vec<CertificateDer<'static>>, Arc<dyn ClientCertVerifier>)>,
+}
+
+impl BundleClientVerifier {
+    fn new(authorities: Arc<Authorities>) -> Result<Self, TlsError> {
+        let roots = authorities.current().roots_der().to_vec();
+        let verifier = webpki_verifier(&roots)?;
+        Ok(Self {
+            authorities,
+            current: RwLock::new((roots, verifier)),
+        })
+    }
+
+    fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        let snapshot = self.authorities.current();
+        {
+            let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+            if current.0 == snapshot.roots_der() {
+                return current.1.clone();
+            }
+        }
+        let roots = snapshot.roots_der().to_vec();
+        match webpki_verifier(&roots) {
+            Ok(verifier) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) =
+                    (roots, verifier.clone());
+                verifier
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the new trust bundle cannot verify client certificates; keeping the previous one");
+                self.current
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .1
+                    .clone()
+            }
+        }
+    }
+}
+
+fn webpki_verifier(
+    roots: &[CertificateDer<'static>],
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let mut store = RootCertStore::empty();
+    for root in roots {
+        store.add(root.clone())?;
+    }
+    WebPkiClientVerifier::builder_with_provider(
+        Arc::new(store),
+        Arc::new(ring_provider::default_provider()),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| TlsError::Verifier(e.to_string()))
+}
+
+impl ClientCertVerifier for BundleClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        // No hints: a client picks its certificate by itself.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.verifier()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.verifier().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.verifier().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.verifier().supported_verify_schemes()
+    }
 }
 
 /// Per-connection facts handed to every request on it.

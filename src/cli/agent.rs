@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::builder::TypedValueParser as _;
 use clap::Args;
 
 use super::platform::{PlatformArgs, PlatformKind};
@@ -78,6 +79,12 @@ pub struct AgentArgs {
     /// CSRs in flight at once.
     #[arg(long, env = "MESHID_MAX_CONCURRENT_CSRS", default_value_t = 8)]
     pub max_concurrent_csrs: usize,
+    /// When the CA taints an authority, re-issue at most this many of the certificates that chain to it per --taint-reissue-interval (so a taint does not send every node's whole cache to the CA at once).
+    #[arg(long, env = "MESHID_TAINT_REISSUE_BATCH", default_value_t = CacheConfig::default().taint_batch, value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
+    pub taint_reissue_batch: usize,
+    /// The pace of those re-issue batches.
+    #[arg(long, env = "MESHID_TAINT_REISSUE_INTERVAL", default_value = "5s", value_parser = super::parse_duration)]
+    pub taint_reissue_interval: Duration,
     /// Root namespace: its PeerAuthentication without selector is mesh-wide (Istio uses istio-system).
     #[arg(long, env = "MESHID_ROOT_NAMESPACE", default_value = DEFAULT_ROOT_NAMESPACE)]
     pub root_namespace: String,
@@ -188,6 +195,8 @@ impl AgentArgs {
                 cache: CacheConfig {
                     workload_ttl: self.workload_ttl,
                     max_concurrent_csrs: self.max_concurrent_csrs,
+                    taint_batch: self.taint_reissue_batch,
+                    taint_interval: self.taint_reissue_interval,
                     ..CacheConfig::default()
                 },
                 write_certs: self.write_certs,

@@ -111,10 +111,67 @@ pub struct CaArgs {
     /// With `--platform kube`: this replica's name, its identity in the leader Lease (default: the host name).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// Lifetime of each root the CA makes when it rotates (self-signed CA only).
+    #[arg(long, env = "MESHID_AUTHORITY_TTL", default_value = "3650d", value_parser = super::parse_duration)]
+    pub authority_ttl: Duration,
+    /// Prepare the next authority when the active one has this long left. Default: min(its life / 2, 30d).
+    #[arg(long, env = "MESHID_AUTHORITY_PREPARE_BEFORE", value_parser = super::parse_duration)]
+    pub authority_prepare_before: Option<Duration>,
+    /// Activate the prepared authority when the active one has this long left. Default: min(its life / 6, 7d).
+    #[arg(long, env = "MESHID_AUTHORITY_ACTIVATE_BEFORE", value_parser = super::parse_duration)]
+    pub authority_activate_before: Option<Duration>,
+    /// Lifetime of each CRL; they are signed again at half of it and at every revocation.
+    #[arg(long, env = "MESHID_CRL_TTL", default_value = "24h", value_parser = super::parse_duration)]
+    pub crl_ttl: Duration,
+    /// Commands to the running CA (over its admin socket).
+    #[command(subcommand)]
+    pub command: Option<super::ca_admin::CaCommand>,
 }
 
-/// Runs the CA until SIGINT or SIGTERM.
-pub async fn run(args: CaArgs) -> anyhow::Result<()> {
+/// The rotation settings from flags, each checked.
+pub fn rotation_config(
+    authority_ttl: Duration,
+    prepare_before: Option<Duration>,
+    activate_before: Option<Duration>,
+    crl_ttl: Duration,
+) -> anyhow::Result<crate::ca::authorities::RotationConfig> {
+    let to_time = |flag: &str, d: Duration| {
+        time::Duration::try_from(d).with_context(|| format!("{flag} {d:?} is too long"))
+    };
+    if authority_ttl < Duration::from_secs(10) {
+        anyhow::bail!("--authority-ttl {authority_ttl:?} is shorter than 10s");
+    }
+    if let (Some(p), Some(a)) = (prepare_before, activate_before) {
+        if a >= p {
+            anyhow::bail!(
+                "--authority-activate-before {a:?} must be shorter than --authority-prepare-before {p:?}: \
+                 an authority is prepared before it is activated"
+            );
+        }
+    }
+    if crl_ttl < Duration::from_secs(2) {
+        anyhow::bail!("--crl-ttl {crl_ttl:?} is shorter than 2s");
+    }
+    Ok(crate::ca::authorities::RotationConfig {
+        authority_ttl: to_time("--authority-ttl", authority_ttl)?,
+        policy: crate::ca::authorities::Policy {
+            prepare_before: prepare_before
+                .map(|d| to_time("--authority-prepare-before", d))
+                .transpose()?,
+            activate_before: activate_before
+                .map(|d| to_time("--authority-activate-before", d))
+                .transpose()?,
+            can_prepare: true,
+        },
+        crl_ttl: to_time("--crl-ttl", crl_ttl)?,
+    })
+}
+
+/// Runs the CA until SIGINT or SIGTERM, or one admin command.
+pub async fn run(mut args: CaArgs) -> anyhow::Result<()> {
+    if let Some(command) = args.command.take() {
+        return super::ca_admin::run(command).await;
+    }
     let shutdown = Shutdown::new();
     shutdown
         .trigger_on_signals()
@@ -179,6 +236,12 @@ impl CaArgs {
             audit_store: Some(audit_store),
             audit_checkpoint_key: self.audit_checkpoint_key,
             platform,
+            rotation: rotation_config(
+                self.authority_ttl,
+                self.authority_prepare_before,
+                self.authority_activate_before,
+                self.crl_ttl,
+            )?,
             clock: system_clock(),
         })
     }

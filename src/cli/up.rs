@@ -394,6 +394,7 @@ fn ca_setup(
             manifests: None,
             shared: Some(platform),
         },
+        rotation: crate::ca::authorities::RotationConfig::default(),
         clock: system_clock(),
     })
 }

@@ -112,13 +112,93 @@ impl fmt::Debug for SelfSignedPem {
     }
 }
 
-/// The seam a rotation will swap: the signing certificate and its key.
+/// The signing certificate and its key.
 struct Signer {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    /// The key again, PKCS#8 PEM, for [`Authority::to_pem`] (the CA's
+    /// authority store keeps every authority it may sign with).
+    key_pem: Zeroizing<String>,
     origin: Origin,
+    der: CertificateDer<'static>,
     subject_raw: Vec<u8>,
     spki_der: Vec<u8>,
+    not_before: OffsetDateTime,
     not_after: OffsetDateTime,
+    /// Lowercase hex of the SubjectKeyIdentifier (see [`authority_id`]).
+    id: String,
+}
+
+/// An authority as PEM, to store and load back through
+/// [`Authority::load_plugin_files`] (Istio `cacerts` names). The key
+/// zeroizes on drop and never prints.
+pub struct AuthorityPem {
+    /// The signing key, PKCS#8 PEM.
+    pub key_pem: Zeroizing<String>,
+    /// The signing certificate, PEM.
+    pub cert_pem: String,
+    /// The certificates between it and its root, issuer first, PEM (empty for a root).
+    pub chain_pem: String,
+    /// The roots, PEM.
+    pub roots_pem: String,
+}
+
+impl fmt::Debug for AuthorityPem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthorityPem")
+            .field("key_pem", &"[redacted]")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthorityPem {
+    /// The same PEM as in-memory files in Istio's `cacerts` layout, for
+    /// [`Authority::load_plugin_files`]; `label` names them in errors.
+    pub fn to_files(&self, label: &str) -> MemoryFiles {
+        let mut files = MemoryFiles::new(label);
+        files.insert(CA_KEY_FILE, self.key_pem.as_bytes().to_vec());
+        files.insert(CA_CERT_FILE, self.cert_pem.as_bytes().to_vec());
+        files.insert("cert-chain.pem", self.chain_pem.as_bytes().to_vec());
+        files.insert("root-cert.pem", self.roots_pem.as_bytes().to_vec());
+        files
+    }
+}
+
+/// An entry of a certificate revocation list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlEntry {
+    /// The certificate's serial, big-endian bytes.
+    pub serial: Vec<u8>,
+    /// When it was revoked.
+    pub revoked_at: OffsetDateTime,
+    /// RFC 5280 reason code (`None`: unspecified, left out).
+    pub reason: Option<rcgen::RevocationReason>,
+}
+
+/// An authority's id: the lowercase hex of its certificate's
+/// SubjectKeyIdentifier or, when it has none, of the first 20 bytes of the
+/// SHA-256 of its subjectPublicKey (RFC 7093 method 1's length).
+pub fn authority_id(cert_der: &[u8]) -> Option<String> {
+    use x509_parser::extensions::ParsedExtension;
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(cert_der).ok()?;
+    let ski = cert
+        .extensions()
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(ki) => Some(ki.0.to_vec()),
+            _ => None,
+        });
+    Some(match ski {
+        Some(ski) => hex(&ski),
+        None => {
+            let digest = ring::digest::digest(
+                &ring::digest::SHA256,
+                &cert.public_key().subject_public_key.data,
+            );
+            hex(&digest.as_ref()[..20])
+        }
+    })
 }
 
 /// A loaded CA, ready to sign. Cheap to share behind an `Arc`.
@@ -152,11 +232,23 @@ impl Authority {
         cfg: &AuthorityConfig,
         clock: &dyn Clock,
     ) -> Result<Self, AuthorityError> {
+        Self::load_or_create_self_signed_for(data_dir, cfg, ROOT_VALIDITY, clock)
+    }
+
+    /// [`Authority::load_or_create_self_signed`], a created root valid for `validity`.
+    pub fn load_or_create_self_signed_for(
+        data_dir: &Path,
+        cfg: &AuthorityConfig,
+        validity: Duration,
+        clock: &dyn Clock,
+    ) -> Result<Self, AuthorityError> {
         let key_path = data_dir.join(CA_KEY_FILE);
         let cert_path = data_dir.join(CA_CERT_FILE);
         match (key_path.exists(), cert_path.exists()) {
             (true, true) => Self::load_self_signed(Files::Dir(data_dir), cfg, clock),
-            (false, false) => Self::create_self_signed(data_dir, &key_path, &cert_path, cfg, clock),
+            (false, false) => {
+                Self::create_self_signed(data_dir, &key_path, &cert_path, cfg, validity, clock)
+            }
             (true, false) => Err(AuthorityError::HalfWritten {
                 present: key_path,
                 missing: cert_path,
@@ -234,9 +326,10 @@ impl Authority {
         key_path: &Path,
         cert_path: &Path,
         cfg: &AuthorityConfig,
+        validity: Duration,
         clock: &dyn Clock,
     ) -> Result<Self, AuthorityError> {
-        let (key, cert) = generate_root(cfg, clock)?;
+        let (key, cert) = generate_root_with(cfg, validity, None, clock)?;
         let write_err = |path: &Path| {
             let path = path.to_owned();
             move |source| AuthorityError::Write { path, source }
@@ -315,6 +408,11 @@ impl Authority {
             path: key_origin.clone(),
             source,
         })?;
+        let key_pem = key.secret_pkcs8_pem();
+        let id = authority_id(&signing.der).ok_or_else(|| AuthorityError::Unusable {
+            path: signing.path.clone(),
+            reason: "its certificate does not parse".to_owned(),
+        })?;
         let issuer = rcgen::Issuer::from_ca_cert_der(&signing.der, key_pair).map_err(|e| AuthorityError::Unusable {
             path: signing.path.clone(),
             reason: format!("its subject name cannot be re-encoded ({e}); multi-valued RDNs are not supported"),
@@ -327,10 +425,14 @@ impl Authority {
         let authority = Self {
             signer: Signer {
                 issuer,
+                key_pem,
                 origin: signing.path.clone(),
+                der: signing.der.clone(),
                 subject_raw: signing.subject_raw.clone(),
                 spki_der: signing.spki_raw.clone(),
+                not_before: signing.not_before,
                 not_after: signing.not_after,
+                id,
             },
             chain,
             roots: roots.into_iter().map(|r| r.der).collect(),
@@ -443,12 +545,119 @@ impl Authority {
     pub fn root_not_after(&self) -> OffsetDateTime {
         self.root_not_after
     }
+
+    /// When the signing certificate became valid.
+    pub fn signer_not_before(&self) -> OffsetDateTime {
+        self.signer.not_before
+    }
+
+    /// The id: lowercase hex of the signing certificate's subject key identifier.
+    pub fn id(&self) -> &str {
+        &self.signer.id
+    }
+
+    /// The signing certificate, DER.
+    pub fn signing_cert_der(&self) -> &CertificateDer<'static> {
+        &self.signer.der
+    }
+
+    /// The certificates between a leaf's issuer and the roots, DER, the
+    /// signing certificate's issuer first (empty when the signer is a root).
+    pub fn chain_der(&self) -> &[CertificateDer<'static>] {
+        self.chain.get(1..).unwrap_or_default()
+    }
+
+    /// Where the signing certificate was loaded from.
+    pub fn origin(&self) -> &Origin {
+        &self.signer.origin
+    }
+
+    /// The authority as PEM, to store (see [`AuthorityPem`]).
+    pub fn to_pem(&self) -> AuthorityPem {
+        AuthorityPem {
+            key_pem: self.signer.key_pem.clone(),
+            cert_pem: bundle::cert_pem(&self.signer.der),
+            chain_pem: bundle::concat_pem(
+                &self
+                    .chain_der()
+                    .iter()
+                    .map(|c| bundle::cert_pem(c))
+                    .collect::<Vec<_>>(),
+            ),
+            roots_pem: self.root_bundle_pem(),
+        }
+    }
+
+    /// Signs a CRL (X.509 v2, RFC 5280 section 5) listing `entries`, valid
+    /// from `this_update` to `next_update`, numbered `number`. Rule: a CRL is
+    /// signed by the authority whose certificates it revokes, with the key
+    /// usage cRLSign (which every root we generate has).
+    pub fn sign_crl(
+        &self,
+        entries: &[CrlEntry],
+        number: u64,
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+    ) -> Result<Vec<u8>, AuthorityError> {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update,
+            next_update,
+            crl_number: rcgen::SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs: entries
+                .iter()
+                .map(|e| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(&e.serial),
+                    revocation_time: e.revoked_at,
+                    reason_code: e.reason,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params
+            .signed_by(&self.signer.issuer)
+            .map_err(AuthorityError::Sign)?;
+        Ok(crl.der().to_vec())
+    }
+
+    /// A new self-signed root made for a rotation: the profile of
+    /// [`Authority::load_or_create_self_signed`], valid for `validity`, its
+    /// subject `O=<trust domain>, CN=meshid authority <random>` so that two
+    /// roots of one trust domain have distinct names. Nothing is written.
+    pub fn create_rotation_root(
+        label: &str,
+        cfg: &AuthorityConfig,
+        validity: Duration,
+        clock: &dyn Clock,
+    ) -> Result<Self, AuthorityError> {
+        let suffix = template::random_serial()?.to_bytes();
+        let cn = format!(
+            "meshid authority {}",
+            hex(suffix.get(..4).unwrap_or_default())
+        );
+        let (key, cert) = generate_root_with(cfg, validity, Some(&cn), clock)?;
+        let mut files = MemoryFiles::new(label);
+        files.insert(CA_KEY_FILE, key.secret_pkcs8_pem().as_bytes().to_vec());
+        files.insert(CA_CERT_FILE, cert.pem().into_bytes());
+        drop(key);
+        Self::from_self_signed_files(&files, cfg, clock)
+    }
 }
 
 /// A new self-signed root: `cfg.key_algorithm`, 10 years, subject
 /// `O=<trust domain>`, CA:TRUE, KeyUsage keyCertSign + cRLSign only.
 fn generate_root(
     cfg: &AuthorityConfig,
+    clock: &dyn Clock,
+) -> Result<(PrivateKey, rcgen::Certificate), AuthorityError> {
+    generate_root_with(cfg, ROOT_VALIDITY, None, clock)
+}
+
+fn generate_root_with(
+    cfg: &AuthorityConfig,
+    validity: Duration,
+    common_name: Option<&str>,
     clock: &dyn Clock,
 ) -> Result<(PrivateKey, rcgen::Certificate), AuthorityError> {
     let now = clock.now();
@@ -459,12 +668,17 @@ fn generate_root(
     params
         .distinguished_name
         .push(DnType::OrganizationName, cfg.trust_domain.as_str());
+    if let Some(cn) = common_name {
+        params.distinguished_name.push(DnType::CommonName, cn);
+    }
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     // Signs certificates and CRLs, nothing else (no digitalSignature).
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.serial_number = Some(template::random_serial()?);
-    params.not_before = now - cfg.clock_skew.max(Duration::ZERO);
-    params.not_after = now + ROOT_VALIDITY;
+    // Backdated for lagging clocks, by at most a tenth of the lifetime (as
+    // leaves are): the rotation schedule counts the life from notBefore.
+    params.not_before = now - cfg.clock_skew.max(Duration::ZERO).min(validity / 10_i32);
+    params.not_after = now + validity;
     let cert = params
         .self_signed(&key_pair)
         .map_err(AuthorityError::RootCertificate)?;

@@ -20,7 +20,9 @@
 //! to live ones through [`on_mode_change`](crate::proxy::enforce::on_mode_change):
 //! those it no longer allows are closed after the drain period (default
 //! [`DEFAULT_MODE_CHANGE_DRAIN`](crate::proxy::enforce::DEFAULT_MODE_CHANGE_DRAIN),
-//! zero, like ztunnel).
+//! zero, like ztunnel). A revocation likewise: new handshakes of the revoked
+//! peer are refused by the verifier, and its live connections are closed
+//! after the same drain period.
 
 pub mod hbone;
 mod live;
@@ -37,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::live::LiveConns;
 use crate::identity::TrustDomain;
+use crate::pki::crl::RevokedSet;
 use crate::policy::MtlsMode;
 use crate::proxy::accept::{serve, Listening};
 use crate::proxy::capture::original_dst::original_dst;
@@ -44,7 +47,9 @@ use crate::proxy::enforce::{decide, Action, ConnKind, Decision};
 use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::policy_watch::ProxyPolicy;
 use crate::proxy::sniff::{peek_first_bytes, Sniffed};
-use crate::proxy::tls::{peer_spiffe_id, server_config, CertStore, ClientAuth, ProxyTlsError};
+use crate::proxy::tls::{
+    peer_cert_key, peer_spiffe_id, server_config, CertStore, ClientAuth, PeerCertKey, ProxyTlsError,
+};
 use crate::proxy::transport::TlsTransport;
 use crate::shutdown::Shutdown;
 
@@ -89,6 +94,7 @@ pub struct Inbound {
     strict: TlsAcceptor,
     permissive: TlsAcceptor,
     policy: watch::Receiver<Option<ProxyPolicy>>,
+    revocations: watch::Receiver<Arc<RevokedSet>>,
     metrics: ProxyMetrics,
     live: Arc<LiveConns>,
     drain: Duration,
@@ -122,6 +128,7 @@ impl Inbound {
             strict: acceptor(ClientAuth::Required)?,
             permissive: acceptor(ClientAuth::Optional)?,
             policy,
+            revocations: store.revocations(),
             metrics,
             live: Arc::new(LiveConns::default()),
             drain,
@@ -154,13 +161,27 @@ impl Inbound {
         futures::future::join_all(serving).await;
     }
 
-    /// Re-evaluates live connections whenever the policy changes.
+    /// Re-evaluates live connections whenever the policy or the revoked
+    /// certificates change.
     async fn follow_policy(self: Arc<Self>, shutdown: Shutdown) {
         let mut rx = self.policy.clone();
+        let mut revocations = self.revocations.clone();
+        let mut watching_revocations = true;
         loop {
             tokio::select! {
                 () = shutdown.triggered() => return,
                 changed = rx.changed() => if changed.is_err() { return },
+                changed = revocations.changed(), if watching_revocations => {
+                    match changed {
+                        Ok(()) => {
+                            let revoked = revocations.borrow_and_update().clone();
+                            self.live.close_revoked(None, &revoked, self.drain);
+                        }
+                        // The store is gone: nothing will change any more.
+                        Err(_) => watching_revocations = false,
+                    }
+                    continue;
+                }
             }
             let policy = rx.borrow_and_update().clone();
             if let Some(policy) = policy {
@@ -217,7 +238,7 @@ impl Inbound {
         match first.action {
             Action::Refuse => self.refuse(&first, mode, &kind, peer, ""),
             Action::PassThrough | Action::Forward => {
-                self.forward(stream, app, (kind, mode, first), peer, stop)
+                self.forward(stream, app, (kind, mode, first), (peer, None), stop)
                     .await;
             }
             Action::TerminateTls { client_auth } => {
@@ -240,11 +261,12 @@ impl Inbound {
                     Ok(None) => ConnKind::TlsWithoutClientCert,
                     Err(e) => return self.handshake_failed(mode, peer, &e.to_string()),
                 };
+                let peer_cert = peer_cert_key(tls.get_ref().1);
                 let second = decide(mode, &kind);
                 self.note_audit(&second, mode, &kind, peer);
                 let principal = principal(&kind);
                 if second.allow() {
-                    self.forward(tls, app, (kind, mode, second), peer, stop)
+                    self.forward(tls, app, (kind, mode, second), (peer, peer_cert), stop)
                         .await;
                 } else {
                     self.refuse(&second, mode, &kind, peer, &principal);
@@ -285,18 +307,19 @@ impl Inbound {
     }
 
     /// Connects to the application, then relays (see [`Self::relay`]).
+    /// `peer` is the client's address and its leaf certificate's key (mTLS).
     async fn forward<S>(
         &self,
         client: S,
         app_addr: SocketAddr,
         judged: (ConnKind, MtlsMode, Decision),
-        peer: SocketAddr,
+        peer: (SocketAddr, Option<PeerCertKey>),
         stop: CancellationToken,
     ) where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let principal = principal(&judged.0);
-        if let Some(app) = self.open_app(app_addr, judged.1, peer, &principal).await {
+        if let Some(app) = self.open_app(app_addr, judged.1, peer.0, &principal).await {
             self.relay(client, app, judged, peer, stop).await;
         }
     }
@@ -327,16 +350,17 @@ impl Inbound {
         }
     }
 
-    /// Registers the connection, re-checks it against the mode in force now
-    /// (a change may have landed while it was being decided), and copies
-    /// bytes both ways until either side ends or the connection is closed by
-    /// a mode change or shutdown.
+    /// Registers the connection, re-checks it against the mode and the
+    /// revoked certificates in force now (a change may have landed while it
+    /// was being decided), and copies bytes both ways until either side
+    /// ends or the connection is closed by a mode change, a revocation or
+    /// shutdown.
     async fn relay<S>(
         &self,
         mut client: S,
         mut app: TcpStream,
         (kind, mode, decision): (ConnKind, MtlsMode, Decision),
-        peer: SocketAddr,
+        (peer, peer_cert): (SocketAddr, Option<PeerCertKey>),
         stop: CancellationToken,
     ) where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -345,7 +369,10 @@ impl Inbound {
         let port = app.peer_addr().map_or(0, |a| a.port());
         let reg = self
             .live
-            .register(kind.clone(), mode, port, peer, stop.clone());
+            .register(kind.clone(), mode, port, peer, peer_cert, stop.clone());
+        let revoked = self.revocations.borrow().clone();
+        self.live
+            .close_revoked(Some(reg.id()), &revoked, self.drain);
         let policy = self.policy.clone();
         let mode_for = |p| {
             policy

@@ -10,13 +10,16 @@
 //! bundle, or does not carry the expected identity (exactly the configured
 //! SPIFFE ID, or any in our trust domain when none is configured), gets no
 //! byte of the application's: the handshake fails, the application's
-//! connection is closed, and the refusal is logged and counted.
+//! connection is closed, and the refusal is logged and counted. An upstream
+//! whose certificate a CRL comes to list while the connection lives is cut
+//! at once ([`revoked_upstream`]).
 //!
 //! [`captured`] is the same for connections the capture rules redirect, to
 //! each one's original destination.
 
 pub mod captured;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +31,8 @@ use crate::identity::SpiffeId;
 use crate::proxy::accept::{serve, Listening};
 use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::tls::{
-    client_config, server_name_for, CertStore, PeerExpectation, ProxyTlsError,
+    client_config, peer_cert_key, server_name_for, until_revoked, CertStore, PeerExpectation,
+    ProxyTlsError,
 };
 use crate::proxy::transport::TlsTransport;
 
@@ -69,21 +73,36 @@ pub fn upstream_identity(tls: &MtlsStream) -> String {
         .unwrap_or_default()
 }
 
+/// Resolves once the certificate `tls`'s upstream presented is revoked by
+/// `store`'s CRLs (at once if it already is). Rule: no connection to a
+/// revoked upstream outlives the CRL that lists it; outbound there is no
+/// drain period, the peer is no longer who it claimed to be.
+pub fn revoked_upstream(
+    store: &CertStore,
+    tls: &MtlsStream,
+) -> impl Future<Output = ()> + Send + 'static {
+    until_revoked(store.revocations(), peer_cert_key(tls.get_ref().1))
+}
+
 /// Copies bytes between the application and the upstream until either
-/// ends, counting the connection as open meanwhile.
+/// ends or `cut` resolves, counting the connection as open meanwhile.
 pub async fn copy_both_ways<A, U>(
     mut app: A,
     mut upstream: U,
     peer: SocketAddr,
     metrics: &ProxyMetrics,
+    cut: impl Future<Output = ()>,
 ) where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     metrics.open_connections.inc();
-    match crate::proxy::copy::copy_bidirectional(&mut app, &mut upstream).await {
-        Ok((up, down)) => tracing::debug!(%peer, up, down, "outbound connection closed"),
-        Err(e) => tracing::debug!(%peer, error = %e, "outbound connection ended with an error"),
+    tokio::select! {
+        copied = crate::proxy::copy::copy_bidirectional(&mut app, &mut upstream) => match copied {
+            Ok((up, down)) => tracing::debug!(%peer, up, down, "outbound connection closed"),
+            Err(e) => tracing::debug!(%peer, error = %e, "outbound connection ended with an error"),
+        },
+        () = cut => tracing::warn!(%peer, "outbound connection closed by the proxy: the upstream's certificate is revoked"),
     }
     metrics.open_connections.dec();
 }
@@ -105,6 +124,7 @@ pub struct OutboundRoute {
 /// One outbound route, ready to serve a bound listener.
 pub struct Outbound {
     route: OutboundRoute,
+    store: Arc<CertStore>,
     connector: TlsConnector,
     source: String,
     metrics: ProxyMetrics,
@@ -130,9 +150,10 @@ impl Outbound {
             None => PeerExpectation::AnyInTrustDomain(store.identity().trust_domain().clone()),
         };
         let source = store.identity().to_string();
-        let connector = TlsConnector::from(client_config(store, expected)?);
+        let connector = TlsConnector::from(client_config(store.clone(), expected)?);
         Ok(Self {
             route,
+            store,
             connector,
             source,
             metrics,
@@ -159,7 +180,8 @@ impl Outbound {
                     "outbound mTLS connection established");
                 self.metrics
                     .connection("outbound", "mtls", "allowed", &self.source);
-                copy_both_ways(app, tls, peer, &self.metrics).await;
+                let cut = revoked_upstream(&self.store, &tls);
+                copy_both_ways(app, tls, peer, &self.metrics, cut).await;
             }
             Err((outcome, error)) => self.failed(peer, outcome, &error),
         }

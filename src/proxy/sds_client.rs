@@ -11,8 +11,9 @@
 //! Rules enforced:
 //! - a response is ACKed (its `version_info` and `nonce` echoed) only once its
 //!   material passed [`CertStore::new`]/[`CertStore::swap`] (our key, our
-//!   identity, chains to the bundle, valid now); otherwise it is NACKed with
-//!   `error_detail` and the current certificate stays in force;
+//!   identity, chains to the bundle, valid now, every CRL verifies against
+//!   the bundle or our chain); otherwise it is NACKed with `error_detail`
+//!   and the current certificate, bundle and CRLs stay in force;
 //! - our identity is fixed by the first certificate that checks out; a later
 //!   one for another identity is refused by the store;
 //! - if the agent is away, the current certificate is kept (until it
@@ -30,6 +31,7 @@ use tonic::transport::Channel;
 use tonic::Request;
 use zeroize::Zeroizing;
 
+use crate::pki::crl::parse_pem_crls;
 use crate::proto::envoy::config::core::v3::{data_source::Specifier, DataSource};
 use crate::proto::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
 use crate::proto::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
@@ -113,13 +115,15 @@ fn inline_text(
     }
 }
 
-/// Reads `default` (chain + key) and `ROOTCA` (bundle) out of a response.
+/// Reads `default` (chain + key) and `ROOTCA` (bundle, and CRLs when its
+/// `crl` is set) out of a response.
 /// Pure: the checks are the store's.
 pub fn material_from_response(
     response: &DiscoveryResponse,
 ) -> Result<SvidMaterial, SdsClientError> {
     let mut cert: Option<(Zeroizing<String>, Zeroizing<String>)> = None;
     let mut bundle: Option<Zeroizing<String>> = None;
+    let mut crls: Option<Zeroizing<String>> = None;
     for any in &response.resources {
         if any.type_url != SECRET_TYPE_URL {
             return Err(malformed(&any.type_url, "unexpected resource type"));
@@ -135,6 +139,10 @@ pub fn material_from_response(
             }
             (ROOT_CA, Some(secret::Type::ValidationContext(vc))) => {
                 bundle = Some(inline_text(&name, vc.trusted_ca.as_ref())?);
+                // Optional: absent (an agent without CRLs) is none.
+                if vc.crl.is_some() {
+                    crls = Some(inline_text(&name, vc.crl.as_ref())?);
+                }
             }
             (WORKLOAD_CERT | ROOT_CA, _) => return Err(malformed(&name, "wrong secret type")),
             _ => {}
@@ -145,7 +153,11 @@ pub fn material_from_response(
         name: WORKLOAD_CERT,
     })?;
     let bundle = bundle.ok_or(SdsClientError::Missing { name: ROOT_CA })?;
-    Ok(SvidMaterial::from_pem(&chain, &key, &bundle)?)
+    let mut material = SvidMaterial::from_pem(&chain, &key, &bundle)?;
+    if let Some(crls) = crls {
+        material.crls = parse_pem_crls(&crls).map_err(ProxyTlsError::CrlPem)?;
+    }
+    Ok(material)
 }
 
 /// Zeroes the decoded copy of a private key.

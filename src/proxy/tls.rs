@@ -19,7 +19,14 @@
 //! - a certificate of ours is only used after it is checked: it carries our
 //!   public key, exactly our identity, chains to the bundle, and is valid now;
 //! - sessions are never resumed: a resumed session would skip the checks
-//!   above (and outlive a certificate or a root removed from the bundle).
+//!   above (and outlive a certificate or a root removed from the bundle);
+//! - a peer whose leaf certificate is listed by a CRL is refused. A CRL is
+//!   believed only once it verified ([`verify_crl`](crate::pki::crl::verify_crl))
+//!   against a root of the bundle or an intermediate of our own chain; a CRL
+//!   that verifies against none refuses the whole material. The check per
+//!   handshake is a hash lookup; CRL signatures are verified once, on arrival.
+//!   Our own certificate being revoked does not stop the proxy (the agent
+//!   replaces it at once): it is logged.
 //!
 //! All time checks use the store's injected [`Clock`](crate::time::Clock).
 
@@ -39,6 +46,8 @@ use x509_parser::prelude::FromDer;
 
 use crate::identity::{IdentityError, SpiffeId, TrustDomain};
 use crate::pki::bundle::{parse_pem_certs, BundleError};
+use crate::pki::crl::{issuer_and_serial, issuer_and_serial_raw, serial_hex, verify_crl};
+use crate::pki::crl::{CrlError, RevokedSet, VerifiedCrl};
 use crate::pki::key::{KeyError, PrivateKey};
 
 mod store;
@@ -143,6 +152,24 @@ pub enum ProxyTlsError {
     /// rustls refused our key or a configuration.
     #[error("TLS configuration: {0}")]
     Config(#[source] rustls::Error),
+    /// CRL PEM text could not be read.
+    #[error("reading the CRLs: {0}")]
+    CrlPem(#[source] CrlError),
+    /// A CRL verifies against no root of the bundle and no intermediate of our chain.
+    #[error(
+        "CRL #{index} (issuer \"{issuer}\") verifies against no root of the trust bundle \
+         and no intermediate of our certificate chain: {source}"
+    )]
+    UnverifiedCrl {
+        /// 1-based position of the CRL in the material.
+        index: usize,
+        /// The issuer the CRL names ("?" when it does not parse).
+        issuer: String,
+        /// Why it did not verify (against the certificate of that name
+        /// when there is one).
+        #[source]
+        source: CrlError,
+    },
 }
 
 impl ProxyTlsError {
@@ -202,6 +229,9 @@ pub struct SvidMaterial {
     pub key: PrivateKey,
     /// The trust bundle: the roots that peers' certificates must chain to.
     pub bundle: Vec<CertificateDer<'static>>,
+    /// CRLs, DER. Each must verify against a root of `bundle` or an
+    /// intermediate of `chain`. Empty: nothing is revoked.
+    pub crls: Vec<Vec<u8>>,
 }
 
 impl SvidMaterial {
@@ -217,22 +247,45 @@ impl SvidMaterial {
             chain: parse_pem_certs(chain_pem).map_err(pem("certificate chain"))?,
             key: PrivateKey::from_pem(key_pem).map_err(ProxyTlsError::KeyPem)?,
             bundle: parse_pem_certs(bundle_pem).map_err(pem("trust bundle"))?,
+            crls: Vec::new(),
         })
     }
 }
 
-/// A trust bundle ready for verification: the roots and the webpki client
-/// verifier built from them, rebuilt whenever the bundle changes.
+/// A trust bundle ready for verification: the roots, the webpki client
+/// verifier built from them, and the revoked certificates of the verified
+/// CRLs; rebuilt whenever the bundle or the CRLs change.
 #[derive(Debug)]
 pub(crate) struct Trust {
     bundle: Vec<CertificateDer<'static>>,
     roots: Arc<RootCertStore>,
     client: Arc<dyn ClientCertVerifier>,
     algorithms: WebPkiSupportedAlgorithms,
+    crls: Vec<VerifiedCrl>,
+    revoked: Arc<RevokedSet>,
 }
 
 impl Trust {
-    pub(crate) fn new(bundle: Vec<CertificateDer<'static>>) -> Result<Arc<Self>, ProxyTlsError> {
+    /// A bundle and CRLs. Rule: every CRL verifies against a root of
+    /// `bundle` or one of `intermediates` (our own chain, which chains to
+    /// the bundle); the first that does not refuses the whole.
+    pub(crate) fn with_crls(
+        bundle: Vec<CertificateDer<'static>>,
+        crls: &[Vec<u8>],
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<Arc<Self>, ProxyTlsError> {
+        let verified = crls
+            .iter()
+            .enumerate()
+            .map(|(i, crl)| verify_one_crl(i + 1, crl, &bundle, intermediates))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::build(bundle, verified)
+    }
+
+    fn build(
+        bundle: Vec<CertificateDer<'static>>,
+        crls: Vec<VerifiedCrl>,
+    ) -> Result<Arc<Self>, ProxyTlsError> {
         if bundle.is_empty() {
             return Err(ProxyTlsError::EmptyBundle);
         }
@@ -252,12 +305,32 @@ impl Trust {
             .map_err(|e| ProxyTlsError::BadBundle {
                 reason: e.to_string(),
             })?;
+        let revoked = Arc::new(RevokedSet::from_crls(&crls));
         Ok(Arc::new(Self {
             bundle,
             roots,
             client,
             algorithms,
+            crls,
+            revoked,
         }))
+    }
+
+    /// The same CRLs over another bundle: those that no longer verify
+    /// against it (their authority left the bundle, so its certificates
+    /// fail chain verification anyway) are dropped.
+    pub(crate) fn rebundled(
+        &self,
+        bundle: Vec<CertificateDer<'static>>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<Arc<Self>, ProxyTlsError> {
+        let kept = self
+            .crls
+            .iter()
+            .enumerate()
+            .filter_map(|(i, crl)| verify_one_crl(i + 1, crl.der(), &bundle, intermediates).ok())
+            .collect();
+        Self::build(bundle, kept)
     }
 
     /// The bundle, as given.
@@ -265,9 +338,38 @@ impl Trust {
         &self.bundle
     }
 
+    /// The revoked certificates.
+    pub(crate) fn revoked(&self) -> &Arc<RevokedSet> {
+        &self.revoked
+    }
+
     /// webpki: `leaf` chains to a root through `intermediates`, is valid at
-    /// `now`, and may be used for clientAuth.
+    /// `now`, and may be used for clientAuth; and it is not revoked.
     pub(crate) fn verify_client(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        self.chain_client(leaf, intermediates, now)?;
+        self.check_not_revoked(leaf)
+    }
+
+    /// webpki: `leaf` chains to a root through `intermediates`, is valid at
+    /// `now`, and may be used for serverAuth; and it is not revoked.
+    /// Deliberately no host-name check: SPIFFE peers are authenticated by
+    /// the URI SAN, checked by the caller.
+    pub(crate) fn verify_server(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        self.chain_server(leaf, intermediates, now)?;
+        self.check_not_revoked(leaf)
+    }
+
+    fn chain_client(
         &self,
         leaf: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
@@ -278,10 +380,7 @@ impl Trust {
             .map(|_| ())
     }
 
-    /// webpki: `leaf` chains to a root through `intermediates`, is valid at
-    /// `now`, and may be used for serverAuth. Deliberately no host-name check:
-    /// SPIFFE peers are authenticated by the URI SAN, checked by the caller.
-    pub(crate) fn verify_server(
+    fn chain_server(
         &self,
         leaf: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
@@ -295,6 +394,111 @@ impl Trust {
             now,
             self.algorithms.all,
         )
+    }
+
+    /// Rule: a leaf listed by a verified CRL is refused. A hash lookup on
+    /// the leaf's issuer name and serial (read by a DER walk, no parse).
+    fn check_not_revoked(&self, leaf: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        if self.revoked.is_empty() {
+            return Ok(());
+        }
+        match issuer_and_serial_raw(leaf) {
+            Some((issuer, serial)) if self.revoked.contains(issuer, serial) => {
+                let peer = spiffe_id_of(leaf).map_or_else(|_| "?".to_owned(), |id| id.to_string());
+                tracing::warn!(%peer, serial = %serial_hex(serial), issuer = %name_of(issuer),
+                    "peer certificate refused: it is revoked");
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Revoked,
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Verifies CRL #`index` against the roots of `bundle`, then `intermediates`.
+fn verify_one_crl(
+    index: usize,
+    crl: &[u8],
+    bundle: &[CertificateDer<'_>],
+    intermediates: &[CertificateDer<'_>],
+) -> Result<VerifiedCrl, ProxyTlsError> {
+    let mut named: Option<CrlError> = None;
+    let mut last: Option<CrlError> = None;
+    for candidate in bundle.iter().chain(intermediates) {
+        match verify_crl(crl, candidate) {
+            Ok(verified) => return Ok(verified),
+            // Not this certificate's CRL: keep looking.
+            Err(e @ CrlError::WrongIssuer { .. }) => last = Some(e),
+            // The certificate of that name refused it: the reason to report.
+            Err(e) => named = Some(e),
+        }
+    }
+    let issuer = crl_issuer_name(crl);
+    if named.is_none() && last.is_some() {
+        // No certificate of its issuer's name here: the CRL of an
+        // intermediate authority (plug-in CA) that our own chain does not
+        // hold. The agent checked its signature against that authority's
+        // certificate (agent::trust) and is trusted with the bundle itself;
+        // its entries only match certificates of that issuer.
+        tracing::debug!(%issuer, "CRL of an authority outside the bundle and our chain: taken as the agent checked it");
+        return crate::pki::crl::read_crl_verified_elsewhere(crl).map_err(|source| {
+            ProxyTlsError::UnverifiedCrl {
+                index,
+                issuer: issuer.clone(),
+                source,
+            }
+        });
+    }
+    let source = named.or(last).unwrap_or_else(|| CrlError::WrongIssuer {
+        crl_issuer: issuer.clone(),
+        cert_subject: "(no certificate)".to_owned(),
+    });
+    Err(ProxyTlsError::UnverifiedCrl {
+        index,
+        issuer,
+        source,
+    })
+}
+
+fn crl_issuer_name(crl: &[u8]) -> String {
+    use x509_parser::revocation_list::CertificateRevocationList;
+    CertificateRevocationList::from_der(crl)
+        .map_or_else(|_| "?".to_owned(), |(_, crl)| crl.issuer().to_string())
+}
+
+/// A DER Name, printed (for logs).
+fn name_of(raw: &[u8]) -> String {
+    x509_parser::x509::X509Name::from_der(raw)
+        .map_or_else(|_| "?".to_owned(), |(_, name)| name.to_string())
+}
+
+/// The (issuer name DER, serial key) of the leaf a finished handshake's
+/// peer presented, to match later CRLs against; `None` without one.
+pub(crate) fn peer_cert_key(conn: &rustls::CommonState) -> Option<PeerCertKey> {
+    let leaf = conn.peer_certificates()?.first()?;
+    issuer_and_serial(leaf)
+}
+
+/// A peer leaf certificate's (issuer name DER, serial key).
+pub(crate) type PeerCertKey = (Vec<u8>, Vec<u8>);
+
+/// Resolves once `key` is revoked in the set `revocations` carries (at
+/// once if it already is); never when `key` is `None` or the store is gone.
+pub(crate) async fn until_revoked(
+    mut revocations: tokio::sync::watch::Receiver<Arc<RevokedSet>>,
+    key: Option<PeerCertKey>,
+) {
+    let Some((issuer, serial)) = key else {
+        return std::future::pending().await;
+    };
+    loop {
+        if revocations.borrow_and_update().contains(&issuer, &serial) {
+            return;
+        }
+        if revocations.changed().await.is_err() {
+            return std::future::pending().await;
+        }
     }
 }
 
@@ -332,7 +536,10 @@ impl VerifiedSvid {
 /// Checks an SVID of ours before use. Rule: the leaf carries `material.key`'s
 /// public key, exactly one URI SAN which is `expected`, is valid at `now`,
 /// and chains to `material.bundle` through the rest of `material.chain` for
-/// both clientAuth and serverAuth (webpki), since the proxy uses it for both.
+/// both clientAuth and serverAuth (webpki), since the proxy uses it for both;
+/// every CRL of `material.crls` verifies against a root of the bundle or an
+/// intermediate of the chain. Our leaf being revoked is logged, not refused:
+/// the proxy keeps serving until the agent delivers the replacement.
 pub fn check_material(
     material: &SvidMaterial,
     expected: &SpiffeId,
@@ -359,18 +566,19 @@ pub fn check_material(
     }
 
     // Both usages: the proxy serves inbound and originates outbound with it.
-    let trust = Trust::new(material.bundle.clone())?;
+    let trust = Trust::with_crls(material.bundle.clone(), &material.crls, intermediates)?;
     let at = unix_time(now);
     let untrusted = |source| ProxyTlsError::Untrusted {
         what: "our certificate",
         source,
     };
     trust
-        .verify_client(leaf, intermediates, at)
+        .chain_client(leaf, intermediates, at)
         .map_err(untrusted)?;
     trust
-        .verify_server(leaf, intermediates, at)
+        .chain_server(leaf, intermediates, at)
         .map_err(untrusted)?;
+    warn_if_revoked(&trust, leaf, &found);
 
     // Borrowed: no copy of the secret outside its zeroizing owner.
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(material.key.secret_pkcs8_der()));
@@ -383,6 +591,16 @@ pub fn check_material(
         certified: Arc::new(certified),
         trust,
     })
+}
+
+/// Logs (warn) when our own certificate is listed by the CRLs of `trust`.
+pub(crate) fn warn_if_revoked(trust: &Trust, leaf: &CertificateDer<'_>, identity: &SpiffeId) {
+    if let Some((issuer, serial)) = issuer_and_serial_raw(leaf) {
+        if trust.revoked().contains(issuer, serial) {
+            tracing::warn!(%identity, serial = %serial_hex(serial), issuer = %name_of(issuer),
+                "our own certificate is revoked; it stays in use until the agent delivers its replacement (peers will refuse it)");
+        }
+    }
 }
 
 /// The SPIFFE ID of a certificate. Rule: exactly one URI SAN, which parses

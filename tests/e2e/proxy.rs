@@ -7,6 +7,7 @@
 
 mod lifecycle;
 mod modes;
+mod rotation;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -96,6 +97,11 @@ async fn echo_server() -> SocketAddr {
 /// The environment (pods `frontend-1`, `backend-1`, `client-1`, none
 /// uid-annotated) and a CA.
 fn env_and_ca() -> (TestEnv, CaProcess) {
+    env_and_ca_with(&[])
+}
+
+/// [`env_and_ca`] with `extra` flags for the CA.
+fn env_and_ca_with(extra: &[&str]) -> (TestEnv, CaProcess) {
     let env = TestEnv::new();
     env.add_node_agent("node-a");
     for sa in ["frontend", "backend", "client"] {
@@ -107,12 +113,9 @@ fn env_and_ca() -> (TestEnv, CaProcess) {
             "node-a",
         );
     }
-    let ca = CaProcess::spawn(
-        bin(),
-        &env,
-        &["--trusted-node-accounts", "meshid-system/meshid-agent"],
-    )
-    .unwrap();
+    let mut flags = vec!["--trusted-node-accounts", "meshid-system/meshid-agent"];
+    flags.extend_from_slice(extra);
+    let ca = CaProcess::spawn(bin(), &env, &flags).unwrap();
     (env, ca)
 }
 
@@ -154,7 +157,12 @@ async fn setup() -> Pair {
 /// The pair, with certificates of lifetime `ttl` and `backend_extra` flags
 /// for the backend's proxy.
 async fn setup_with(ttl: &str, backend_extra: &[&str]) -> Pair {
-    let (env, ca) = env_and_ca();
+    setup_full(ttl, backend_extra, &[]).await
+}
+
+/// [`setup_with`], and `ca_extra` flags for the CA.
+async fn setup_full(ttl: &str, backend_extra: &[&str], ca_extra: &[&str]) -> Pair {
+    let (env, ca) = env_and_ca_with(ca_extra);
     let (agent, client_certs) = start_agent(&env, &ca, ttl);
     let agent_link = env.dir.path().join("agent-link.sock");
     std::os::unix::fs::symlink(&agent.socket, &agent_link).unwrap();

@@ -32,7 +32,8 @@ pub const ROOT_CA_NAME: &str = "ROOTCA";
 pub enum SdsResource {
     /// `default`: `tls_certificate` with the chain (PEM) and the PKCS#8 key (PEM).
     WorkloadCert,
-    /// `ROOTCA`: `validation_context.trusted_ca` with the roots (PEM).
+    /// `ROOTCA`: `validation_context.trusted_ca` with the roots (PEM), and
+    /// `validation_context.crl` with the CRLs (PEM) when there are any.
     RootCa,
 }
 
@@ -92,13 +93,16 @@ pub fn workload_cert_secret(svid: &Svid) -> Secret {
     }
 }
 
-/// `Secret{name: "ROOTCA", validation_context{trusted_ca}}`, inline PEM bytes.
+/// `Secret{name: "ROOTCA", validation_context{trusted_ca, crl}}`, inline PEM
+/// bytes; `crl` (the authorities' CRLs, `X509 CRL` blocks) only when the
+/// bundle has CRLs, so that a peer whose serial they list is refused.
 pub fn root_ca_secret(bundle: &TrustBundle) -> Secret {
     Secret {
         name: ROOT_CA_NAME.to_owned(),
         r#type: Some(secret::Type::ValidationContext(
             CertificateValidationContext {
                 trusted_ca: Some(inline_bytes(bundle.pem.as_bytes().to_vec())),
+                crl: bundle.crl_pem().map(|pem| inline_bytes(pem.into_bytes())),
             },
         )),
     }
@@ -140,8 +144,9 @@ pub fn build(
 
 /// The content version of `resources`: a digest over each resource's name and
 /// content (the chain for `default`, which changes with every new key; the
-/// roots for `ROOTCA`). Equal content gives an equal version and any change a
-/// new one. `None` while a resource has no content yet. Key bytes are not hashed.
+/// roots and the CRLs for `ROOTCA`). Equal content gives an equal version and
+/// any change a new one. `None` while a resource has no content yet. Key
+/// bytes are not hashed.
 pub fn version(
     resources: &[SdsResource],
     svid: Option<&Svid>,
@@ -149,15 +154,24 @@ pub fn version(
 ) -> Option<String> {
     let mut ctx = digest::Context::new(&digest::SHA256);
     for resource in resources {
-        let content = match resource {
-            SdsResource::WorkloadCert => svid?.chain_pem.as_bytes(),
-            SdsResource::RootCa => bundle?.pem.as_bytes(),
-        };
+        let mut parts: Vec<&[u8]> = Vec::new();
+        match resource {
+            SdsResource::WorkloadCert => parts.push(svid?.chain_pem.as_bytes()),
+            SdsResource::RootCa => {
+                let bundle = bundle?;
+                parts.push(bundle.pem.as_bytes());
+                // Each CRL length-prefixed too: a CRL change is a new version.
+                parts.extend(bundle.crls_der.iter().map(Vec::as_slice));
+            }
+        }
         let name = resource.name().as_bytes();
         ctx.update(&(name.len() as u64).to_be_bytes());
         ctx.update(name);
-        ctx.update(&(content.len() as u64).to_be_bytes());
-        ctx.update(content);
+        ctx.update(&(parts.len() as u64).to_be_bytes());
+        for content in parts {
+            ctx.update(&(content.len() as u64).to_be_bytes());
+            ctx.update(content);
+        }
     }
     let digest = ctx.finish();
     Some(

@@ -36,10 +36,10 @@ fn svid(serial: &str) -> Svid {
 }
 
 fn bundle(tag: &str) -> TrustBundle {
-    TrustBundle {
-        roots_der: vec![CertificateDer::from(tag.as_bytes().to_vec())],
-        pem: format!("-----BEGIN CERTIFICATE-----\n{tag}\n-----END CERTIFICATE-----\n"),
-    }
+    TrustBundle::from_roots(
+        vec![CertificateDer::from(tag.as_bytes().to_vec())],
+        format!("-----BEGIN CERTIFICATE-----\n{tag}\n-----END CERTIFICATE-----\n"),
+    )
 }
 
 fn request(names: &[&str], nonce: &str) -> DiscoveryRequest {
@@ -111,6 +111,63 @@ fn rootca_carries_the_bundle_as_trusted_ca() {
         panic!("not a validation_context");
     };
     assert_eq!(inline(ctx.trusted_ca.as_ref()), b.pem.as_bytes());
+}
+
+#[test]
+fn rootca_carries_the_crls_as_pem_only_when_there_are_some() {
+    let without = bundle("root");
+    let Some(secret::Type::ValidationContext(ctx)) = resources::root_ca_secret(&without).r#type
+    else {
+        panic!("not a validation_context");
+    };
+    assert!(ctx.crl.is_none(), "no CRL, no crl field");
+
+    let mut with = bundle("root");
+    with.crls_der = vec![b"crl-one".to_vec(), b"crl-two".to_vec()];
+    let Some(secret::Type::ValidationContext(ctx)) = resources::root_ca_secret(&with).r#type else {
+        panic!("not a validation_context");
+    };
+    let pem = String::from_utf8(inline(ctx.crl.as_ref()).to_vec()).expect("utf-8");
+    assert_eq!(pem.matches("-----BEGIN X509 CRL-----").count(), 2);
+    let ders: Vec<Vec<u8>> = crate::pki::pem::parse_blocks(&pem)
+        .expect("parses")
+        .into_iter()
+        .map(|b| b.der.to_vec())
+        .collect();
+    assert_eq!(ders, with.crls_der);
+    assert_eq!(inline(ctx.trusted_ca.as_ref()), with.pem.as_bytes());
+}
+
+#[test]
+fn a_crl_change_is_a_new_rootca_version() {
+    let rootca = [SdsResource::RootCa];
+    let v = |b: &TrustBundle| resources::version(&rootca, None, Some(b)).expect("complete");
+    let plain = bundle("r1");
+    let mut one = bundle("r1");
+    one.crls_der = vec![b"crl-1".to_vec()];
+    let mut other = bundle("r1");
+    other.crls_der = vec![b"crl-2".to_vec()];
+    assert_ne!(v(&plain), v(&one), "a CRL appears");
+    assert_ne!(v(&one), v(&other), "the CRL changes");
+    assert_eq!(v(&one), v(&one.clone()), "same CRL, same version");
+}
+
+#[test]
+fn a_new_crl_pushes_a_new_rootca_response() {
+    let mut state = StreamState::default();
+    state.on_request(&request(&["ROOTCA"], "")).expect("ok");
+    let first = state
+        .next_response(None, Some(&bundle("r1")))
+        .expect("first response");
+    let ack = request(&["ROOTCA"], &first.nonce);
+    state.on_request(&ack).expect("ack");
+    assert!(state.next_response(None, Some(&bundle("r1"))).is_none());
+    let mut revoked = bundle("r1");
+    revoked.crls_der = vec![b"crl-1".to_vec()];
+    let pushed = state
+        .next_response(None, Some(&revoked))
+        .expect("a CRL change is pushed");
+    assert_ne!(pushed.version_info, first.version_info);
 }
 
 #[test]

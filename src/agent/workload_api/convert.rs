@@ -5,7 +5,8 @@
 //! checks): `x509_svid` is the DER chain, leaf first, intermediates after, no
 //! roots; `x509_svid_key` is unencrypted PKCS#8 DER; `bundle` is the
 //! concatenated DER roots and never empty; bundle map keys are
-//! `spiffe://<trust-domain>`.
+//! `spiffe://<trust-domain>`; `crl` is the authorities' CRLs, DER, one per
+//! element (verified by the agent's trust task before they get here).
 
 use std::collections::HashMap;
 
@@ -52,7 +53,7 @@ pub fn x509_svid_response(svid: &Svid, bundle: &TrustBundle) -> Option<X509svidR
             bundle: concat_der(&bundle.roots_der),
             hint: String::new(),
         }],
-        crl: Vec::new(),
+        crl: bundle.crls_der.clone(),
         federated_bundles: HashMap::new(),
     })
 }
@@ -67,7 +68,7 @@ pub fn x509_bundles_response(
         return None;
     }
     Some(X509BundlesResponse {
-        crl: Vec::new(),
+        crl: bundle.crls_der.clone(),
         bundles: HashMap::from([(trust_domain.id_string(), concat_der(&bundle.roots_der))]),
     })
 }

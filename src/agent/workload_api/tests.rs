@@ -36,10 +36,7 @@ fn svid(serial: &str) -> Svid {
 }
 
 fn bundle(roots: &[&str]) -> TrustBundle {
-    TrustBundle {
-        roots_der: roots.iter().map(|r| der(r)).collect(),
-        pem: roots.join(","),
-    }
+    TrustBundle::from_roots(roots.iter().map(|r| der(r)).collect(), roots.join(","))
 }
 
 #[test]
@@ -215,6 +212,43 @@ async fn bundle_stream_follows_the_bundle_and_ignores_rotations() {
             .map(Vec::as_slice),
         Some(&b"r2"[..])
     );
+}
+
+#[test]
+fn both_responses_carry_the_crls_as_der() {
+    let mut b = bundle(&["r"]);
+    assert!(convert::x509_svid_response(&svid("01"), &b)
+        .expect("built")
+        .crl
+        .is_empty());
+    b.crls_der = vec![b"crl-a".to_vec(), b"crl-b".to_vec()];
+    let svid_response = convert::x509_svid_response(&svid("01"), &b).expect("built");
+    assert_eq!(svid_response.crl, b.crls_der);
+    let bundles = convert::x509_bundles_response(&TrustDomain::default(), &b).expect("built");
+    assert_eq!(bundles.crl, b.crls_der);
+}
+
+#[tokio::test]
+async fn a_crl_change_is_pushed_to_both_streams() {
+    let td = TrustDomain::default();
+    let (_svid_tx, bundle_tx, mut rx, _task) = spawn(Feed::BundleOnly, move |_, b| {
+        convert::x509_bundles_response(&td, b)
+    });
+    bundle_tx.send_replace(Some(Arc::new(bundle(&["r1"]))));
+    assert!(next(&mut rx).await.crl.is_empty());
+    let mut revoked = bundle(&["r1"]);
+    revoked.crls_der = vec![b"crl-1".to_vec()];
+    bundle_tx.send_replace(Some(Arc::new(revoked)));
+    assert_eq!(next(&mut rx).await.crl, vec![b"crl-1".to_vec()]);
+
+    let (svid_tx, bundle_tx, mut rx, _task) = spawn(Feed::SvidAndBundle, x509);
+    svid_tx.send_replace(Some(Arc::new(svid("01"))));
+    bundle_tx.send_replace(Some(Arc::new(bundle(&["r1"]))));
+    assert!(next(&mut rx).await.crl.is_empty());
+    let mut revoked = bundle(&["r1"]);
+    revoked.crls_der = vec![b"crl-1".to_vec()];
+    bundle_tx.send_replace(Some(Arc::new(revoked)));
+    assert_eq!(next(&mut rx).await.crl, vec![b"crl-1".to_vec()]);
 }
 
 #[tokio::test]

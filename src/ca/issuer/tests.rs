@@ -1,7 +1,6 @@
 //! The pipeline without sockets: ordering guarantees that are awkward to
 //! provoke through a real server (a failing audit store, saturation).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
@@ -41,9 +40,12 @@ fn issuer(env: &TestEnv, backend: Box<dyn AuditBackend>, max_concurrent: usize) 
         trust_domain: env.trust_domain(),
         ..AuthorityConfig::default()
     };
-    let authority =
-        Authority::load_or_create_self_signed(&env.data_dir, &authority_cfg, clock.as_ref())
-            .unwrap();
+    let authority = crate::pki::authority::Authority::load_or_create_self_signed(
+        &env.data_dir,
+        &authority_cfg,
+        clock.as_ref(),
+    )
+    .unwrap();
     let cfg = CaConfig {
         max_concurrent_requests: max_concurrent,
         trusted_node_accounts: "meshid-system/meshid-agent".parse().unwrap(),
@@ -52,7 +54,12 @@ fn issuer(env: &TestEnv, backend: Box<dyn AuditBackend>, max_concurrent: usize) 
     let deps = CaDeps {
         platform,
         audit: AuditLog::start(backend, GroupCommitConfig::default()),
-        authority: Arc::new(authority),
+        authorities: crate::ca::authorities::Authorities::in_memory(
+            authority,
+            crate::ca::authorities::AuthoritySource::SelfSigned,
+            clock.clone(),
+        )
+        .unwrap(),
         clock,
         metrics: CaMetrics::register(&prometheus::Registry::new()).unwrap(),
         http: axum::Router::new(),

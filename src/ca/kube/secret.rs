@@ -304,7 +304,7 @@ fn secret_label(namespace: &str, name: &str) -> String {
 
 /// The Secret's data moved into zeroizing buffers (`stringData` is
 /// write-only and never returned by the API server).
-fn memory_files(secret: Secret, namespace: &str, name: &str) -> MemoryFiles {
+pub(crate) fn memory_files(secret: Secret, namespace: &str, name: &str) -> MemoryFiles {
     let mut files = MemoryFiles::new(secret_label(namespace, name));
     for (key, ByteString(bytes)) in secret.data.unwrap_or_default() {
         files.insert(key, bytes);

@@ -13,7 +13,9 @@
 //! connections are keyed by that identity, so a tunnel never rides on a
 //! connection to another identity. A peer without an HBONE port
 //! (connection refused, or no `h2` in ALPN) is reported as [`HboneError::NoHbone`]:
-//! the caller may then use direct mTLS, never plaintext.
+//! the caller may then use direct mTLS, never plaintext. A connection whose
+//! peer certificate a CRL comes to list is closed at once, its tunnels with
+//! it, and leaves the pool ([`HbonePool::close_revoked`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -24,8 +26,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::client::SendRequest;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
 
 use super::stream::TunnelStream;
 use super::{
@@ -33,9 +37,12 @@ use super::{
     STREAM_WINDOW, TLS_BUFFER_LIMIT,
 };
 use crate::identity::SpiffeId;
+use crate::pki::crl::{serial_hex, RevokedSet};
 use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::outbound::UPSTREAM_TIMEOUT;
-use crate::proxy::tls::{client_config, server_name_for, CertStore, PeerExpectation};
+use crate::proxy::tls::{
+    client_config, peer_cert_key, server_name_for, CertStore, PeerCertKey, PeerExpectation,
+};
 use crate::proxy::transport::TlsTransport;
 
 /// How often idle and aged connections are looked for.
@@ -101,6 +108,10 @@ struct Conn {
     tunnels: Arc<AtomicUsize>,
     last_used: Arc<Mutex<Instant>>,
     closed: Arc<AtomicBool>,
+    /// The (issuer, serial) of the peer's leaf certificate.
+    peer_cert: Option<PeerCertKey>,
+    /// Ends the connection's task, closing the connection and its tunnels.
+    cancel: CancellationToken,
 }
 
 /// A tunnel's place on a connection.
@@ -135,6 +146,17 @@ impl Conn {
             tunnels: self.tunnels.clone(),
             last_used: self.last_used.clone(),
         }
+    }
+
+    fn revoked_by(&self, revoked: &RevokedSet) -> bool {
+        self.peer_cert
+            .as_ref()
+            .is_some_and(|(issuer, serial)| revoked.contains(issuer, serial))
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.cancel.cancel();
     }
 
     fn state(&self) -> ConnState {
@@ -189,7 +211,8 @@ impl HbonePool {
             peers: Mutex::new(HashMap::new()),
             no_hbone: Mutex::new(HashMap::new()),
         });
-        tokio::spawn(sweep(Arc::downgrade(&pool)));
+        let revocations = pool.store.revocations();
+        tokio::spawn(sweep(Arc::downgrade(&pool), revocations));
         pool
     }
 
@@ -320,6 +343,7 @@ impl HbonePool {
         if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
             return Err(self.no_hbone(ip, format!("{addr} did not negotiate h2")));
         }
+        let peer_cert = peer_cert_key(tls.get_ref().1);
         let (send, connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -334,6 +358,8 @@ impl HbonePool {
             tunnels: Arc::new(AtomicUsize::new(0)),
             last_used: Arc::new(Mutex::new(now)),
             closed: Arc::new(AtomicBool::new(false)),
+            peer_cert,
+            cancel: CancellationToken::new(),
         };
         let (closed, metrics) = (conn.closed.clone(), self.metrics.clone());
         metrics
@@ -341,19 +367,59 @@ impl HbonePool {
             .with_label_values(&["outbound"])
             .inc();
         metrics.hbone_open.inc();
+        let cancel = conn.cancel.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(upstream = %addr, error = %e, "HBONE connection ended with an error");
+            tokio::select! {
+                ended = connection => if let Err(e) = ended {
+                    tracing::debug!(upstream = %addr, error = %e, "HBONE connection ended with an error");
+                },
+                // Dropping the connection closes it and resets its tunnels.
+                () = cancel.cancelled() => {}
             }
             closed.store(true, Ordering::Relaxed);
             metrics.hbone_open.dec();
         });
+        // Revoked between the handshake and now: never pooled.
+        if conn.revoked_by(&self.store.revoked()) {
+            conn.close();
+            return Err(HboneError::Connect {
+                outcome: "upstream_refused",
+                error: format!("{addr}: the peer's certificate is revoked"),
+            });
+        }
         Ok(conn)
     }
 
     fn no_hbone(&self, ip: IpAddr, why: String) -> HboneError {
         lock(&self.no_hbone).insert(ip, Instant::now() + NO_HBONE_MEMORY);
         HboneError::NoHbone(why)
+    }
+
+    /// Closes every pooled connection whose peer's leaf certificate
+    /// `revoked` lists, its tunnels with it (no drain: the peer is no longer
+    /// who it proved to be), and takes it out of the pool.
+    pub(crate) fn close_revoked(&self, revoked: &RevokedSet) {
+        if revoked.is_empty() {
+            return;
+        }
+        let peers = lock(&self.peers);
+        for ((ip, identity), peer) in peers.iter() {
+            lock(&peer.conns).retain(|conn| {
+                if !conn.revoked_by(revoked) {
+                    return true;
+                }
+                let serial = conn
+                    .peer_cert
+                    .as_ref()
+                    .map(|(_, serial)| serial_hex(serial))
+                    .unwrap_or_default();
+                tracing::warn!(upstream = %ip, upstream_identity = %identity, %serial,
+                    tunnels = conn.tunnels.load(Ordering::Relaxed),
+                    "the peer's certificate is revoked: closing its HBONE connection");
+                conn.close();
+                false
+            });
+        }
     }
 
     /// Applies [`to_keep`] to every peer's connections; forgets peers
@@ -395,12 +461,26 @@ fn pick(peer: &Peer) -> Option<(Conn, Slot)> {
     Some((conn.clone(), slot))
 }
 
-async fn sweep(pool: Weak<HbonePool>) {
+/// Every [`SWEEP_EVERY`], and at each change of the revoked certificates.
+async fn sweep(pool: Weak<HbonePool>, mut revocations: watch::Receiver<Arc<RevokedSet>>) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
+    let mut watching = true;
     loop {
-        tick.tick().await;
+        let revoked = tokio::select! {
+            _ = tick.tick() => None,
+            changed = revocations.changed(), if watching => match changed {
+                Ok(()) => Some(revocations.borrow_and_update().clone()),
+                Err(_) => {
+                    watching = false;
+                    None
+                }
+            },
+        };
         let Some(pool) = pool.upgrade() else { return };
-        pool.sweep_once(Instant::now());
+        match revoked {
+            Some(revoked) => pool.close_revoked(&revoked),
+            None => pool.sweep_once(Instant::now()),
+        }
     }
 }
 

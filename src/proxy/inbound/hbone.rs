@@ -15,7 +15,9 @@
 //! us as a relay) and never the proxy's own ports; a peer without a
 //! verified identity gets no tunnel; answers: `400` for a request that is
 //! not `CONNECT IP:PORT`, `401` for a target that is not ours or a mode
-//! that refuses, `503` when the application does not accept.
+//! that refuses, `503` when the application does not accept. A connection
+//! whose peer certificate a CRL comes to list gets no new tunnel (`401`) and
+//! is closed, with its tunnels, after the mode-change drain period.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -33,7 +35,9 @@ use crate::proxy::hbone::stream::TunnelStream;
 use crate::proxy::hbone::{
     ALPN, CONNECTION_WINDOW, MAX_FRAME, MAX_TUNNELS, STREAM_WINDOW, TLS_BUFFER_LIMIT,
 };
-use crate::proxy::tls::{peer_spiffe_id, server_config, CertStore, ClientAuth, ProxyTlsError};
+use crate::proxy::tls::{
+    peer_cert_key, peer_spiffe_id, server_config, CertStore, ClientAuth, PeerCertKey, ProxyTlsError,
+};
 use crate::proxy::transport::TlsTransport;
 
 /// Why a tunnel's target is refused, with the HTTP status answered.
@@ -144,6 +148,7 @@ impl Inbound {
             Ok(None) => return self.hbone_refused(peer, "no client certificate"),
             Err(e) => return self.hbone_refused(peer, &e.to_string()),
         };
+        let peer_cert = peer_cert_key(tls.get_ref().1);
         let handshake = h2::server::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -161,18 +166,48 @@ impl Inbound {
             .with_label_values(&["inbound"])
             .inc();
         self.metrics.hbone_open.inc();
+        // Set once the peer's certificate is revoked: no new tunnel, and the
+        // connection (its tunnels with it) closes after the drain.
+        let mut revoked = false;
+        let until_revoked =
+            crate::proxy::tls::until_revoked(self.revocations.clone(), peer_cert.clone());
+        tokio::pin!(until_revoked);
         loop {
             let accepted = tokio::select! {
                 accepted = connection.accept() => accepted,
                 () = stop.cancelled() => break,
+                () = &mut until_revoked, if !revoked => {
+                    revoked = true;
+                    tracing::warn!(%peer, source_principal = %identity, drain = ?self.drain,
+                        "the peer's certificate is revoked: closing its HBONE connection after the drain period");
+                    let (stop, drain) = (stop.clone(), self.drain);
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            () = tokio::time::sleep(drain) => stop.cancel(),
+                            () = stop.cancelled() => {}
+                        }
+                    });
+                    continue;
+                }
             };
             match accepted {
+                Some(Ok((_, mut respond))) if revoked => {
+                    tracing::warn!(%peer, source_principal = %identity, "HBONE tunnel refused: the peer's certificate is revoked");
+                    self.metrics
+                        .connection("inbound", "NONE", "refused", &identity.to_string());
+                    let response = http::Response::builder()
+                        .status(http::StatusCode::UNAUTHORIZED)
+                        .body(());
+                    if let Ok(response) = response {
+                        let _ = respond.send_response(response, true);
+                    }
+                }
                 Some(Ok((request, respond))) => {
                     let (this, identity, ports) =
                         (self.clone(), identity.clone(), proxy_ports.clone());
-                    let stop = stop.child_token();
+                    let (stop, peer_cert) = (stop.child_token(), peer_cert.clone());
                     tokio::spawn(async move {
-                        this.tunnel(request, respond, identity, peer, &ports, stop)
+                        this.tunnel(request, respond, (identity, peer_cert), peer, &ports, stop)
                             .await;
                     });
                 }
@@ -187,11 +222,12 @@ impl Inbound {
     }
 
     /// One tunnel: check, judge, connect to the application, answer, relay.
+    /// `identity` is the connection's verified peer and its certificate's key.
     async fn tunnel(
         &self,
         request: http::Request<h2::RecvStream>,
         mut respond: h2::server::SendResponse<Bytes>,
-        identity: SpiffeId,
+        (identity, peer_cert): (SpiffeId, Option<PeerCertKey>),
         peer: SocketAddr,
         proxy_ports: &[u16],
         stop: CancellationToken,
@@ -240,7 +276,7 @@ impl Inbound {
             }
         };
         let tunnel = TunnelStream::new(send, request.into_body());
-        self.relay(tunnel, app, (kind, mode, decision), peer, stop)
+        self.relay(tunnel, app, (kind, mode, decision), (peer, peer_cert), stop)
             .await;
     }
 

@@ -1,6 +1,7 @@
 //! The registry of live inbound connections: what each one is, the mode it
-//! lives under, and how to close it, so that a mode change reaches the
-//! connections already accepted ([`on_mode_change`]).
+//! lives under, the peer's certificate, and how to close it, so that a mode
+//! change ([`on_mode_change`]) or a revocation reaches the connections
+//! already accepted.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,9 +11,11 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::pki::crl::{serial_hex, RevokedSet};
 use crate::policy::MtlsMode;
 use crate::proxy::enforce::{on_mode_change, ConnKind, OnModeChange};
 use crate::proxy::metrics::ProxyMetrics;
+use crate::proxy::tls::PeerCertKey;
 
 /// One live connection.
 #[derive(Debug)]
@@ -21,6 +24,8 @@ struct Live {
     mode: MtlsMode,
     port: u16,
     peer: SocketAddr,
+    /// The (issuer, serial) of the peer's verified leaf certificate (mTLS).
+    peer_cert: Option<PeerCertKey>,
     cancel: CancellationToken,
     closing: bool,
 }
@@ -65,13 +70,15 @@ impl Drop for Registration {
 
 impl LiveConns {
     /// Records a connection of `kind`, accepted under `mode` for the
-    /// application `port`, closed through `cancel`.
+    /// application `port`, from a peer whose leaf certificate is `peer_cert`
+    /// (mTLS), closed through `cancel`.
     pub(crate) fn register(
         self: &Arc<Self>,
         kind: ConnKind,
         mode: MtlsMode,
         port: u16,
         peer: SocketAddr,
+        peer_cert: Option<PeerCertKey>,
         cancel: CancellationToken,
     ) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
@@ -80,6 +87,7 @@ impl LiveConns {
             mode,
             port,
             peer,
+            peer_cert,
             cancel,
             closing: false,
         };
@@ -147,17 +155,54 @@ impl LiveConns {
         }
         for cancel in to_close {
             metrics.closed_on_mode_change.inc();
-            if drain.is_zero() {
-                cancel.cancel();
-            } else {
-                tokio::spawn(async move {
-                    tokio::select! {
-                        () = tokio::time::sleep(drain) => cancel.cancel(),
-                        () = cancel.cancelled() => {}
-                    }
-                });
+            close_after(cancel, drain);
+        }
+    }
+
+    /// Closes, after `drain`, every live connection (`only` = `None`) or
+    /// one whose peer's leaf certificate `revoked` lists. Rule: a revoked
+    /// peer keeps no connection open past the drain period; its new
+    /// handshakes are already refused by the verifier. Must be called from
+    /// within a tokio runtime (a non-zero drain spawns a timer).
+    pub(crate) fn close_revoked(&self, only: Option<u64>, revoked: &RevokedSet, drain: Duration) {
+        if revoked.is_empty() {
+            return;
+        }
+        let mut to_close = Vec::new();
+        {
+            let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+            for (id, live) in conns.iter_mut() {
+                if only.is_some_and(|only| only != *id) || live.closing {
+                    continue;
+                }
+                let Some((issuer, serial)) = &live.peer_cert else {
+                    continue;
+                };
+                if revoked.contains(issuer, serial) {
+                    tracing::warn!(peer = %live.peer, kind = live.kind.as_str(), serial = %serial_hex(serial),
+                        ?drain, "the peer's certificate is revoked: closing a live connection after the drain period");
+                    live.closing = true;
+                    to_close.push(live.cancel.clone());
+                }
             }
         }
+        for cancel in to_close {
+            close_after(cancel, drain);
+        }
+    }
+}
+
+/// Cancels `cancel` after `drain` (at once when zero).
+fn close_after(cancel: CancellationToken, drain: Duration) {
+    if drain.is_zero() {
+        cancel.cancel();
+    } else {
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(drain) => cancel.cancel(),
+                () = cancel.cancelled() => {}
+            }
+        });
     }
 }
 
@@ -185,6 +230,7 @@ mod tests {
                     MtlsMode::Permissive,
                     80,
                     peer(),
+                    None,
                     CancellationToken::new(),
                 )
             })
@@ -194,6 +240,7 @@ mod tests {
             MtlsMode::Permissive,
             80,
             peer(),
+            None,
             CancellationToken::new(),
         );
         drop(burst);
@@ -211,6 +258,7 @@ mod tests {
             MtlsMode::Permissive,
             80,
             peer(),
+            None,
             plain.clone(),
         );
         let id = crate::identity::SpiffeId::parse("spiffe://cluster.local/ns/a/sa/b").unwrap();
@@ -219,6 +267,7 @@ mod tests {
             MtlsMode::Permissive,
             80,
             peer(),
+            None,
             mtls.clone(),
         );
         let m = metrics();
@@ -237,6 +286,7 @@ mod tests {
             MtlsMode::Audit,
             80,
             peer(),
+            None,
             plain.clone(),
         );
         live.apply_modes(
@@ -264,6 +314,7 @@ mod tests {
             MtlsMode::Permissive,
             80,
             peer(),
+            None,
             plain.clone(),
         );
         let mode_for = |port| {
@@ -277,5 +328,71 @@ mod tests {
         assert!(!plain.is_cancelled());
         drop(reg);
         assert_eq!(live.len(), 0);
+    }
+
+    /// Only the connections of the revoked peer close, and only after the drain.
+    #[tokio::test(start_paused = true)]
+    async fn a_revocation_closes_only_the_revoked_peers_connections_after_the_drain() {
+        let live = Arc::new(LiveConns::default());
+        let id = crate::identity::SpiffeId::parse("spiffe://cluster.local/ns/a/sa/b").unwrap();
+        let issuer = b"issuer".to_vec();
+        let (revoked, other, plain) = (
+            CancellationToken::new(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+        );
+        let mtls = || ConnKind::Mtls { peer: id.clone() };
+        let _a = live.register(
+            mtls(),
+            MtlsMode::Strict,
+            80,
+            peer(),
+            Some((issuer.clone(), vec![0x80, 1])),
+            revoked.clone(),
+        );
+        let _b = live.register(
+            mtls(),
+            MtlsMode::Strict,
+            80,
+            peer(),
+            Some((issuer.clone(), vec![0x02])),
+            other.clone(),
+        );
+        let _c = live.register(
+            ConnKind::Plaintext,
+            MtlsMode::Permissive,
+            80,
+            peer(),
+            None,
+            plain.clone(),
+        );
+        let mut set = RevokedSet::new();
+        // The CRL's form carries the DER sign byte; the lookup strips it.
+        set.insert(&issuer, &[0x00, 0x80, 0x01]);
+        set.insert(b"another issuer", &[0x02]);
+        live.close_revoked(None, &set, Duration::from_millis(500));
+        tokio::time::sleep(Duration::from_millis(499)).await;
+        assert!(!revoked.is_cancelled(), "closed before the drain ended");
+        tokio::time::timeout(Duration::from_millis(2), revoked.cancelled())
+            .await
+            .expect("closed when the drain ends");
+        assert!(!other.is_cancelled());
+        assert!(!plain.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn an_empty_revoked_set_closes_nothing() {
+        let live = Arc::new(LiveConns::default());
+        let cancel = CancellationToken::new();
+        let _a = live.register(
+            ConnKind::Plaintext,
+            MtlsMode::Strict,
+            80,
+            peer(),
+            Some((b"i".to_vec(), vec![1])),
+            cancel.clone(),
+        );
+        live.close_revoked(None, &RevokedSet::new(), Duration::ZERO);
+        assert!(!cancel.is_cancelled());
     }
 }

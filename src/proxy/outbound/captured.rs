@@ -9,7 +9,9 @@
 //!   agent knows) is passed through in plaintext, and counted;
 //! - when the agent cannot say who owns a destination, the connection is
 //!   refused rather than guessed;
-//! - a connection to a capture port itself is refused (no loops).
+//! - a connection to a capture port itself is refused (no loops);
+//! - a connection whose upstream's certificate a CRL comes to list is cut
+//!   (direct mTLS here; HBONE connections by their [`HbonePool`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::{connect_mtls, copy_both_ways, upstream_identity, UPSTREAM_TIMEOUT};
+use super::{connect_mtls, copy_both_ways, revoked_upstream, upstream_identity, UPSTREAM_TIMEOUT};
 use crate::identity::SpiffeId;
 use crate::proxy::accept::{serve, Listening};
 use crate::proxy::capture::original_dst::original_dst;
@@ -140,7 +142,9 @@ impl CapturedOutbound {
                         "captured outbound connection tunnelled over HBONE");
                     self.metrics
                         .connection("outbound", "mtls", "allowed", &self.source);
-                    return copy_both_ways(app, &mut tunnel.stream, peer, &self.metrics).await;
+                    // The pool closes the connection under the tunnel on a revocation.
+                    let cut = std::future::pending();
+                    return copy_both_ways(app, &mut tunnel.stream, peer, &self.metrics, cut).await;
                 }
                 Err(HboneError::NoHbone(why)) => {
                     tracing::debug!(%peer, upstream = %dst, %why, "no HBONE to the destination's proxy; direct mTLS");
@@ -180,7 +184,8 @@ impl CapturedOutbound {
                     "captured outbound mTLS connection established");
                 self.metrics
                     .connection("outbound", "mtls", "allowed", &self.source);
-                copy_both_ways(app, tls, peer, &self.metrics).await;
+                let cut = revoked_upstream(&self.store, &tls);
+                copy_both_ways(app, tls, peer, &self.metrics, cut).await;
             }
             Err((outcome, error)) => {
                 // The error of a refused handshake names the identity presented.
@@ -204,7 +209,8 @@ impl CapturedOutbound {
         tracing::debug!(%peer, upstream = %dst, pod, "captured outbound connection passed through in plaintext (destination not meshed)");
         self.metrics
             .connection("outbound", "plaintext", "passthrough", &self.source);
-        copy_both_ways(app, upstream, peer, &self.metrics).await;
+        let cut = std::future::pending();
+        copy_both_ways(app, upstream, peer, &self.metrics, cut).await;
     }
 
     fn refused(&self, peer: SocketAddr, dst: Option<SocketAddr>, outcome: &str, error: &str) {

@@ -1,4 +1,6 @@
-//! The current SVID and trust bundle, swapped on rotation.
+//! The current SVID, trust bundle and revoked certificates, swapped on
+//! rotation; a change of the revoked set is published to whoever closes
+//! live connections ([`CertStore::revocations`]).
 
 use std::fmt;
 use std::sync::{Arc, RwLock};
@@ -9,9 +11,13 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::SignatureScheme;
 use time::OffsetDateTime;
+use tokio::sync::watch;
 
-use super::{check_material, unix_time, ProxyTlsError, SvidMaterial, Trust, VerifiedSvid};
+use super::{
+    check_material, unix_time, warn_if_revoked, ProxyTlsError, SvidMaterial, Trust, VerifiedSvid,
+};
 use crate::identity::SpiffeId;
+use crate::pki::crl::RevokedSet;
 use crate::time::SharedClock;
 
 /// Our current SVID and trust bundle, shared by every TLS configuration of
@@ -27,6 +33,8 @@ pub struct CertStore {
     identity: SpiffeId,
     clock: SharedClock,
     current: RwLock<Arc<VerifiedSvid>>,
+    /// The revoked set in force, sent again each time it changes.
+    revocations: watch::Sender<Arc<RevokedSet>>,
 }
 
 impl fmt::Debug for CertStore {
@@ -48,16 +56,19 @@ impl CertStore {
         clock: SharedClock,
     ) -> Result<Arc<Self>, ProxyTlsError> {
         let checked = check_material(&material, &identity, clock.now())?;
+        let (revocations, _) = watch::channel(checked.trust.revoked().clone());
         Ok(Arc::new(Self {
             identity,
             clock,
             current: RwLock::new(Arc::new(checked)),
+            revocations,
         }))
     }
 
-    /// Replaces our SVID and the trust bundle, after [`check_material`]
-    /// (our key, our identity, chains to the new bundle, valid now). On an
-    /// error the current SVID stays in place. Use it for a root rotation too:
+    /// Replaces our SVID, the trust bundle and the CRLs, after
+    /// [`check_material`] (our key, our identity, chains to the new bundle,
+    /// valid now, every CRL verifies). On an error the current SVID, bundle
+    /// and CRLs stay in place. Use it for a root rotation too:
     /// the new certificate and the bundle that trusts it arrive together.
     pub fn swap(&self, new: SvidMaterial) -> Result<(), ProxyTlsError> {
         let checked = check_material(&new, &self.identity, self.clock.now())?;
@@ -69,21 +80,26 @@ impl CertStore {
     /// the current bundle kept, if our own certificate does not chain to the
     /// new bundle: peers using that bundle would refuse us. For a root
     /// rotation, either deliver a bundle holding both roots, or use [`swap`](Self::swap).
+    /// The current CRLs are kept when they still verify against the new
+    /// bundle (or our chain), dropped when their authority left it.
     pub fn swap_bundle(&self, bundle: Vec<CertificateDer<'static>>) -> Result<(), ProxyTlsError> {
-        let trust = Trust::new(bundle)?;
         let current = self.current();
-        if let Some((leaf, intermediates)) = current.certified.cert.split_first() {
+        let chain = &current.certified.cert;
+        let intermediates = chain.get(1..).unwrap_or_default();
+        let trust = current.trust.rebundled(bundle, intermediates)?;
+        if let Some(leaf) = chain.first() {
             let now = unix_time(self.clock.now());
             let untrusted = |source| ProxyTlsError::Untrusted {
                 what: "our current certificate",
                 source,
             };
             trust
-                .verify_client(leaf, intermediates, now)
+                .chain_client(leaf, intermediates, now)
                 .map_err(untrusted)?;
             trust
-                .verify_server(leaf, intermediates, now)
+                .chain_server(leaf, intermediates, now)
                 .map_err(untrusted)?;
+            warn_if_revoked(&trust, leaf, &self.identity);
         }
         self.replace(VerifiedSvid {
             trust,
@@ -113,6 +129,18 @@ impl CertStore {
         self.current().trust.bundle().to_vec()
     }
 
+    /// The revoked certificates in force now.
+    pub fn revoked(&self) -> Arc<RevokedSet> {
+        self.current().trust.revoked().clone()
+    }
+
+    /// A receiver of the revoked set, marked changed each time a swap
+    /// changes it: live connections to or from a peer it now lists are
+    /// closed by whoever holds them (handshakes already refuse the peer).
+    pub fn revocations(&self) -> watch::Receiver<Arc<RevokedSet>> {
+        self.revocations.subscribe()
+    }
+
     /// The clock every check of this store's configurations uses.
     pub fn clock(&self) -> &SharedClock {
         &self.clock
@@ -132,7 +160,18 @@ impl CertStore {
     }
 
     fn replace(&self, new: VerifiedSvid) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        let revoked = new.trust.revoked().clone();
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        *current = Arc::new(new);
+        // Under the lock, so that two swaps publish in the order they landed.
+        self.revocations.send_if_modified(|published| {
+            let changed = **published != *revoked;
+            if changed {
+                tracing::info!(revoked = revoked.len(), "the revoked certificates changed");
+                *published = revoked;
+            }
+            changed
+        });
     }
 
     fn certified_key(&self) -> Arc<CertifiedKey> {

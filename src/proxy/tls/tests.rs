@@ -55,6 +55,7 @@ impl Ca {
             chain: vec![CertificateDer::from(issued.der)],
             key,
             bundle: self.authority.roots_der(),
+            crls: Vec::new(),
         }
     }
 
@@ -90,6 +91,7 @@ impl Ca {
             chain: vec![cert.der().clone()],
             key,
             bundle: self.authority.roots_der(),
+            crls: Vec::new(),
         }
     }
 
@@ -732,3 +734,5 @@ fn server_name_for_an_ip_sends_no_host_name() {
     let name = server_name_for(std::net::Ipv4Addr::LOCALHOST.into());
     assert!(matches!(name, ServerName::IpAddress(_)));
 }
+
+mod revocation;
