@@ -10,6 +10,7 @@
 mod agent;
 mod ca;
 mod mtls;
+mod rotation;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -7,6 +7,7 @@
 
 mod lifecycle;
 mod modes;
+mod plugin_rotation;
 mod rotation;
 
 use std::net::SocketAddr;
