@@ -194,6 +194,9 @@ fn refused(message: impl Into<String>) -> RotationError {
     RotationError::Refused(message.into())
 }
 
+/// `offer_plugin`'s no-op: the authority is already in the stored state.
+const ALREADY_HELD: &str = "the plug-in CA is already one of the authorities";
+
 /// How the first authority is made when nothing is stored.
 pub type FirstAuthority =
     Box<dyn FnOnce() -> Result<(Authority, AuthoritySource), RotationError> + Send>;
@@ -511,6 +514,10 @@ impl Authorities {
         let from = from.to_owned();
         let message = self
             .change(move |stored, _| {
+                // Another replica may have stored it since our snapshot.
+                if stored.authorities.iter().any(|a| a.id == authority.id()) {
+                    return Err(RotationError::Refused(ALREADY_HELD.to_owned()));
+                }
                 // A newer plug-in CA replaces one prepared before it.
                 stored
                     .authorities
@@ -525,8 +532,12 @@ impl Authorities {
                     authority.id()
                 ))
             })
-            .await?;
-        Ok(Some(message))
+            .await;
+        match message {
+            Ok(message) => Ok(Some(message)),
+            Err(RotationError::Refused(m)) if m == ALREADY_HELD => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Re-reads the store and publishes its state if another replica changed it.

@@ -369,6 +369,7 @@ pub async fn build(setup: CaSetup, shutdown: Shutdown) -> Result<CaServer, Build
         source,
     })?;
     spawn_bundle_file(authorities.clone(), bundle_path, &shutdown);
+    spawn_first_root_cleanup(authorities.clone(), data_dir.clone(), &shutdown);
     {
         // Local: this CA runs the schedule. Kubernetes: the Lease holder
         // does (see kube_parts), and every replica keeps its CRLs fresh.
@@ -715,6 +716,39 @@ fn spawn_bundle_file(authorities: Arc<Authorities>, path: PathBuf, shutdown: &Sh
                     written = bundle;
                 }
                 Err(e) => tracing::error!(path = %path.display(), error = %e, "writing the trust bundle failed"),
+            }
+        }
+    });
+}
+
+/// Removes `DATA_DIR/ca-key.pem` and `ca-cert.pem` (the first self-signed
+/// root, from before authorities were stored) once that authority left the
+/// state, revoked or expired. Rule: a revoked authority's key does not
+/// linger on disk (the state file holds the keys still in use).
+fn spawn_first_root_cleanup(authorities: Arc<Authorities>, data_dir: PathBuf, shutdown: &Shutdown) {
+    let stop = shutdown.clone();
+    shutdown.spawn(async move {
+        let cert = data_dir.join(crate::pki::authority::CA_CERT_FILE);
+        let key = data_dir.join(crate::pki::authority::CA_KEY_FILE);
+        let mut changes = authorities.subscribe();
+        loop {
+            let first = std::fs::read_to_string(&cert)
+                .ok()
+                .and_then(|pem| crate::pki::bundle::parse_pem_certs(&pem).ok())
+                .and_then(|certs| certs.first().and_then(|c| crate::pki::authority::authority_id(c)));
+            let Some(first) = first else { return };
+            if authorities.current().entry(&first).is_none() {
+                for file in [&key, &cert] {
+                    if let Err(e) = std::fs::remove_file(file) {
+                        tracing::warn!(path = %file.display(), error = %e, "could not remove the first root's file");
+                    }
+                }
+                tracing::info!(id = %first, "the first root left the authorities; its key and certificate are removed from the data directory");
+                return;
+            }
+            tokio::select! {
+                () = stop.triggered() => return,
+                changed = changes.changed() => if changed.is_err() { return },
             }
         }
     });

@@ -219,6 +219,10 @@ async fn prepare_activate_taint_revoke_under_traffic_fails_no_request() {
             && certs_in(&ca_bundle) == vec![new_root.clone()]
     })
     .await;
+    assert!(
+        !p.env.data_dir.join("ca-key.pem").exists(),
+        "the revoked first root's key is removed from the data directory"
+    );
     // A little more traffic with the old root gone.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(get(p.via_frontend()).await.is_ok());
