@@ -22,7 +22,7 @@ pub mod crl;
 pub mod csr;
 mod der;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 pub mod key;
 pub mod pem;
 pub mod template;

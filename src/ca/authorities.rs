@@ -442,6 +442,24 @@ impl Authorities {
                      so that agents re-issue what chains to it, then revoke it"
                 )));
             }
+            // Rule: a revocation must take its root out of the bundle, or its
+            // certificates would go on verifying (plug-in intermediates under
+            // one root).
+            let roots = crate::pki::bundle::parse_pem_certs(&a.roots_pem).unwrap_or_default();
+            if let Some(other) = stored.authorities.iter().find(|o| {
+                o.id != target
+                    && crate::pki::bundle::parse_pem_certs(&o.roots_pem)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|r| roots.contains(r))
+            }) {
+                return Err(refused(format!(
+                    "authority {target} shares its root with authority {} ({}): with that root still \
+                     trusted, its certificates would go on verifying; revoke them by serial \
+                     (`meshid ca revoke`), or wait until it expires",
+                    other.id, other.state
+                )));
+            }
             stored.authorities.retain(|a| a.id != target);
             Ok(format!(
                 "authority {target} revoked: it is in no bundle any more, and what chains to it is refused"

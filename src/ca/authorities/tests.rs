@@ -379,3 +379,47 @@ fn serials_are_normalized_as_the_audit_log_records_them() {
     assert_eq!(normalize_serial(""), None);
     assert_eq!(normalize_serial(&"a".repeat(41)), None);
 }
+
+#[tokio::test]
+async fn an_intermediate_sharing_its_root_with_another_authority_is_not_revoked() {
+    use crate::pki::authority::MemoryFiles;
+    use crate::pki::fixtures::{clock as fixed_clock, TestCa};
+    let root = TestCa::root(TestCa::params("shared root"));
+    let first = root.issue(TestCa::params("first intermediate"));
+    let second = root.issue(TestCa::params("second intermediate"));
+    let clock: SharedClock = Arc::new(fixed_clock());
+    let load = |signing: &TestCa| {
+        let mut files = MemoryFiles::new("test");
+        files.insert("ca-cert.pem", signing.cert_pem().into_bytes());
+        files.insert("ca-key.pem", signing.key_pem().into_bytes());
+        files.insert("root-cert.pem", root.cert_pem().into_bytes());
+        Authority::load_plugin_files(&files, &AuthorityConfig::default(), clock.as_ref())
+    };
+    let authorities = Authorities::in_memory(
+        load(&first).unwrap(),
+        AuthoritySource::PlugIn,
+        clock.clone(),
+    )
+    .unwrap();
+    authorities
+        .offer_plugin(load(&second), "test")
+        .await
+        .unwrap()
+        .unwrap();
+    // Offered again (another replica saw the same change): nothing new.
+    assert!(authorities
+        .offer_plugin(load(&second), "test")
+        .await
+        .unwrap()
+        .is_none());
+    authorities.activate(None).await.unwrap();
+    authorities.taint(None).await.unwrap();
+    let err = authorities
+        .revoke_authority(None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("shares its root with authority"), "{err}");
+    assert!(err.contains("revoke them by serial"), "{err}");
+    assert_eq!(authorities.current().entries().len(), 2, "nothing changed");
+}
