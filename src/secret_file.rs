@@ -17,7 +17,23 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` with the given Unix `mode`, atomically.
+///
+/// Rule: only a regular file (or a symbolic link) is replaced; a device,
+/// socket, pipe or directory in the way is refused, never swapped for a
+/// file (as root, `-o /dev/null` would otherwise replace the device).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        let kind = meta.file_type();
+        if !kind.is_file() && !kind.is_symlink() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is not a regular file (a device, socket, pipe or directory): not replaced",
+                    path.display()
+                ),
+            ));
+        }
+    }
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -138,6 +154,22 @@ pub fn tighten(path: &Path, meta: &fs::Metadata, mode: u32) -> std::io::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_socket_or_directory_in_the_way_is_refused_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("s.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let err = write_secret(&socket, b"token").unwrap_err();
+        assert!(err.to_string().contains("is not a regular file"), "{err}");
+        assert!(std::os::unix::fs::FileTypeExt::is_socket(
+            &fs::symlink_metadata(&socket).unwrap().file_type()
+        ));
+        let sub = dir.path().join("d");
+        fs::create_dir(&sub).unwrap();
+        assert!(write_public(&sub, b"x").is_err());
+        assert!(sub.is_dir());
+    }
 
     #[test]
     fn secret_is_written_owner_only_and_whole() {
