@@ -84,9 +84,9 @@ fn cpu_seconds() -> anyhow::Result<f64> {
     Ok(ticks / 100.0)
 }
 
-fn authority_msg(id: &str, a: &Authority, state: AuthorityState, tainted: bool) -> AuthorityMsg {
+fn authority_msg(a: &Authority, state: AuthorityState, tainted: bool) -> AuthorityMsg {
     AuthorityMsg {
-        id: id.to_owned(),
+        id: a.id().to_owned(),
         state: state as i32,
         tainted,
         certificate: a.roots_der()[0].to_vec(),
@@ -153,7 +153,7 @@ async fn run(identities: usize, batch: usize, interval: Duration) -> anyhow::Res
         TrustUpdate {
             version: 1,
             roots: vec![a.roots_der()[0].to_vec()],
-            authorities: vec![authority_msg("a", &a, AuthorityState::Active, false)],
+            authorities: vec![authority_msg(&a, AuthorityState::Active, false)],
         },
     );
     publish(&cache, &state);
@@ -172,8 +172,8 @@ async fn run(identities: usize, batch: usize, interval: Duration) -> anyhow::Res
             version: 2,
             roots: vec![a.roots_der()[0].to_vec(), b.roots_der()[0].to_vec()],
             authorities: vec![
-                authority_msg("b", &b, AuthorityState::Active, false),
-                authority_msg("a", &a, AuthorityState::Old, true),
+                authority_msg(&b, AuthorityState::Active, false),
+                authority_msg(&a, AuthorityState::Old, true),
             ],
         },
     );

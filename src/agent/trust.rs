@@ -220,6 +220,20 @@ pub fn apply_update(prev: &TrustState, update: TrustUpdate) -> (TrustState, Vec<
             });
             continue;
         }
+        // Rule: the id is the one its certificate carries (the CA's
+        // `authority_id`), so that an id names one key only.
+        let actual = crate::pki::authority::authority_id(&a.certificate);
+        if actual.as_deref() != Some(a.id.as_str()) {
+            problems.push(Problem::AuthorityDropped {
+                version,
+                id,
+                reason: format!(
+                    "its id does not match its certificate's subject key identifier ({})",
+                    actual.unwrap_or_else(|| "none".to_owned())
+                ),
+            });
+            continue;
+        }
         let state = AuthorityState::try_from(a.state).unwrap_or(AuthorityState::Unspecified);
         let tainted = a.tainted && state == AuthorityState::Old;
         if a.tainted && !tainted {

@@ -142,8 +142,7 @@ async fn a_taint_needs_the_authoritys_signature_not_only_its_name() {
     let f = cache_fixture(a.clone(), CacheConfig::default());
     let sub = f.cache.subscribe(&f.env.id("default", "web"));
     first(&mut sub.receiver()).await;
-    let mut tainted = namesake.authority(AuthorityState::Old, true, Vec::new());
-    tainted.id = "namesake".into();
+    let tainted = namesake.authority(AuthorityState::Old, true, Vec::new());
     publish_update(
         &f,
         update(

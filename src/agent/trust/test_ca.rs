@@ -51,10 +51,13 @@ impl TestCa {
     /// A self-signed root named `name`.
     pub(crate) fn root(name: &str) -> Self {
         let key = KeyPair::generate().unwrap();
+        let issuer = CertifiedIssuer::self_signed(ca_params(name), key).unwrap();
+        // The id the CA gives an authority: its subject key identifier.
+        let id = crate::pki::authority::authority_id(issuer.der()).unwrap();
         Self {
-            issuer: CertifiedIssuer::self_signed(ca_params(name), key).unwrap(),
+            issuer,
             chain: Vec::new(),
-            id: name.to_owned(),
+            id,
         }
     }
 
@@ -63,11 +66,9 @@ impl TestCa {
         let key = KeyPair::generate().unwrap();
         let mut chain = vec![self.der()];
         chain.extend(self.chain.iter().cloned());
-        Self {
-            issuer: CertifiedIssuer::signed_by(ca_params(name), key, &self.issuer).unwrap(),
-            chain,
-            id: name.to_owned(),
-        }
+        let issuer = CertifiedIssuer::signed_by(ca_params(name), key, &self.issuer).unwrap();
+        let id = crate::pki::authority::authority_id(issuer.der()).unwrap();
+        Self { issuer, chain, id }
     }
 
     /// Its certificate, DER.

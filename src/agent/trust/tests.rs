@@ -75,7 +75,7 @@ fn a_tampered_crl_is_not_used_and_the_previous_one_stays() {
     assert_eq!(next.version, 2, "the rest of the update applies");
     assert_eq!(
         crl_ids(&next),
-        vec![("root-a".into(), Some(vec![vec![0x10]]))]
+        vec![(root.id.clone(), Some(vec![vec![0x10]]))]
     );
     assert_eq!(next.bundle().crls_der, vec![good]);
     match problems.as_slice() {
@@ -83,12 +83,12 @@ fn a_tampered_crl_is_not_used_and_the_previous_one_stays() {
             id,
             kept_previous: true,
             source: CrlRefusal::Invalid(CrlError::BadSignature { .. }),
-        }] => assert_eq!(id, "root-a"),
+        }] => assert_eq!(id, &root.id),
         other => panic!("expected one rejected CRL, got {other:?}"),
     }
     let message = problems[0].to_string();
     assert!(
-        message.contains("root-a") && message.contains("previous CRL stays"),
+        message.contains(&root.id) && message.contains("previous CRL stays"),
         "{message}"
     );
 }
@@ -105,7 +105,7 @@ fn a_crl_signed_by_another_authority_is_refused() {
             vec![a.authority(AuthorityState::Active, false, b.crl(&[0x1], t0()))],
         ),
     );
-    assert_eq!(crl_ids(&state), vec![("root-a".into(), None)]);
+    assert_eq!(crl_ids(&state), vec![(a.id.clone(), None)]);
     assert!(matches!(
         problems.as_slice(),
         [Problem::CrlRejected {
@@ -126,7 +126,7 @@ fn an_older_crl_than_the_one_held_is_refused() {
     let (next, problems) = apply_update(&held, update(2, &[&root], auth(older)));
     assert_eq!(
         crl_ids(&next),
-        vec![("root-a".into(), Some(vec![vec![0x1], vec![0x2]]))]
+        vec![(root.id.clone(), Some(vec![vec![0x1], vec![0x2]]))]
     );
     assert!(matches!(
         problems.as_slice(),
@@ -153,10 +153,10 @@ fn an_authority_that_does_not_chain_to_the_roots_is_dropped() {
         ),
     );
     let ids: Vec<&str> = state.authorities.iter().map(|a| a.id.as_str()).collect();
-    assert_eq!(ids, ["root-a"]);
+    assert_eq!(ids, [a.id.as_str()]);
     match problems.as_slice() {
         [p @ Problem::AuthorityDropped { id, .. }] => {
-            assert_eq!(id, "stranger");
+            assert_eq!(id, &stranger.id);
             assert!(p.to_string().contains("not signed by any root"), "{p}");
         }
         other => panic!("expected one dropped authority, got {other:?}"),
@@ -184,7 +184,7 @@ fn an_intermediate_chains_through_its_chain_and_a_forged_chain_is_dropped() {
         ),
     );
     let ids: Vec<&str> = state.authorities.iter().map(|a| a.id.as_str()).collect();
-    assert_eq!(ids, ["plugin-intermediate"]);
+    assert_eq!(ids, [inter.id.as_str()]);
     assert!(state.authorities[0].crl.is_some());
     assert!(
         matches!(problems.as_slice(), [Problem::AuthorityDropped { id, .. }] if id == "forged"),
@@ -234,7 +234,7 @@ fn only_an_old_authority_can_be_tainted() {
     );
     assert_eq!(state.tainted(), vec![old.der()]);
     assert!(
-        matches!(problems.as_slice(), [Problem::TaintIgnored { id, .. }] if id == "active"),
+        matches!(problems.as_slice(), [Problem::TaintIgnored { id, .. }] if id == &active.id),
         "{problems:?}"
     );
 }
@@ -351,4 +351,27 @@ async fn the_follower_applies_updates_counts_bad_crls_and_reconnects() {
     assert_eq!(f.metrics.trust_updates.get(), 2);
     assert_eq!(source.trusted.lock().unwrap().len(), 2);
     f.shutdown.trigger();
+}
+
+#[test]
+fn an_authority_whose_id_is_not_its_key_identifier_is_dropped() {
+    let a = TestCa::root("root-a");
+    let b = TestCa::root("root-b");
+    let mut liar = b.authority(AuthorityState::Old, true, Vec::new());
+    // b's certificate under a's id: a taint of "a" must not hit b's leaves.
+    liar.id = a.id.clone();
+    let (state, problems) = apply_update(
+        &TrustState::default(),
+        update(
+            1,
+            &[&a, &b],
+            vec![a.authority(AuthorityState::Active, false, Vec::new()), liar],
+        ),
+    );
+    assert_eq!(state.authorities.len(), 1);
+    assert!(state.tainted().is_empty());
+    assert!(
+        matches!(problems.as_slice(), [p @ Problem::AuthorityDropped { .. }] if p.to_string().contains("subject key identifier")),
+        "{problems:?}"
+    );
 }
