@@ -98,6 +98,7 @@ fn ours(c: &mut Criterion) {
         trust_domain: td,
         key_algorithm: KeyAlgorithm::EcdsaP256,
         clock_skew: time::Duration::seconds(60),
+        ..AuthorityConfig::default()
     };
     let authority =
         Authority::load_or_create_self_signed(&env.data_dir, &cfg, &clock).expect("authority");

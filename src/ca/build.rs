@@ -239,6 +239,8 @@ pub async fn build(setup: CaSetup, shutdown: Shutdown) -> Result<CaServer, Build
         trust_domain: config.trust_domain.clone(),
         key_algorithm: root_key_algorithm,
         clock_skew: time::Duration::seconds(60),
+        // The first root too (locally, or in Secret istio-ca-secret on Kubernetes).
+        root_validity: rotation.authority_ttl,
     };
     let origin = crate::audit::checkpoint_key::origin(config.trust_domain.as_str());
     // On Kubernetes: the checkpoint key from its Secret (unless a file is

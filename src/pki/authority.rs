@@ -65,6 +65,8 @@ pub struct AuthorityConfig {
     /// How far notBefore is backdated (capped at a tenth of each leaf's TTL),
     /// so that verifiers whose clock lags a little accept new certificates.
     pub clock_skew: Duration,
+    /// Lifetime of a self-signed root made here (the first one too).
+    pub root_validity: Duration,
 }
 
 impl Default for AuthorityConfig {
@@ -73,6 +75,7 @@ impl Default for AuthorityConfig {
             trust_domain: TrustDomain::default(),
             key_algorithm: KeyAlgorithm::default(),
             clock_skew: DEFAULT_CLOCK_SKEW,
+            root_validity: ROOT_VALIDITY,
         }
     }
 }
@@ -232,7 +235,7 @@ impl Authority {
         cfg: &AuthorityConfig,
         clock: &dyn Clock,
     ) -> Result<Self, AuthorityError> {
-        Self::load_or_create_self_signed_for(data_dir, cfg, ROOT_VALIDITY, clock)
+        Self::load_or_create_self_signed_for(data_dir, cfg, cfg.root_validity, clock)
     }
 
     /// [`Authority::load_or_create_self_signed`], a created root valid for `validity`.
@@ -651,7 +654,7 @@ fn generate_root(
     cfg: &AuthorityConfig,
     clock: &dyn Clock,
 ) -> Result<(PrivateKey, rcgen::Certificate), AuthorityError> {
-    generate_root_with(cfg, ROOT_VALIDITY, None, clock)
+    generate_root_with(cfg, cfg.root_validity, None, clock)
 }
 
 fn generate_root_with(

@@ -11,6 +11,7 @@ mod agent;
 mod ca;
 mod mtls;
 mod rotation;
+mod schedule;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
