@@ -8,7 +8,7 @@
 mod lifecycle;
 mod modes;
 mod plugin_rotation;
-mod rotation;
+pub(crate) mod rotation;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -60,7 +60,7 @@ impl Pair {
 
 /// An HTTP/1.1 server answering every request with [`BODY`], keeping the
 /// connection open unless the request says `Connection: close`.
-async fn echo_server() -> SocketAddr {
+pub(crate) async fn echo_server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -236,7 +236,7 @@ async fn setup_full(ttl: &str, backend_extra: &[&str], ca_extra: &[&str]) -> Pai
 
 /// One GET on a new connection; `Err` if the connection is refused/closed
 /// before a whole answer arrived.
-async fn get(addr: SocketAddr) -> Result<String, String> {
+pub(crate) async fn get(addr: SocketAddr) -> Result<String, String> {
     let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     request(&mut s, true).await
 }

@@ -4,26 +4,23 @@
 //! proxy pair under continuous traffic, while the CA goes prepare (through
 //! one replica) → activate (through the other) → taint → revoke.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use meshid::test_helpers::{
     key_and_csr, my_unix_uid, request, AgentProcess, CaProcess, ProxyProcess, TestEnv,
 };
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::StreamExt as _;
 use x509_parser::prelude::FromDer as _;
 
 use super::{eventually, pod, seed_cluster, service_account_jwt, until_some};
+use crate::proxy::rotation::{id_in, Traffic};
+use crate::proxy::{echo_server, get};
 use crate::support::{bin, http_get};
 use meshid::test_helpers::kube_api::{FakeApi, TokenIdentity, CONFIGMAPS, LEASES, PODS};
 
-const BODY: &str = "hello from backend";
 const FRONTEND: &str = "spiffe://cluster.local/ns/default/sa/frontend";
 const BACKEND: &str = "spiffe://cluster.local/ns/default/sa/backend";
 const ROOT_CM: &str = "istio-ca-root-cert";
@@ -62,12 +59,6 @@ async fn authorities(data_dir: &Path) -> Vec<(String, String, bool)> {
             )
         })
         .collect()
-}
-
-fn id_in(list: &[(String, String, bool)], state: &str) -> Option<String> {
-    list.iter()
-        .find(|(_, s, _)| s == state)
-        .map(|(id, _, _)| id.clone())
 }
 
 /// Waits (up to [`FOLLOW`]) until both replicas list exactly `wanted`.
@@ -174,106 +165,6 @@ async fn watch_workload_api(endpoint: String) -> Arc<Mutex<WorkloadView>> {
     )
     .await;
     view
-}
-
-/// An HTTP/1.1 server answering every request with [`BODY`].
-async fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut stream = BufReader::new(stream);
-                loop {
-                    let mut close = false;
-                    let mut line = String::new();
-                    loop {
-                        line.clear();
-                        match stream.read_line(&mut line).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) => {}
-                        }
-                        close |= line.to_ascii_lowercase().starts_with("connection: close");
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{BODY}",
-                        BODY.len()
-                    );
-                    if stream.get_mut().write_all(answer.as_bytes()).await.is_err() || close {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
-/// One GET on a new connection, read to the end.
-async fn get(addr: SocketAddr) -> Result<(), String> {
-    let attempt = async {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        s.write_all(b"GET / HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut got = Vec::new();
-        s.read_to_end(&mut got).await.map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&got);
-        if text.ends_with(BODY) {
-            Ok(())
-        } else {
-            Err(format!("no answer: {text:?}"))
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), attempt)
-        .await
-        .map_err(|_| "timed out".to_owned())?
-}
-
-/// Requests through the frontend, one new connection each, every 40 ms
-/// (25 a second), until stopped.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    failures: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Traffic {
-    fn start(addr: SocketAddr) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicUsize::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let (s, o, f) = (stop.clone(), ok.clone(), failures.clone());
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(40));
-            while !s.load(Ordering::Relaxed) {
-                tick.tick().await;
-                match get(addr).await {
-                    Ok(()) => {
-                        o.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => f.lock().unwrap().push(e),
-                }
-            }
-        });
-        Self {
-            stop,
-            ok,
-            failures,
-            task,
-        }
-    }
-
-    async fn finish(self) -> (usize, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap();
-        let failures = self.failures.lock().unwrap().clone();
-        (self.ok.load(Ordering::Relaxed), failures)
-    }
 }
 
 /// A bound service-account token for pod `ns/pod` (sa `sa`) on node-a,

@@ -50,7 +50,7 @@ fn authorities(env: &TestEnv) -> Vec<(String, String, bool)> {
         .collect()
 }
 
-fn id_in(list: &[(String, String, bool)], state: &str) -> Option<String> {
+pub(crate) fn id_in(list: &[(String, String, bool)], state: &str) -> Option<String> {
     list.iter()
         .find(|(_, s, _)| s == state)
         .map(|(id, _, _)| id.clone())
@@ -91,7 +91,7 @@ fn serial_of(chain: &Path) -> String {
 
 /// Requests through the frontend, one new connection each, every 40 ms
 /// (25 a second), until stopped.
-struct Traffic {
+pub(crate) struct Traffic {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicUsize>,
     failures: Arc<Mutex<Vec<String>>>,
@@ -99,7 +99,7 @@ struct Traffic {
 }
 
 impl Traffic {
-    fn start(addr: SocketAddr) -> Self {
+    pub(crate) fn start(addr: SocketAddr) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicUsize::new(0));
         let failures = Arc::new(Mutex::new(Vec::new()));
@@ -124,7 +124,7 @@ impl Traffic {
         }
     }
 
-    async fn finish(self) -> (usize, Vec<String>) {
+    pub(crate) async fn finish(self) -> (usize, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.unwrap();
         let failures = self.failures.lock().unwrap().clone();
